@@ -1,0 +1,120 @@
+//! The bus seam: moves envelopes between nodes. It knows topics (rooms and
+//! users), never sockets.
+//!
+//! # Layout
+//!
+//! - this file: the [`Bus`] trait, [`Topic`], [`Envelope`], [`BusStatus`], [`BusError`].
+//! - [`memory`]: `MemoryBus`, in-process. One node alone, or several nodes in one test.
+//! - [`redis`]: `RedisBus`, Redis pub/sub: pooled `PUBLISH`, ONE subscriber
+//!   connection per node that subscribes only the topics the node asked for,
+//!   reconnecting with capped, jittered backoff and resubscribing everything.
+//!
+//! Traffic arrives on an [`Inbox`] (a bounded channel) that the node's fan-out
+//! task owns, so single-node mode runs the same fan-out path as a cluster.
+
+pub mod memory;
+pub mod redis;
+
+pub use memory::{MemoryBus, MemoryNetwork};
+pub use redis::{RedisBus, RedisBusConfig};
+
+use banter_protocol::{RoomId, UserId};
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+
+/// Where an envelope goes: one room's channel or one user's channel.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Topic {
+    /// Everything said in a room, and its presence and typing events.
+    Room(RoomId),
+    /// Direct messages to every connection of one user.
+    User(UserId),
+}
+
+impl Topic {
+    /// The Redis channel name: `{prefix}:room:{room}` or `{prefix}:user:{id}`.
+    /// Built only from validated ids, so it cannot escape the prefix.
+    pub fn channel(&self, prefix: &str) -> String {
+        match self {
+            Topic::Room(r) => format!("{prefix}:room:{r}"),
+            Topic::User(u) => format!("{prefix}:user:{u}"),
+        }
+    }
+
+    /// The inverse of [`channel`](Self::channel); `None` for anything else.
+    pub fn from_channel(prefix: &str, channel: &str) -> Option<Topic> {
+        let rest = channel.strip_prefix(prefix)?.strip_prefix(':')?;
+        if let Some(room) = rest.strip_prefix("room:") {
+            room.parse().ok().map(Topic::Room)
+        } else if let Some(user) = rest.strip_prefix("user:") {
+            user.parse().ok().map(Topic::User)
+        } else {
+            None
+        }
+    }
+}
+
+/// One publish, as it reaches a subscribed node: the topic and the payload
+/// exactly as published (the node publishes ready-to-send JSON frames).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    /// Where it was published.
+    pub topic: Topic,
+    /// The bytes as published.
+    pub payload: Bytes,
+}
+
+/// The receiving end of a node's bus traffic, in publish order per topic.
+pub type Inbox = mpsc::Receiver<Envelope>;
+
+/// How many envelopes may wait in an inbox before the bus waits for the fan-out.
+pub const INBOX_CAPACITY: usize = 8192;
+
+/// The bus's health, published on a watch channel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BusStatus {
+    /// True while the bus can take publishes and deliver subscriptions.
+    pub up: bool,
+    /// How many times the subscriber connection was re-established.
+    pub reconnects: u64,
+}
+
+/// Why the bus did not do what it was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// Redis is unreachable or failed the command.
+    #[error("bus unavailable: {0}")]
+    Redis(#[source] ::redis::RedisError),
+    /// No pooled connection could be had.
+    #[error("bus unavailable: {0}")]
+    Pool(#[source] deadpool_redis::PoolError),
+    /// The bus is down (disconnected, reconnecting) and refused at once.
+    #[error("bus unavailable: disconnected")]
+    Down,
+    /// The bus was shut down.
+    #[error("bus closed")]
+    Closed,
+    /// A bad Redis URL or pool setting.
+    #[error("bad bus configuration: {0}")]
+    Config(String),
+}
+
+/// Moves payloads between the nodes of a cluster.
+#[async_trait::async_trait]
+pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
+    /// Publishes `payload` on `topic`. `Ok` means the bus has taken it: every
+    /// node subscribed to `topic` now will receive it, in the topic's order.
+    async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<(), BusError>;
+
+    /// Starts delivering `topic` to this node's inbox. Returns once the
+    /// subscription is in place, so nothing published afterwards is missed.
+    /// The subscription is kept (and restored after reconnects) until
+    /// [`unsubscribe`](Self::unsubscribe).
+    async fn subscribe(&self, topic: &Topic) -> Result<(), BusError>;
+
+    /// Stops delivering `topic` to this node.
+    async fn unsubscribe(&self, topic: &Topic) -> Result<(), BusError>;
+
+    /// The bus's health, updated as it changes.
+    fn status(&self) -> watch::Receiver<BusStatus>;
+}

@@ -1,0 +1,132 @@
+//! The two tiers of trouble a client can meet: an [`ErrorCode`] is a reply and
+//! the socket stays; a [`CloseReason`] ends the socket and owns its close code.
+
+use serde::{Deserialize, Serialize};
+
+/// The `code` of an `error` frame. An error frame never closes the socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not JSON, not an object, a missing or wrongly typed field.
+    BadRequest,
+    /// A `type` the node does not know.
+    UnknownType,
+    /// A room name that does not match `^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`.
+    BadRoom,
+    /// `send`, `typing` or `history` to a room this connection has not joined.
+    NotJoined,
+    /// A chat text over `limits.max_text_chars`.
+    TooLarge,
+    /// A join beyond `limits.max_rooms`.
+    TooManyRooms,
+    /// Over the per-connection token bucket; the frame was dropped.
+    RateLimited,
+    /// The target (a user for `dm`) is not online anywhere.
+    NotFound,
+    /// A token that is missing, bad or not allowed here.
+    Unauthorized,
+    /// The bus cannot take the message now (Redis down). Never a silent drop.
+    Unavailable,
+}
+
+impl ErrorCode {
+    /// Every code, for metrics that pre-register one series per code.
+    pub const ALL: [ErrorCode; 10] = [
+        ErrorCode::BadRequest,
+        ErrorCode::UnknownType,
+        ErrorCode::BadRoom,
+        ErrorCode::NotJoined,
+        ErrorCode::TooLarge,
+        ErrorCode::TooManyRooms,
+        ErrorCode::RateLimited,
+        ErrorCode::NotFound,
+        ErrorCode::Unauthorized,
+        ErrorCode::Unavailable,
+    ];
+
+    /// The code as it appears on the wire and in the `code` metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::BadRoom => "bad_room",
+            ErrorCode::NotJoined => "not_joined",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::TooManyRooms => "too_many_rooms",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Unavailable => "unavailable",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a node closes a socket. Each reason owns exactly one close code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    /// The client closed, or the conversation ended normally.
+    Normal,
+    /// The node is draining (SIGTERM/SIGINT).
+    ShuttingDown,
+    /// No frame (pong included) from the client for `heartbeat.idle_timeout_ms`.
+    IdleTimeout,
+    /// A binary frame: the protocol is JSON text only.
+    Binary,
+    /// A text frame that is not valid UTF-8.
+    InvalidUtf8,
+    /// Sustained flooding past the rate limit.
+    Policy,
+    /// A WebSocket message over `limits.max_frame_bytes`.
+    TooBig,
+    /// Something broke on the node's side.
+    Internal,
+    /// An `auth` frame with a bad or missing token.
+    Unauthorized,
+    /// The client's outbound queue overflowed: it does not read fast enough.
+    SlowConsumer,
+}
+
+impl CloseReason {
+    /// The WebSocket close code sent for this reason.
+    pub fn code(self) -> u16 {
+        match self {
+            CloseReason::Normal => 1000,
+            CloseReason::ShuttingDown | CloseReason::IdleTimeout => 1001,
+            CloseReason::Binary => 1003,
+            CloseReason::InvalidUtf8 => 1007,
+            CloseReason::Policy => 1008,
+            CloseReason::TooBig => 1009,
+            CloseReason::Internal => 1011,
+            CloseReason::Unauthorized => 4001,
+            CloseReason::SlowConsumer => 4002,
+        }
+    }
+
+    /// The close frame's reason text: short, stable, meant for logs and clients.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Normal => "normal",
+            CloseReason::ShuttingDown => "shutting down",
+            CloseReason::IdleTimeout => "idle timeout",
+            CloseReason::Binary => "binary frames are not supported",
+            CloseReason::InvalidUtf8 => "invalid utf-8",
+            CloseReason::Policy => "flooding",
+            CloseReason::TooBig => "message too big",
+            CloseReason::Internal => "internal error",
+            CloseReason::Unauthorized => "unauthorized",
+            CloseReason::SlowConsumer => "slow consumer",
+        }
+    }
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.as_str(), self.code())
+    }
+}
