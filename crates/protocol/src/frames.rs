@@ -292,9 +292,7 @@ pub fn decode(text: &str) -> Result<ClientFrame, FrameError> {
             "a frame is a JSON object",
         ));
     };
-    let reference = map
-        .get("ref")
-        .and_then(|r| Ref::try_from(r.clone()).ok());
+    let reference = map.get("ref").and_then(|r| Ref::try_from(r.clone()).ok());
     let fail = |code, message: String| FrameError {
         code,
         message,
@@ -302,15 +300,23 @@ pub fn decode(text: &str) -> Result<ClientFrame, FrameError> {
     };
     let ty = match map.get("type") {
         Some(serde_json::Value::String(t)) => t.as_str(),
-        _ => return Err(fail(ErrorCode::BadRequest, "missing string field `type`".into())),
+        _ => {
+            return Err(fail(
+                ErrorCode::BadRequest,
+                "missing string field `type`".into(),
+            ));
+        }
     };
     if !ClientFrame::TYPES.contains(&ty) {
-        return Err(fail(ErrorCode::UnknownType, format!("unknown type `{ty:.32}`")));
+        return Err(fail(
+            ErrorCode::UnknownType,
+            format!("unknown type `{ty:.32}`"),
+        ));
     }
-    if let Some(serde_json::Value::String(room)) = map.get("room") {
-        if let Err(e) = room.parse::<RoomId>() {
-            return Err(fail(ErrorCode::BadRoom, e.to_string()));
-        }
+    if let Some(serde_json::Value::String(room)) = map.get("room")
+        && let Err(e) = room.parse::<RoomId>()
+    {
+        return Err(fail(ErrorCode::BadRoom, e.to_string()));
     }
     serde_json::from_value(serde_json::Value::Object(map))
         .map_err(|e| fail(ErrorCode::BadRequest, e.to_string()))

@@ -32,7 +32,8 @@ pub enum IdError {
 fn charset(s: &str, max: usize, extra: &[u8]) -> bool {
     !s.is_empty()
         && s.len() <= max
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || extra.contains(&b))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || extra.contains(&b))
 }
 
 macro_rules! string_id {
@@ -135,9 +136,10 @@ impl DisplayName {
 impl TryFrom<String> for DisplayName {
     type Error = IdError;
     fn try_from(s: String) -> Result<Self, IdError> {
+        // Control characters are refused anywhere, even where trimming would hide them.
         let t = s.trim();
         let chars = t.chars().count();
-        if (1..=32).contains(&chars) && !t.chars().any(char::is_control) {
+        if (1..=32).contains(&chars) && !s.chars().any(char::is_control) {
             Ok(Self(if t.len() == s.len() { s } else { t.to_owned() }))
         } else {
             Err(IdError::Name)
@@ -219,17 +221,39 @@ mod tests {
         for ok in ["lobby", "a", "A.b-c_d", "0", &"r".repeat(64)] {
             assert!(ok.parse::<RoomId>().is_ok(), "{ok}");
         }
-        for bad in ["", ".x", "-x", "_x", "a b", "a:b", "a/b", "é", &"r".repeat(65), "*"] {
+        for bad in [
+            "",
+            ".x",
+            "-x",
+            "_x",
+            "a b",
+            "a:b",
+            "a/b",
+            "é",
+            &"r".repeat(65),
+            "*",
+        ] {
             assert_eq!(bad.parse::<RoomId>(), Err(IdError::Room), "{bad}");
         }
     }
 
     #[test]
     fn names() {
-        assert_eq!("  Ann ".parse::<DisplayName>().map(String::from), Ok("Ann".into()));
+        assert_eq!(
+            "  Ann ".parse::<DisplayName>().map(String::from),
+            Ok("Ann".into())
+        );
         assert!("日本語の名前".parse::<DisplayName>().is_ok());
         assert!("x".repeat(32).parse::<DisplayName>().is_ok());
-        for bad in ["", "   ", "a\nb", "a\u{7}", &"x".repeat(33)] {
+        for bad in [
+            "",
+            "   ",
+            "a\nb",
+            "a\u{7}",
+            "\nevil",
+            "evil\t",
+            &"x".repeat(33),
+        ] {
             assert_eq!(bad.parse::<DisplayName>(), Err(IdError::Name), "{bad:?}");
         }
         assert_eq!(DisplayName::guest(7).as_str(), "guest-0007");

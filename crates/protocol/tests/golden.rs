@@ -21,7 +21,11 @@ fn msg() -> Message {
 /// back and compares it with `frame`: the format is pinned both ways.
 fn server_golden(frame: ServerFrame, expected: Value) {
     let text = frame.to_json();
-    assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), expected, "{text}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap(),
+        expected,
+        "{text}"
+    );
     let back: ServerFrame = serde_json::from_value(expected).unwrap();
     assert_eq!(back, frame);
 }
@@ -34,43 +38,98 @@ fn client_golden(text: Value, frame: ClientFrame) {
 #[test]
 fn client_frames() {
     let lobby: RoomId = "lobby".parse().unwrap();
-    client_golden(json!({"type":"auth","token":"t"}), ClientFrame::Auth { token: "t".into() });
+    client_golden(
+        json!({"type":"auth","token":"t"}),
+        ClientFrame::Auth { token: "t".into() },
+    );
     client_golden(
         json!({"type":"join","room":"lobby"}),
-        ClientFrame::Join { room: lobby.clone(), since: None },
+        ClientFrame::Join {
+            room: lobby.clone(),
+            since: None,
+        },
     );
     client_golden(
         json!({"type":"join","room":"lobby","since":"17-0"}),
-        ClientFrame::Join { room: lobby.clone(), since: Some("17-0".parse().unwrap()) },
+        ClientFrame::Join {
+            room: lobby.clone(),
+            since: Some("17-0".parse().unwrap()),
+        },
     );
-    client_golden(json!({"type":"leave","room":"lobby"}), ClientFrame::Leave { room: lobby.clone() });
+    client_golden(
+        json!({"type":"leave","room":"lobby"}),
+        ClientFrame::Leave {
+            room: lobby.clone(),
+        },
+    );
     client_golden(
         json!({"type":"send","room":"lobby","text":"hi","ref":"a1"}),
-        ClientFrame::Send { room: lobby.clone(), text: "hi".into(), reference: Some("a1".into()) },
+        ClientFrame::Send {
+            room: lobby.clone(),
+            text: "hi".into(),
+            reference: Some("a1".into()),
+        },
     );
     client_golden(
         json!({"type":"send","room":"lobby","text":"hi","ref":7}),
-        ClientFrame::Send { room: lobby.clone(), text: "hi".into(), reference: Some(7u64.into()) },
+        ClientFrame::Send {
+            room: lobby.clone(),
+            text: "hi".into(),
+            reference: Some(7u64.into()),
+        },
     );
     client_golden(
         json!({"type":"dm","to":"u2","text":"psst"}),
-        ClientFrame::Dm { to: "u2".parse().unwrap(), text: "psst".into(), reference: None },
+        ClientFrame::Dm {
+            to: "u2".parse().unwrap(),
+            text: "psst".into(),
+            reference: None,
+        },
     );
-    client_golden(json!({"type":"typing","room":"lobby"}), ClientFrame::Typing { room: lobby.clone() });
-    client_golden(json!({"type":"who","room":"lobby"}), ClientFrame::Who { room: lobby.clone() });
+    client_golden(
+        json!({"type":"typing","room":"lobby"}),
+        ClientFrame::Typing {
+            room: lobby.clone(),
+        },
+    );
+    client_golden(
+        json!({"type":"who","room":"lobby"}),
+        ClientFrame::Who {
+            room: lobby.clone(),
+        },
+    );
     client_golden(
         json!({"type":"history","room":"lobby","before":"9-0","limit":20}),
-        ClientFrame::History { room: lobby.clone(), before: Some("9-0".parse().unwrap()), limit: Some(20) },
+        ClientFrame::History {
+            room: lobby.clone(),
+            before: Some("9-0".parse().unwrap()),
+            limit: Some(20),
+        },
     );
-    client_golden(json!({"type":"ping","ref":"p"}), ClientFrame::Ping { reference: Some("p".into()) });
-    client_golden(json!({"type":"ping"}), ClientFrame::Ping { reference: None });
+    client_golden(
+        json!({"type":"ping","ref":"p"}),
+        ClientFrame::Ping {
+            reference: Some("p".into()),
+        },
+    );
+    client_golden(
+        json!({"type":"ping"}),
+        ClientFrame::Ping { reference: None },
+    );
 }
 
 #[test]
 fn client_fields_the_node_stamps_are_ignored() {
     let f = decode(r#"{"type":"send","room":"r","text":"x","from":{"id":"evil","name":"Admin"},"id":"1","ts":5}"#)
         .unwrap();
-    assert_eq!(f, ClientFrame::Send { room: "r".parse().unwrap(), text: "x".into(), reference: None });
+    assert_eq!(
+        f,
+        ClientFrame::Send {
+            room: "r".parse().unwrap(),
+            text: "x".into(),
+            reference: None
+        }
+    );
 }
 
 #[test]
@@ -80,7 +139,11 @@ fn server_frames() {
             user: user("g-abc", "guest-0042"),
             node: "n1".into(),
             heartbeat_ms: 25000,
-            limits: Limits { max_text_chars: 4000, max_rooms: 32, rate_per_sec: 20 },
+            limits: Limits {
+                max_text_chars: 4000,
+                max_rooms: 32,
+                rate_per_sec: 20,
+            },
         },
         json!({"type":"welcome","user":{"id":"g-abc","name":"guest-0042"},"node":"n1","heartbeat_ms":25000,
                "limits":{"max_text_chars":4000,"max_rooms":32,"rate_per_sec":20}}),
@@ -97,7 +160,12 @@ fn server_frames() {
                "history":[{"room":"lobby","id":"1700000000000-0","from":{"id":"u1","name":"Ann"},"text":"hi <b>","ts":1700000000000u64}],
                "recovered":false}),
     );
-    server_golden(ServerFrame::Left { room: "lobby".parse().unwrap() }, json!({"type":"left","room":"lobby"}));
+    server_golden(
+        ServerFrame::Left {
+            room: "lobby".parse().unwrap(),
+        },
+        json!({"type":"left","room":"lobby"}),
+    );
     server_golden(
         ServerFrame::Message(msg()),
         json!({"type":"message","room":"lobby","id":"1700000000000-0","from":{"id":"u1","name":"Ann"},"text":"hi <b>","ts":1700000000000u64}),
@@ -115,7 +183,9 @@ fn server_frames() {
     server_golden(
         ServerFrame::Presence {
             room: "lobby".parse().unwrap(),
-            event: PresenceEvent::Join { user: user("u1", "Ann") },
+            event: PresenceEvent::Join {
+                user: user("u1", "Ann"),
+            },
             count: 2,
         },
         json!({"type":"presence","room":"lobby","event":"join","user":{"id":"u1","name":"Ann"},"count":2}),
@@ -123,7 +193,9 @@ fn server_frames() {
     server_golden(
         ServerFrame::Presence {
             room: "lobby".parse().unwrap(),
-            event: PresenceEvent::Leave { user: user("u1", "Ann") },
+            event: PresenceEvent::Leave {
+                user: user("u1", "Ann"),
+            },
             count: 1,
         },
         json!({"type":"presence","room":"lobby","event":"leave","user":{"id":"u1","name":"Ann"},"count":1}),
@@ -131,39 +203,84 @@ fn server_frames() {
     server_golden(
         ServerFrame::Presence {
             room: "lobby".parse().unwrap(),
-            event: PresenceEvent::Snapshot { users: vec![user("u1", "Ann"), user("u2", "Bob")] },
+            event: PresenceEvent::Snapshot {
+                users: vec![user("u1", "Ann"), user("u2", "Bob")],
+            },
             count: 2,
         },
         json!({"type":"presence","room":"lobby","event":"snapshot",
                "users":[{"id":"u1","name":"Ann"},{"id":"u2","name":"Bob"}],"count":2}),
     );
     server_golden(
-        ServerFrame::Typing { room: "lobby".parse().unwrap(), from: user("u1", "Ann") },
+        ServerFrame::Typing {
+            room: "lobby".parse().unwrap(),
+            from: user("u1", "Ann"),
+        },
         json!({"type":"typing","room":"lobby","from":{"id":"u1","name":"Ann"}}),
     );
     server_golden(
-        ServerFrame::History { room: "lobby".parse().unwrap(), messages: vec![] },
+        ServerFrame::History {
+            room: "lobby".parse().unwrap(),
+            messages: vec![],
+        },
         json!({"type":"history","room":"lobby","messages":[]}),
     );
     server_golden(
-        ServerFrame::Ack { reference: Some("a1".into()), id: "5-0".parse().unwrap() },
+        ServerFrame::Ack {
+            reference: Some("a1".into()),
+            id: "5-0".parse().unwrap(),
+        },
         json!({"type":"ack","ref":"a1","id":"5-0"}),
     );
-    server_golden(ServerFrame::Ack { reference: None, id: "5-0".parse().unwrap() }, json!({"type":"ack","id":"5-0"}));
-    server_golden(ServerFrame::Pong { reference: Some(3u64.into()) }, json!({"type":"pong","ref":3}));
     server_golden(
-        ServerFrame::Error { code: ErrorCode::NotJoined, message: "join first".into(), reference: Some("x".into()) },
+        ServerFrame::Ack {
+            reference: None,
+            id: "5-0".parse().unwrap(),
+        },
+        json!({"type":"ack","id":"5-0"}),
+    );
+    server_golden(
+        ServerFrame::Pong {
+            reference: Some(3u64.into()),
+        },
+        json!({"type":"pong","ref":3}),
+    );
+    server_golden(
+        ServerFrame::Error {
+            code: ErrorCode::NotJoined,
+            message: "join first".into(),
+            reference: Some("x".into()),
+        },
         json!({"type":"error","code":"not_joined","message":"join first","ref":"x"}),
     );
 }
 
 #[test]
 fn every_error_code_on_the_wire() {
-    let names: Vec<String> = ErrorCode::ALL.iter().map(|c| serde_json::to_value(c).unwrap().as_str().unwrap().to_owned()).collect();
+    let names: Vec<String> = ErrorCode::ALL
+        .iter()
+        .map(|c| {
+            serde_json::to_value(c)
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
     assert_eq!(
         names,
-        ["bad_request", "unknown_type", "bad_room", "not_joined", "too_large", "too_many_rooms", "rate_limited",
-         "not_found", "unauthorized", "unavailable"]
+        [
+            "bad_request",
+            "unknown_type",
+            "bad_room",
+            "not_joined",
+            "too_large",
+            "too_many_rooms",
+            "rate_limited",
+            "not_found",
+            "unauthorized",
+            "unavailable"
+        ]
     );
     for c in ErrorCode::ALL {
         assert_eq!(serde_json::to_value(c).unwrap(), json!(c.as_str()));
@@ -174,8 +291,16 @@ fn every_error_code_on_the_wire() {
 fn close_codes() {
     use CloseReason::*;
     let table = [
-        (Normal, 1000), (ShuttingDown, 1001), (IdleTimeout, 1001), (Binary, 1003), (InvalidUtf8, 1007),
-        (Policy, 1008), (TooBig, 1009), (Internal, 1011), (Unauthorized, 4001), (SlowConsumer, 4002),
+        (Normal, 1000),
+        (ShuttingDown, 1001),
+        (IdleTimeout, 1001),
+        (Binary, 1003),
+        (InvalidUtf8, 1007),
+        (Policy, 1008),
+        (TooBig, 1009),
+        (Internal, 1011),
+        (Unauthorized, 4001),
+        (SlowConsumer, 4002),
     ];
     for (reason, code) in table {
         assert_eq!(reason.code(), code, "{reason:?}");
@@ -191,10 +316,22 @@ fn decode_errors_carry_their_code_and_ref() {
     assert_eq!(code(r#"{"type":5}"#), ErrorCode::BadRequest);
     assert_eq!(code(r#"{"type":"dance"}"#), ErrorCode::UnknownType);
     assert_eq!(code(r#"{"type":"join"}"#), ErrorCode::BadRequest);
-    assert_eq!(code(r#"{"type":"join","room":"no spaces"}"#), ErrorCode::BadRoom);
-    assert_eq!(code(r#"{"type":"send","room":"lobby"}"#), ErrorCode::BadRequest);
-    assert_eq!(code(r#"{"type":"send","room":"lobby","text":5}"#), ErrorCode::BadRequest);
-    assert_eq!(code(r#"{"type":"dm","to":"a b","text":"x"}"#), ErrorCode::BadRequest);
+    assert_eq!(
+        code(r#"{"type":"join","room":"no spaces"}"#),
+        ErrorCode::BadRoom
+    );
+    assert_eq!(
+        code(r#"{"type":"send","room":"lobby"}"#),
+        ErrorCode::BadRequest
+    );
+    assert_eq!(
+        code(r#"{"type":"send","room":"lobby","text":5}"#),
+        ErrorCode::BadRequest
+    );
+    assert_eq!(
+        code(r#"{"type":"dm","to":"a b","text":"x"}"#),
+        ErrorCode::BadRequest
+    );
     let e = decode(r#"{"type":"send","room":"lobby","ref":"r9"}"#).unwrap_err();
     assert_eq!(e.reference, Some("r9".into()));
     let frame: ServerFrame = e.into();

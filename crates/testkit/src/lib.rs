@@ -71,7 +71,11 @@ impl RedisServer {
             }
             // The port may still be in TIME_WAIT use after a kill: try again.
             self.stop();
-            assert!(Instant::now() < deadline, "redis-server did not start on port {}", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on port {}",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -87,7 +91,9 @@ impl RedisServer {
             if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
                 let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
                 let mut buf = [0u8; 16];
-                if s.write_all(b"PING\r\n").is_ok() && matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG")) {
+                if s.write_all(b"PING\r\n").is_ok()
+                    && matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
+                {
                     return true;
                 }
             }
@@ -100,7 +106,8 @@ impl RedisServer {
     /// reply text, for tests that check Redis itself (`PUBSUB CHANNELS`, keys).
     pub fn command(&self, args: &[&str]) -> String {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("redis connect");
-        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
         let mut req = format!("*{}\r\n", args.len());
         for a in args {
             req.push_str(&format!("${}\r\n{}\r\n", a.len(), a));
@@ -123,7 +130,9 @@ impl RedisServer {
     /// (`PUBSUB CHANNELS pattern`), sorted.
     pub fn pubsub_channels(&self, pattern: &str) -> Vec<String> {
         let reply = self.command(&["PUBSUB", "CHANNELS", pattern]);
-        let mut lines = reply.split("\r\n").filter(|l| !l.is_empty() && !l.starts_with('*') && !l.starts_with('$'))
+        let mut lines = reply
+            .split("\r\n")
+            .filter(|l| !l.is_empty() && !l.starts_with('*') && !l.starts_with('$'))
             .map(str::to_owned)
             .collect::<Vec<_>>();
         lines.sort();
@@ -147,7 +156,9 @@ fn resp_complete(buf: &[u8]) -> bool {
             b'+' | b'-' | b':' => Some(next),
             b'$' => {
                 let n: i64 = line.parse().ok()?;
-                if n < 0 { Some(next) } else {
+                if n < 0 {
+                    Some(next)
+                } else {
                     let stop = next + n as usize + 2;
                     (buf.len() >= stop).then_some(stop)
                 }
