@@ -1,4 +1,5 @@
 //! The wire contract, pinned: exact JSON in both directions.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use banter_protocol::*;
 use serde_json::{Value, json};

@@ -4,6 +4,9 @@
 //! A missing `redis-server` fails the test with the Debian package to
 //! install; it is never a silent skip.
 
+// Test support: failing loudly is its job.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -83,10 +86,10 @@ impl RedisServer {
     fn wait_ready(&mut self, deadline: Instant) -> bool {
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         while Instant::now() < deadline {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return false; // exited: port taken, most likely
-                }
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(_)) = child.try_wait()
+            {
+                return false; // exited: port taken, most likely
             }
             if let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
                 let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
