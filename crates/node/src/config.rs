@@ -1,0 +1,411 @@
+//! The node's configuration, SPEC.md section 2: built-in defaults < `--config`
+//! TOML file < environment `BANTER__SECTION__KEY` < flags. Read once in
+//! `main.rs`, validated, then passed down; nothing else reads env or flags.
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// Everything a node can be told. Every field has a default, so an empty
+/// file (or none) gives a working single-node chat on 127.0.0.1:8080.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// HTTP and WebSocket serving.
+    pub server: ServerConfig,
+    /// This node's identity.
+    pub node: NodeConfig,
+    /// The shared Redis (empty URL: in-memory bus and presence).
+    pub redis: RedisConfig,
+    /// What one client may do.
+    pub limits: LimitsConfig,
+    /// Keeping idle sockets alive, and finding dead ones.
+    pub heartbeat: HeartbeatConfig,
+    /// Who is online.
+    pub presence: PresenceConfig,
+    /// Messages kept per room.
+    pub history: HistoryConfig,
+    /// Tokens and the publish API.
+    pub auth: AuthConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[server]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// HTTP + WebSocket address. Loopback by default: exposing a node is a choice.
+    pub listen: SocketAddr,
+    /// Browser origins allowed to open a socket: `[]` = same host only (the
+    /// page's own origin), `["*"]` = any. Requests without `Origin` (non-browser
+    /// clients) are always allowed: Origin protects browsers' cookies, nothing else.
+    pub allowed_origins: Vec<String>,
+    /// Beyond this many sockets the upgrade is refused with 503, so one node
+    /// cannot be pushed past its file-descriptor and memory budget.
+    pub max_connections: usize,
+    /// A client that has not completed its HTTP upgrade by then is dropped (slowloris).
+    pub handshake_timeout_ms: u64,
+    /// On SIGTERM/SIGINT, the most time given to close every client.
+    pub drain_timeout_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            allowed_origins: Vec::new(),
+            max_connections: 100_000,
+            handshake_timeout_ms: 10_000,
+            drain_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// `[node]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's name in logs, metrics (`node` label) and `welcome`.
+    /// Random (8 characters) unless set, so two nodes never share one by accident.
+    pub id: String,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            id: crate::random_id(8),
+        }
+    }
+}
+
+/// `[redis]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// Empty = in-memory bus and presence: one complete node on its own.
+    pub url: String,
+    /// Publisher/command pool size (deadpool-redis). Pub/sub uses one extra connection.
+    pub pool_size: usize,
+    /// Every key and channel starts with `{prefix}:`, so several clusters can share one Redis.
+    pub key_prefix: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            pool_size: 16,
+            key_prefix: "banter".into(),
+        }
+    }
+}
+
+/// `[limits]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// A larger WebSocket message closes the socket with 1009. Also tungstenite's
+    /// max message and frame size: its read buffer grows to the largest frame
+    /// and never shrinks, so this bounds per-socket memory.
+    pub max_frame_bytes: usize,
+    /// A longer chat text gets `error too_large`; the socket stays.
+    pub max_text_chars: usize,
+    /// Rooms one connection may be in.
+    pub max_rooms: usize,
+    /// Token bucket refill per second on client frames.
+    pub rate_per_sec: u32,
+    /// Token bucket size: short bursts (a paste, a reconnect's joins) pass.
+    pub burst: u32,
+    /// Frames queued to one client. Overflow means the client does not read:
+    /// it is closed with 4002 instead of growing the node's memory.
+    pub outbound_queue: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: 65_536,
+            max_text_chars: 4_000,
+            max_rooms: 32,
+            rate_per_sec: 20,
+            burst: 40,
+            outbound_queue: 1_024,
+        }
+    }
+}
+
+/// `[heartbeat]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HeartbeatConfig {
+    /// Server WebSocket ping. Below proxies' idle timeouts (nginx: 60 s).
+    pub ping_interval_ms: u64,
+    /// No frame (pong included) from the client for this long: close 1001.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for HeartbeatConfig {
+    fn default() -> Self {
+        Self {
+            ping_interval_ms: 25_000,
+            idle_timeout_ms: 60_000,
+        }
+    }
+}
+
+/// `[presence]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PresenceConfig {
+    /// Entries live this long unless refreshed; a node refreshes its own
+    /// every ttl/3, so the users of a crashed node vanish after at most ttl.
+    pub ttl_ms: u64,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self { ttl_ms: 30_000 }
+    }
+}
+
+/// `[history]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Messages kept per room (0 = none).
+    pub size: usize,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self { size: 200 }
+    }
+}
+
+/// `[auth]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 secret; empty = no JWT accepted.
+    pub jwt_secret: String,
+    /// Allow connections without a token (guest names).
+    pub anonymous: bool,
+    /// Bearer key for the HTTP publish API; empty = API off (404).
+    pub api_key: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt_secret: String::new(),
+            anonymous: true,
+            api_key: String::new(),
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` for people, `json` for one JSON object a line.
+    pub format: LogFormat,
+    /// A tracing filter: `info`, `debug`, `banter_node=debug,info`...
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// How log lines look.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line.
+    Json,
+}
+
+/// Values given on the command line; they win over everything else.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--listen`
+    pub listen: Option<String>,
+    /// `--redis`
+    pub redis: Option<String>,
+    /// `--node-id`
+    pub node_id: Option<String>,
+}
+
+/// A configuration that cannot be used; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file, the environment or a flag held a value of the wrong shape.
+    #[error("{0}")]
+    Load(#[from] config::ConfigError),
+    /// A value of the right shape that is not allowed.
+    #[error("invalid value for key `{key}`: {why}")]
+    Invalid {
+        /// The dotted key, e.g. `limits.max_rooms`.
+        key: &'static str,
+        /// What is wrong with it.
+        why: String,
+    },
+}
+
+impl Config {
+    /// Loads defaults < `file` < environment (`{env_prefix}__SECTION__KEY`)
+    /// < `overrides`, then validates. `env_prefix` is `BANTER` in production;
+    /// tests pass their own so they cannot see the developer's environment.
+    pub fn load(
+        file: Option<&Path>,
+        env_prefix: &str,
+        overrides: &Overrides,
+    ) -> Result<Config, ConfigError> {
+        let mut builder =
+            config::Config::builder().add_source(config::Config::try_from(&Config::default())?);
+        if let Some(path) = file {
+            builder = builder.add_source(
+                config::File::from(path)
+                    .format(config::FileFormat::Toml)
+                    .required(true),
+            );
+        }
+        builder = builder
+            .add_source(
+                config::Environment::with_prefix(env_prefix)
+                    .separator("__")
+                    .try_parsing(true)
+                    .list_separator(",")
+                    .with_list_parse_key("server.allowed_origins"),
+            )
+            .set_override_option("server.listen", overrides.listen.clone())?
+            .set_override_option("redis.url", overrides.redis.clone())?
+            .set_override_option("node.id", overrides.node_id.clone())?;
+        let config: Config = builder.build()?.try_deserialize()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, why: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                why: why.to_owned(),
+            })
+        };
+        let id = &self.node.id;
+        if id.is_empty()
+            || id.len() > 32
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return invalid("node.id", "1-32 characters of A-Z a-z 0-9 - _");
+        }
+        if !self.redis.url.is_empty()
+            && !(self.redis.url.starts_with("redis://")
+                || self.redis.url.starts_with("rediss://")
+                || self.redis.url.starts_with("unix://"))
+        {
+            return invalid(
+                "redis.url",
+                "must start with redis://, rediss:// or unix://",
+            );
+        }
+        if self.redis.pool_size == 0 {
+            return invalid("redis.pool_size", "must be at least 1");
+        }
+        let prefix = &self.redis.key_prefix;
+        if prefix.is_empty()
+            || prefix.len() > 64
+            || !prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return invalid("redis.key_prefix", "1-64 characters of A-Z a-z 0-9 - _ .");
+        }
+        if self.limits.max_frame_bytes < 256 {
+            return invalid("limits.max_frame_bytes", "must be at least 256");
+        }
+        for (key, value) in [
+            ("limits.max_text_chars", self.limits.max_text_chars),
+            ("limits.max_rooms", self.limits.max_rooms),
+            ("limits.outbound_queue", self.limits.outbound_queue),
+            ("server.max_connections", self.server.max_connections),
+            ("limits.rate_per_sec", self.limits.rate_per_sec as usize),
+            ("limits.burst", self.limits.burst as usize),
+        ] {
+            if value == 0 {
+                return invalid(key, "must be at least 1");
+            }
+        }
+        for (key, value) in [
+            (
+                "server.handshake_timeout_ms",
+                self.server.handshake_timeout_ms,
+            ),
+            ("server.drain_timeout_ms", self.server.drain_timeout_ms),
+            (
+                "heartbeat.ping_interval_ms",
+                self.heartbeat.ping_interval_ms,
+            ),
+            ("heartbeat.idle_timeout_ms", self.heartbeat.idle_timeout_ms),
+            ("presence.ttl_ms", self.presence.ttl_ms),
+        ] {
+            if value < 10 {
+                return invalid(key, "must be at least 10 ms");
+            }
+        }
+        if self.heartbeat.idle_timeout_ms <= self.heartbeat.ping_interval_ms {
+            return invalid(
+                "heartbeat.idle_timeout_ms",
+                "must be longer than heartbeat.ping_interval_ms",
+            );
+        }
+        if self.server.allowed_origins.iter().any(|o| o.is_empty()) {
+            return invalid("server.allowed_origins", "an origin cannot be empty");
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML (`--print-config`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    /// `server.handshake_timeout_ms`
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.server.handshake_timeout_ms)
+    }
+
+    /// `server.drain_timeout_ms`
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.server.drain_timeout_ms)
+    }
+
+    /// `heartbeat.ping_interval_ms`
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_millis(self.heartbeat.ping_interval_ms)
+    }
+
+    /// `heartbeat.idle_timeout_ms`
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.heartbeat.idle_timeout_ms)
+    }
+
+    /// `presence.ttl_ms`
+    pub fn presence_ttl(&self) -> Duration {
+        Duration::from_millis(self.presence.ttl_ms)
+    }
+}

@@ -1,0 +1,31 @@
+//! The node's one subscriber task: takes every envelope the bus delivers,
+//! turns its payload into a WebSocket frame once, and hands a refcounted clone
+//! to each local member of the room. It never awaits a socket.
+
+use crate::hub::Hub;
+use crate::metrics::{DropReason, Metrics};
+use banter_bus::{Envelope, Inbox, Topic};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
+
+/// Runs until the bus closes the inbox.
+pub(crate) async fn run(mut inbox: Inbox, hub: Arc<Hub>, metrics: Arc<Metrics>) {
+    while let Some(Envelope { topic, payload }) = inbox.recv().await {
+        let at = Instant::now();
+        metrics.bus_received.inc();
+        // Validated once per message, not once per socket.
+        let Ok(text) = Utf8Bytes::try_from(payload) else {
+            metrics.dropped(DropReason::BadPayload);
+            tracing::warn!(?topic, "bus payload is not UTF-8; dropped");
+            continue;
+        };
+        let msg = WsMessage::Text(text);
+        let delivered = match &topic {
+            Topic::Room(room) => hub.deliver(room, msg, at),
+            Topic::User(_) => 0,
+        };
+        metrics.delivered.inc_by(delivered as u64);
+    }
+    tracing::debug!("bus inbox closed; fan-out stops");
+}

@@ -1,0 +1,335 @@
+//! The local hub: which sockets are on this node and which rooms they are in,
+//! and the one place where joining and leaving a room touches the bus
+//! (subscribe, unsubscribe) and presence (join, leave, their events).
+//!
+//! The fan-out reads the hub under a read lock once per envelope and hands
+//! each member a refcounted clone of the same frame with `try_send`: it never
+//! waits on a socket. A member whose queue is full is kicked as a slow consumer.
+
+use crate::metrics::{DropReason, Metrics};
+use banter_bus::{Bus, BusError, Topic};
+use banter_presence::{Member, Presence, PresenceError};
+use banter_protocol::{CloseReason, ConnId, PresenceEvent, RoomId, ServerFrame, User};
+use bytes::Bytes;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_util::sync::CancellationToken;
+
+/// How long a room stays subscribed after its last local member left, so a
+/// member who reconnects or a flapping room does not churn SUBSCRIBE.
+pub(crate) const UNSUBSCRIBE_DELAY: Duration = Duration::from_millis(500);
+
+/// One frame on its way to one socket, with when the bus delivered it.
+#[derive(Debug)]
+pub(crate) struct Outbound {
+    /// The frame; cloning it is a refcount bump, not a copy.
+    pub msg: WsMessage,
+    /// When the fan-out received it (for `banter_fanout_seconds`).
+    pub at: Instant,
+}
+
+/// A socket's "you must go now": who kicked it first decides the close code.
+#[derive(Debug, Default)]
+pub(crate) struct Kick {
+    token: CancellationToken,
+    reason: Mutex<Option<CloseReason>>,
+}
+
+impl Kick {
+    /// A kick that also fires when `parent` (the node's drain) is cancelled.
+    pub fn child_of(parent: &CancellationToken) -> Kick {
+        Kick {
+            token: parent.child_token(),
+            reason: Mutex::new(None),
+        }
+    }
+
+    /// Asks the socket to close with `reason`, unless it was already asked.
+    pub fn kick(&self, reason: CloseReason) {
+        let mut r = self.reason.lock().unwrap_or_else(PoisonError::into_inner);
+        r.get_or_insert(reason);
+        drop(r);
+        self.token.cancel();
+    }
+
+    /// Resolves once the socket was kicked (or the node drains).
+    pub async fn kicked(&self) {
+        self.token.cancelled().await;
+    }
+
+    /// Why: the first kick's reason, or a node shutdown.
+    pub fn reason(&self) -> CloseReason {
+        self.reason
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .unwrap_or(CloseReason::ShuttingDown)
+    }
+}
+
+/// How the rest of the node reaches one socket.
+#[derive(Clone, Debug)]
+pub(crate) struct ConnHandle {
+    /// The bounded outbox the socket's task drains.
+    pub tx: mpsc::Sender<Outbound>,
+    /// Its kick switch.
+    pub kick: Arc<Kick>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    conns: HashMap<ConnId, ConnHandle>,
+    rooms: HashMap<RoomId, HashMap<ConnId, ConnHandle>>,
+}
+
+/// Why a join did not happen.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum JoinError {
+    /// The bus could not subscribe the room.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    /// Presence could not record the member.
+    #[error(transparent)]
+    Presence(#[from] PresenceError),
+}
+
+/// The local rooms, see the module docs.
+#[derive(Debug)]
+pub(crate) struct Hub {
+    state: RwLock<State>,
+    /// Topics subscribed on the bus; the async lock orders subscribe and
+    /// unsubscribe calls so a delayed unsubscribe cannot undo a fresh join.
+    subscribed: tokio::sync::Mutex<HashSet<Topic>>,
+    bus: Arc<dyn Bus>,
+    presence: Arc<dyn Presence>,
+    metrics: Arc<Metrics>,
+}
+
+impl Hub {
+    pub fn new(bus: Arc<dyn Bus>, presence: Arc<dyn Presence>, metrics: Arc<Metrics>) -> Hub {
+        Hub {
+            state: RwLock::default(),
+            subscribed: tokio::sync::Mutex::default(),
+            bus,
+            presence,
+            metrics,
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Makes a socket reachable.
+    pub fn register(&self, conn: &ConnId, handle: ConnHandle) {
+        self.write().conns.insert(conn.clone(), handle);
+        self.metrics.connections.inc();
+        self.metrics.connections_total.inc();
+    }
+
+    /// Forgets a socket; call after [`leave_all`](Self::leave_all).
+    pub fn unregister(&self, conn: &ConnId) {
+        if self.write().conns.remove(conn).is_some() {
+            self.metrics.connections.dec();
+        }
+    }
+
+    /// Sockets on this node.
+    pub fn connection_count(&self) -> usize {
+        self.read().conns.len()
+    }
+
+    /// Every (room, connection) on this node, for the presence refresh.
+    pub fn local_entries(&self) -> Vec<(RoomId, ConnId)> {
+        let state = self.read();
+        state
+            .rooms
+            .iter()
+            .flat_map(|(room, members)| members.keys().map(move |c| (room.clone(), c.clone())))
+            .collect()
+    }
+
+    /// Hands `payload` (a serialised server frame) to every local member of
+    /// `room`. Returns how many sockets got it. Never waits on a socket.
+    pub fn deliver(&self, room: &RoomId, msg: WsMessage, at: Instant) -> usize {
+        let state = self.read();
+        let Some(members) = state.rooms.get(room) else {
+            return 0;
+        };
+        let mut delivered = 0;
+        for handle in members.values() {
+            let out = Outbound {
+                msg: msg.clone(),
+                at,
+            };
+            match handle.tx.try_send(out) {
+                Ok(()) => delivered += 1,
+                Err(TrySendError::Full(_)) => {
+                    if !handle.kick.token.is_cancelled() {
+                        self.metrics.slow_consumers.inc();
+                    }
+                    self.metrics.dropped(DropReason::SlowConsumer);
+                    handle.kick.kick(CloseReason::SlowConsumer);
+                }
+                Err(TrySendError::Closed(_)) => {}
+            }
+        }
+        delivered
+    }
+
+    /// Puts `member` into `room`: subscribes the room on the bus if it is the
+    /// first local member (before answering, so nothing is missed), records
+    /// presence, and announces a presence `join` when it is the user's first
+    /// connection in the room. Returns everyone online in the room.
+    pub async fn join(&self, room: &RoomId, member: &Member) -> Result<Vec<User>, JoinError> {
+        let Some(handle) = self.read().conns.get(&member.conn).cloned() else {
+            return Ok(Vec::new()); // the socket is already gone
+        };
+        let first_local = {
+            let mut state = self.write();
+            let members = state.rooms.entry(room.clone()).or_default();
+            members.insert(member.conn.clone(), handle);
+            members.len() == 1
+        };
+        if first_local {
+            self.metrics.rooms_local.inc();
+        }
+        let topic = Topic::Room(room.clone());
+        let result = async {
+            self.ensure_subscribed(&topic).await?;
+            let first = self.presence.join(room, member).await?;
+            let users = self.presence.users(room).await?;
+            Ok::<_, JoinError>((first, users))
+        }
+        .await;
+        match result {
+            Ok((first, users)) => {
+                if first {
+                    let event = PresenceEvent::Join {
+                        user: member.user.clone(),
+                    };
+                    self.announce(room, event, users.len()).await;
+                }
+                Ok(users)
+            }
+            Err(e) => {
+                self.remove_local(room, &member.conn);
+                Err(e)
+            }
+        }
+    }
+
+    /// Takes `member` out of `room`; announces a presence `leave` when it was
+    /// the user's last connection in the room.
+    pub async fn leave(&self, room: &RoomId, member: &Member) {
+        self.remove_local(room, &member.conn);
+        match self.presence.leave(room, member).await {
+            Ok(true) => {
+                let count = match self.presence.users(room).await {
+                    Ok(users) => users.len(),
+                    Err(e) => {
+                        tracing::warn!(%room, error = %e, "presence read failed after leave");
+                        return;
+                    }
+                };
+                let event = PresenceEvent::Leave {
+                    user: member.user.clone(),
+                };
+                self.announce(room, event, count).await;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(%room, error = %e, "presence leave failed; the entry will expire")
+            }
+        }
+    }
+
+    /// Takes a closing socket out of every room it is in: exactly one place
+    /// for the cleanup of a session.
+    pub async fn leave_all(&self, member: &Member, rooms: impl IntoIterator<Item = RoomId>) {
+        for room in rooms {
+            self.leave(&room, member).await;
+        }
+    }
+
+    /// Publishes a presence event to the room (every node fans it out).
+    pub async fn announce(&self, room: &RoomId, event: PresenceEvent, count: usize) {
+        let frame = ServerFrame::Presence {
+            room: room.clone(),
+            event,
+            count,
+        };
+        let payload = Bytes::from(frame.to_json());
+        if let Err(e) = self.bus.publish(&Topic::Room(room.clone()), payload).await {
+            tracing::warn!(%room, error = %e, "presence event not published");
+        }
+    }
+
+    fn remove_local(self: &Hub, room: &RoomId, conn: &ConnId) {
+        let last_local = {
+            let mut state = self.write();
+            let Some(members) = state.rooms.get_mut(room) else {
+                return;
+            };
+            if members.remove(conn).is_none() {
+                return;
+            }
+            let empty = members.is_empty();
+            if empty {
+                state.rooms.remove(room);
+            }
+            empty
+        };
+        if last_local {
+            self.metrics.rooms_local.dec();
+        }
+    }
+
+    fn has_local(&self, topic: &Topic) -> bool {
+        match topic {
+            Topic::Room(room) => self.read().rooms.contains_key(room),
+            Topic::User(_) => false,
+        }
+    }
+
+    async fn ensure_subscribed(&self, topic: &Topic) -> Result<(), BusError> {
+        let mut subscribed = self.subscribed.lock().await;
+        if !subscribed.contains(topic) {
+            self.bus.subscribe(topic).await?;
+            subscribed.insert(topic.clone());
+        }
+        Ok(())
+    }
+
+    /// Unsubscribes every room that has had no local member for
+    /// [`UNSUBSCRIBE_DELAY`]. Run by the node's housekeeping task.
+    pub async fn unsubscribe_idle(&self, since: &mut HashMap<Topic, Instant>) {
+        let mut subscribed = self.subscribed.lock().await;
+        let now = Instant::now();
+        let idle: Vec<Topic> = subscribed
+            .iter()
+            .filter(|t| !self.has_local(t))
+            .cloned()
+            .collect();
+        since.retain(|t, _| idle.contains(t));
+        for topic in idle {
+            let first_seen = *since.entry(topic.clone()).or_insert(now);
+            if now.duration_since(first_seen) < UNSUBSCRIBE_DELAY {
+                continue;
+            }
+            match self.bus.unsubscribe(&topic).await {
+                Ok(()) => {
+                    subscribed.remove(&topic);
+                    since.remove(&topic);
+                }
+                Err(e) => tracing::warn!(?topic, error = %e, "unsubscribe failed; will retry"),
+            }
+        }
+    }
+}

@@ -1,0 +1,392 @@
+//! The node's one HTTP port (SPEC.md section 3), on hyper 1: the chat page,
+//! the WebSocket upgrade, health, readiness, metrics and the room API.
+
+use crate::{Node, random_id, session};
+use banter_presence::Member;
+use banter_protocol::{ConnId, DisplayName, FrameError, RoomId, User, UserId};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+/// The chat page, embedded: no CDN, works offline.
+const PAGE: &str = include_str!("../assets/index.html");
+
+type Body = Full<Bytes>;
+
+/// Serves one TCP connection: HTTP/1.1 requests until it closes or upgrades.
+pub(crate) async fn serve_connection(stream: TcpStream, peer: SocketAddr, node: Node) {
+    let shutdown = node.inner.shutdown.clone();
+    let svc_node = node.clone();
+    let service = service_fn(move |req| {
+        let node = svc_node.clone();
+        async move { Ok::<_, Infallible>(route(req, &node, peer).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(node.config().handshake_timeout())
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::select! {
+        result = conn => if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "http connection ended");
+        },
+        () = shutdown.cancelled() => {}
+    }
+}
+
+async fn route(req: Request<Incoming>, node: &Node, peer: SocketAddr) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    let get = req.method() == Method::GET || req.method() == Method::HEAD;
+    match path.as_str() {
+        "/" if get => response(StatusCode::OK, "text/html; charset=utf-8", PAGE),
+        "/healthz" if get => response(StatusCode::OK, "text/plain; charset=utf-8", "ok"),
+        "/readyz" if get => match node.readiness() {
+            Ok(()) => json(StatusCode::OK, &serde_json::json!({"ready": true})),
+            Err(reason) => json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({"ready": false, "reason": reason}),
+            ),
+        },
+        "/metrics" if get => response(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            node.inner.metrics.render(),
+        ),
+        "/ws" if get => upgrade(req, node, peer),
+        _ => match path
+            .strip_prefix("/api/rooms/")
+            .and_then(|r| r.split_once('/'))
+        {
+            Some((room, "presence")) if get => presence(node, room).await,
+            Some((_, "presence")) => status(StatusCode::METHOD_NOT_ALLOWED),
+            _ if matches!(
+                path.as_str(),
+                "/" | "/healthz" | "/readyz" | "/metrics" | "/ws"
+            ) =>
+            {
+                status(StatusCode::METHOD_NOT_ALLOWED)
+            }
+            _ => status(StatusCode::NOT_FOUND),
+        },
+    }
+}
+
+fn response(
+    code: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
+    let mut res = Response::new(Full::new(body.into()));
+    *res.status_mut() = code;
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    res
+}
+
+fn json(code: StatusCode, value: &serde_json::Value) -> Response<Body> {
+    response(code, "application/json", value.to_string())
+}
+
+fn status(code: StatusCode) -> Response<Body> {
+    let reason = code.canonical_reason().unwrap_or("error");
+    json(code, &serde_json::json!({ "error": reason }))
+}
+
+async fn presence(node: &Node, room: &str) -> Response<Body> {
+    let Ok(room) = room.parse::<RoomId>() else {
+        return json(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({"error": "bad_room"}),
+        );
+    };
+    match node.inner.presence.users(&room).await {
+        Ok(users) => json(
+            StatusCode::OK,
+            &serde_json::json!({"room": room, "count": users.len(), "users": users}),
+        ),
+        Err(e) => {
+            tracing::warn!(%room, error = %e, "presence read failed");
+            json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &serde_json::json!({"error": "unavailable"}),
+            )
+        }
+    }
+}
+
+/// The query of `/ws`: only the keys Banter knows, percent-decoded.
+#[derive(Debug, Default)]
+struct WsQuery {
+    name: Option<String>,
+    room: Option<String>,
+    token: Option<String>,
+}
+
+impl WsQuery {
+    fn parse(query: Option<&str>) -> WsQuery {
+        let mut q = WsQuery::default();
+        for pair in query.unwrap_or("").split('&') {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = percent_decode(value);
+            match key {
+                "name" => q.name = Some(value),
+                "room" => q.room = Some(value),
+                "token" => q.token = Some(value),
+                _ => {}
+            }
+        }
+        q
+    }
+}
+
+/// Decodes `%XX` and `+`; invalid escapes are kept as they are, and the
+/// result is lossily made UTF-8 (a display name is validated afterwards).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether a browser page from `origin` may open a socket on `host`.
+fn origin_allowed(allowed: &[String], origin: Option<&str>, host: Option<&str>) -> bool {
+    let Some(origin) = origin else {
+        return true; // not a browser: Origin guards browsers' ambient credentials only
+    };
+    let origin = origin.trim_end_matches('/');
+    if allowed.is_empty() {
+        let authority = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+        return host.is_some_and(|h| h.eq_ignore_ascii_case(authority));
+    }
+    allowed
+        .iter()
+        .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+}
+
+fn header_has_token(req: &Request<Incoming>, name: header::HeaderName, token: &str) -> bool {
+    req.headers().get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// The WebSocket upgrade of `/ws`: checks, the 101, then the session task.
+fn upgrade(mut req: Request<Incoming>, node: &Node, peer: SocketAddr) -> Response<Body> {
+    let config = node.config();
+    if node.draining() {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"error": "draining"}),
+        );
+    }
+    if node.inner.hub.connection_count() >= config.server.max_connections {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({"error": "too many connections"}),
+        );
+    }
+    let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
+    let upgrade_ok = header_has_token(&req, header::CONNECTION, "upgrade")
+        && header_has_token(&req, header::UPGRADE, "websocket");
+    let (true, Some(key)) = (upgrade_ok, key) else {
+        return json(
+            StatusCode::BAD_REQUEST,
+            &serde_json::json!({"error": "expected a WebSocket upgrade"}),
+        );
+    };
+    if req
+        .headers()
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(HeaderValue::as_bytes)
+        != Some(b"13")
+    {
+        let mut res = json(
+            StatusCode::UPGRADE_REQUIRED,
+            &serde_json::json!({"error": "WebSocket version 13 only"}),
+        );
+        res.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return res;
+    }
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok());
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok());
+    if !origin_allowed(&config.server.allowed_origins, origin, host) {
+        tracing::debug!(%peer, ?origin, "origin refused");
+        return json(
+            StatusCode::FORBIDDEN,
+            &serde_json::json!({"error": "origin not allowed"}),
+        );
+    }
+
+    let query = WsQuery::parse(req.uri().query());
+    if query.token.is_some() || !config.auth.anonymous {
+        // Tokens need `auth.jwt_secret`; until JWT support lands every token is refused.
+        return json(
+            StatusCode::UNAUTHORIZED,
+            &serde_json::json!({"error": "unauthorized"}),
+        );
+    }
+    let user = guest(query.name.as_deref());
+    let join = query
+        .room
+        .map(|r| r.parse::<RoomId>().map_err(FrameError::from));
+    let member = Member {
+        conn: new_conn_id(),
+        user,
+    };
+
+    let ws_config = ws_config(config.limits.max_frame_bytes);
+    let session_node = node.clone();
+    node.inner.sessions.spawn(async move {
+        let upgraded = match hyper::upgrade::on(&mut req).await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "upgrade failed");
+                return;
+            }
+        };
+        // Back to the bare TcpStream: no hyper wrapper on the hot path.
+        let ws = match upgraded.downcast::<TokioIo<TcpStream>>() {
+            Ok(parts) => {
+                WebSocketStream::from_partially_read(
+                    parts.io.into_inner(),
+                    parts.read_buf.to_vec(),
+                    Role::Server,
+                    Some(ws_config),
+                )
+                .await
+            }
+            Err(_) => {
+                tracing::error!(%peer, "upgraded connection is not a TcpStream");
+                return;
+            }
+        };
+        session::run(ws, session_node, member, join).await;
+    });
+
+    let mut res = Response::new(Full::new(Bytes::new()));
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = res.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    res
+}
+
+/// tungstenite's buffers, sized for chat. Its defaults (128 KiB read buffer,
+/// allocated eagerly; 128 KiB write high-water mark; 64 MiB messages) cost
+/// ≈136 KB of RSS per idle socket. A 4 KiB read buffer costs ≈5 KB; the
+/// write buffer flushes at 8 KiB (we batch frames and flush once anyway);
+/// incoming messages and frames are capped at `limits.max_frame_bytes`
+/// (close 1009 above it), which also caps how far the read buffer can grow.
+/// Outgoing frames are not capped by that limit (a `joined` with many users
+/// can be larger), only by `max_write_buffer_size`.
+pub(crate) fn ws_config(max_frame_bytes: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(8 * 1024)
+        .max_write_buffer_size(16 * 1024 * 1024)
+        .max_message_size(Some(max_frame_bytes))
+        .max_frame_size(Some(max_frame_bytes))
+        .accept_unmasked_frames(false)
+}
+
+fn new_conn_id() -> ConnId {
+    // 16 characters of [a-z0-9]: always a valid connection id.
+    ConnId::try_from(random_id(16)).unwrap_or_else(|_| unreachable!("random ids are alphanumeric"))
+}
+
+/// A guest: a random cluster-unique id, the wanted name if it is valid,
+/// `guest-NNNN` otherwise.
+fn guest(wanted: Option<&str>) -> User {
+    use rand::RngExt;
+    let name = wanted
+        .and_then(|n| n.parse::<DisplayName>().ok())
+        .unwrap_or_else(|| DisplayName::guest(rand::rng().random_range(0..10_000)));
+    let id = UserId::try_from(format!("g-{}", random_id(12)))
+        .unwrap_or_else(|_| unreachable!("random ids are alphanumeric"));
+    User { id, name }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_and_percent_decoding() {
+        let q = WsQuery::parse(Some("name=Ann%20B&room=lobby&x=1&token="));
+        assert_eq!(q.name.as_deref(), Some("Ann B"));
+        assert_eq!(q.room.as_deref(), Some("lobby"));
+        assert_eq!(q.token.as_deref(), Some(""));
+        assert_eq!(percent_decode("a+b%2"), "a b%2");
+        assert_eq!(percent_decode("%E6%97%A5"), "日");
+        assert_eq!(percent_decode("%zz%"), "%zz%");
+    }
+
+    #[test]
+    fn origins() {
+        let none: Vec<String> = vec![];
+        assert!(origin_allowed(&none, None, Some("a:8080")));
+        assert!(origin_allowed(&none, Some("http://a:8080"), Some("a:8080")));
+        assert!(!origin_allowed(
+            &none,
+            Some("http://evil:8080"),
+            Some("a:8080")
+        ));
+        let any = vec!["*".to_owned()];
+        assert!(origin_allowed(&any, Some("http://evil"), Some("a")));
+        let list = vec!["https://chat.example".to_owned()];
+        assert!(origin_allowed(
+            &list,
+            Some("https://chat.example"),
+            Some("x")
+        ));
+        assert!(!origin_allowed(
+            &list,
+            Some("https://other.example"),
+            Some("x")
+        ));
+    }
+}
