@@ -313,11 +313,9 @@ impl Config {
         {
             return invalid("node.id", "1-32 characters of A-Z a-z 0-9 - _");
         }
-        if !self.redis.url.is_empty()
-            && !(self.redis.url.starts_with("redis://")
-                || self.redis.url.starts_with("rediss://")
-                || self.redis.url.starts_with("unix://"))
-        {
+        let url = &self.redis.url;
+        let schemes = ["redis://", "rediss://", "unix://"];
+        if !url.is_empty() && !schemes.iter().any(|s| url.starts_with(s)) {
             return invalid(
                 "redis.url",
                 "must start with redis://, rediss:// or unix://",

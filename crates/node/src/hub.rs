@@ -72,6 +72,8 @@ impl Kick {
 /// How the rest of the node reaches one socket.
 #[derive(Clone, Debug)]
 pub(crate) struct ConnHandle {
+    /// Whose socket it is.
+    pub user: User,
     /// The bounded outbox the socket's task drains.
     pub tx: mpsc::Sender<Outbound>,
     /// Its kick switch.
@@ -145,13 +147,22 @@ impl Hub {
         self.read().conns.len()
     }
 
-    /// Every (room, connection) on this node, for the presence refresh.
-    pub fn local_entries(&self) -> Vec<(RoomId, ConnId)> {
+    /// Every (room, member) on this node: what the presence refresh keeps
+    /// alive, and what is registered again after Redis lost it.
+    pub fn local_members(&self) -> Vec<(RoomId, Member)> {
         let state = self.read();
         state
             .rooms
             .iter()
-            .flat_map(|(room, members)| members.keys().map(move |c| (room.clone(), c.clone())))
+            .flat_map(|(room, members)| {
+                members.iter().map(move |(conn, handle)| {
+                    let member = Member {
+                        conn: conn.clone(),
+                        user: handle.user.clone(),
+                    };
+                    (room.clone(), member)
+                })
+            })
             .collect()
     }
 
@@ -300,11 +311,14 @@ impl Hub {
 
     async fn ensure_subscribed(&self, topic: &Topic) -> Result<(), BusError> {
         let mut subscribed = self.subscribed.lock().await;
-        if !subscribed.contains(topic) {
-            self.bus.subscribe(topic).await?;
-            subscribed.insert(topic.clone());
+        if subscribed.contains(topic) {
+            return Ok(());
         }
-        Ok(())
+        let result = self.bus.subscribe(topic).await;
+        // Recorded even on failure: a bus that is down keeps the wish and
+        // restores it on reconnect, so it must also be unsubscribed later.
+        subscribed.insert(topic.clone());
+        result
     }
 
     /// Unsubscribes every room that has had no local member for

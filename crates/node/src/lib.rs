@@ -241,23 +241,53 @@ async fn housekeeping(node: Node, stop: CancellationToken) {
                 .bus_reconnects
                 .inc_by(bus.reconnects - reconnects_seen);
             reconnects_seen = bus.reconnects;
+            // Redis may have lost everything (a restart without persistence):
+            // put this node's members back before anyone reads presence.
+            reregister(&node).await;
         }
         tokio::select! {
             () = stop.cancelled() => return,
             _ = status.changed() => {}
-            _ = refresh.tick() => {
-                let entries = inner.hub.local_entries();
-                match inner.presence.refresh(&entries).await {
-                    Ok(departed) => {
-                        for (room, user) in departed {
-                            let count = inner.presence.users(&room).await.map(|u| u.len()).unwrap_or(0);
-                            inner.hub.announce(&room, banter_protocol::PresenceEvent::Leave { user }, count).await;
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "presence refresh failed"),
-                }
-            }
+            _ = refresh.tick() => refresh_presence(&node).await,
             _ = unsubscribe.tick() => inner.hub.unsubscribe_idle(&mut idle_since).await,
+        }
+    }
+}
+
+/// Keeps this node's presence entries alive and announces the departures of
+/// members whose node stopped refreshing them (a crashed node).
+async fn refresh_presence(node: &Node) {
+    let inner = &node.inner;
+    let entries: Vec<_> = inner
+        .hub
+        .local_members()
+        .into_iter()
+        .map(|(room, member)| (room, member.conn))
+        .collect();
+    match inner.presence.refresh(&entries).await {
+        Ok(departed) => {
+            for (room, user) in departed {
+                let count = inner.presence.users(&room).await.map_or(0, |u| u.len());
+                tracing::info!(%room, user = %user.id, "swept a member of a node that stopped refreshing");
+                let event = banter_protocol::PresenceEvent::Leave { user };
+                inner.hub.announce(&room, event, count).await;
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "presence refresh failed"),
+    }
+}
+
+/// Registers every local member in presence again (idempotent).
+async fn reregister(node: &Node) {
+    let members = node.inner.hub.local_members();
+    tracing::info!(
+        entries = members.len(),
+        "bus reconnected: re-registering presence"
+    );
+    for (room, member) in members {
+        if let Err(e) = node.inner.presence.join(&room, &member).await {
+            tracing::warn!(%room, error = %e, "presence re-registration failed");
+            return;
         }
     }
 }

@@ -26,6 +26,8 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
 /// A write that takes longer than this means the client is gone or stuck.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the close frame may take to reach a client before the socket is dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// At most this many queued frames are fed before one flush.
 const WRITE_BATCH: usize = 64;
 
@@ -50,6 +52,7 @@ pub(crate) async fn run<S>(
     node.inner.hub.register(
         &member.conn,
         ConnHandle {
+            user: member.user.clone(),
             tx,
             kick: kick.clone(),
         },
@@ -114,7 +117,9 @@ where
         code: CloseCode::from(reason.code()),
         reason: reason.as_str().into(),
     };
-    let _ = time::timeout(Duration::from_secs(1), ws.close(Some(frame))).await;
+    // A slow consumer's close frame waits behind what it has not read yet:
+    // give it a few seconds before dropping the connection without it.
+    let _ = time::timeout(CLOSE_TIMEOUT, ws.close(Some(frame))).await;
     let _ = time::timeout(Duration::from_millis(500), async {
         while let Some(Ok(_)) = ws.next().await {}
     })

@@ -123,7 +123,8 @@ fn defaults_then_file_then_env_then_flags() {
 
 #[test]
 fn a_bad_value_exits_2_naming_the_key() {
-    let cases: [(&[&str], &[(&str, &str)], &str); 6] = [
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 6] = [
         (
             &[],
             &[("BANTER__LIMITS__MAX_ROOMS", "many")],
