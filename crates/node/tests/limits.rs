@@ -282,3 +282,52 @@ async fn origins_same_host_by_default_and_lists() {
     let any = node_with(|c| c.server.allowed_origins = vec!["*".into()]).await;
     assert_eq!(status(any.addr, Some("http://anything.example")).await, 101);
 }
+
+#[tokio::test]
+async fn random_frames_never_break_the_socket_or_the_node() {
+    use rand::{RngExt, SeedableRng};
+    let node = node_with(|_| {}).await;
+    let mut c = node.client("").await;
+    c.join("lobby").await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let types = [
+        "join", "leave", "send", "dm", "typing", "who", "history", "ping", "auth", "nope",
+    ];
+    let values = [
+        json!(null),
+        json!(1),
+        json!(-1),
+        json!(1e300),
+        json!("lobby"),
+        json!("bad room"),
+        json!(""),
+        json!("x".repeat(5000)),
+        json!([1, 2]),
+        json!({"a": {}}),
+        json!(true),
+        json!("\u{0}\u{7}"),
+    ];
+    let keys = [
+        "room", "text", "ref", "to", "since", "before", "limit", "token",
+    ];
+    for _ in 0..300 {
+        let mut frame = serde_json::Map::new();
+        frame.insert(
+            "type".into(),
+            json!(types[rng.random_range(0..types.len())]),
+        );
+        for _ in 0..rng.random_range(0..4) {
+            frame.insert(
+                keys[rng.random_range(0..keys.len())].into(),
+                values[rng.random_range(0..values.len())].clone(),
+            );
+        }
+        c.send(serde_json::Value::Object(frame)).await;
+    }
+    c.send(json!({"type":"ping","ref":"end"})).await;
+    c.recv_until(|f| matches!(f, ServerFrame::Pong { reference: Some(r) } if *r == "end".into()))
+        .await;
+    let mut other = node.client("").await;
+    other.send(json!({"type":"ping","ref":1})).await;
+    assert!(matches!(other.recv().await, ServerFrame::Pong { .. }));
+}
