@@ -4,6 +4,7 @@
 //! # Layout
 //!
 //! - this file: the [`Bus`] trait, [`Topic`], [`Envelope`], [`BusStatus`], [`BusError`].
+//! - [`history`]: room history types: positions ([`StreamId`]), [`Draft`], queries.
 //! - [`memory`]: `MemoryBus`, in-process. One node alone, or several nodes in one test.
 //! - [`redis`]: `RedisBus`, Redis pub/sub: pooled `PUBLISH`, ONE subscriber
 //!   connection per node that subscribes only the topics the node asked for,
@@ -12,13 +13,15 @@
 //! Traffic arrives on an [`Inbox`] (a bounded channel) that the node's fan-out
 //! task owns, so single-node mode runs the same fan-out path as a cluster.
 
+pub mod history;
 pub mod memory;
 pub mod redis;
 
+pub use history::{Draft, HistoryPage, HistoryQuery, StreamId};
 pub use memory::{MemoryBus, MemoryNetwork};
 pub use redis::{RedisBus, RedisBusConfig};
 
-use banter_protocol::{RoomId, UserId};
+use banter_protocol::{Message, RoomId, UserId};
 use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 
@@ -104,7 +107,17 @@ pub enum BusError {
 pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
     /// Publishes `payload` on `topic`. `Ok` means the bus has taken it: every
     /// node subscribed to `topic` now will receive it, in the topic's order.
-    async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<(), BusError>;
+    /// Returns how many nodes that is (0: nobody listens, e.g. a user who is
+    /// online nowhere).
+    async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<usize, BusError>;
+
+    /// Stores a chat message in its room's history and publishes it on the
+    /// room's topic, as one atomic step: the history order is the live order.
+    /// The message's id is its history position. Returns the stamped message.
+    async fn publish_message(&self, draft: &Draft) -> Result<Message, BusError>;
+
+    /// Reads a room's history.
+    async fn history(&self, room: &RoomId, query: HistoryQuery) -> Result<HistoryPage, BusError>;
 
     /// Starts delivering `topic` to this node's inbox. Returns once the
     /// subscription is in place, so nothing published afterwards is missed.
@@ -117,4 +130,11 @@ pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
 
     /// The bus's health, updated as it changes.
     fn status(&self) -> watch::Receiver<BusStatus>;
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

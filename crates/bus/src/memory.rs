@@ -6,15 +6,30 @@
 //! backpressure (never an unbounded queue, never a silent drop) toward a slow
 //! inbox.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::{Mutex, mpsc, watch};
 
+use crate::history::{Draft, HistoryPage, HistoryQuery, Record, StreamId};
 use crate::{Bus, BusError, BusStatus, Envelope, INBOX_CAPACITY, Inbox, Topic};
+use banter_protocol::{Message, RoomId};
+
+/// The history size of a network made with [`MemoryNetwork::new`].
+pub const DEFAULT_HISTORY: usize = 200;
+
+/// One room's history: a ring buffer of stored records.
+#[derive(Debug, Default)]
+struct RoomHistory {
+    entries: VecDeque<(StreamId, Record)>,
+    /// The newest position handed out (ids never go back, even when trimmed).
+    last: StreamId,
+    /// The newest position trimmed away: recovery after an older id is incomplete.
+    max_deleted: StreamId,
+}
 
 /// An in-process stand-in for Redis that several [`MemoryBus`] nodes share.
 /// Cloning it gives another handle to the same network.
@@ -32,14 +47,24 @@ struct Shared {
     subscribers: Mutex<HashMap<Topic, BTreeMap<u64, mpsc::Sender<Envelope>>>>,
     /// Hands out node ids.
     next_node: AtomicU64,
+    /// Room histories. Written only while `subscribers` is held, so the
+    /// history order is the delivery order.
+    histories: std::sync::Mutex<HashMap<RoomId, RoomHistory>>,
+    /// Messages kept per room.
+    history_size: usize,
     /// Always up: there is nothing to lose. Kept here so every receiver's
     /// sender lives as long as the network.
     status: watch::Sender<BusStatus>,
 }
 
 impl MemoryNetwork {
-    /// An empty network with no nodes. Does no I/O.
+    /// An empty network with no nodes, keeping [`DEFAULT_HISTORY`] messages per room.
     pub fn new() -> MemoryNetwork {
+        MemoryNetwork::with_history(DEFAULT_HISTORY)
+    }
+
+    /// An empty network keeping `history_size` messages per room (0 = none).
+    pub fn with_history(history_size: usize) -> MemoryNetwork {
         let up = BusStatus {
             up: true,
             reconnects: 0,
@@ -48,6 +73,8 @@ impl MemoryNetwork {
             shared: Arc::new(Shared {
                 subscribers: Mutex::new(HashMap::new()),
                 next_node: AtomicU64::new(0),
+                histories: std::sync::Mutex::default(),
+                history_size,
                 status: watch::channel(up).0,
             }),
         }
@@ -97,30 +124,78 @@ impl MemoryBus {
 
 #[async_trait]
 impl Bus for MemoryBus {
-    async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<(), BusError> {
+    async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<usize, BusError> {
         let mut subscribers = self.network.shared.subscribers.lock().await;
-        let Some(nodes) = subscribers.get_mut(topic) else {
-            return Ok(());
-        };
-        let mut gone = Vec::new();
-        for (node, inbox) in nodes.iter() {
-            let envelope = Envelope {
-                topic: topic.clone(),
-                payload: payload.clone(),
-            };
-            // Waits while that inbox is full: backpressure, never a drop.
-            if inbox.send(envelope).await.is_err() {
-                gone.push(*node);
+        Ok(deliver(&mut subscribers, topic, payload).await)
+    }
+
+    async fn publish_message(&self, draft: &Draft) -> Result<Message, BusError> {
+        let shared = &self.network.shared;
+        // Held across store and delivery: the history order is the live order.
+        let mut subscribers = shared.subscribers.lock().await;
+        let id = {
+            let mut histories = shared
+                .histories
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let room = histories.entry(draft.room.clone()).or_default();
+            let id = room.last.next(crate::now_ms());
+            room.last = id;
+            room.entries.push_back((id, draft.to_record()));
+            while room.entries.len() > shared.history_size {
+                if let Some((gone, _)) = room.entries.pop_front() {
+                    room.max_deleted = gone;
+                }
             }
-        }
-        // An inbox whose receiver was dropped belongs to a node that stopped.
-        for node in gone {
-            nodes.remove(&node);
-        }
-        if nodes.is_empty() {
-            subscribers.remove(topic);
-        }
-        Ok(())
+            id
+        };
+        let (head, tail) = draft.frame_parts();
+        let payload = Bytes::from(format!("{head}{id}{tail}"));
+        deliver(&mut subscribers, &Topic::Room(draft.room.clone()), payload).await;
+        Ok(draft.stamp(id.to_message_id()))
+    }
+
+    async fn history(&self, room: &RoomId, query: HistoryQuery) -> Result<HistoryPage, BusError> {
+        let histories = self
+            .network
+            .shared
+            .histories
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(h) = histories.get(room) else {
+            return Ok(HistoryPage {
+                messages: Vec::new(),
+                // Nothing is known about this room: recovery cannot vouch for it.
+                complete: false,
+            });
+        };
+        let message = |(id, r): &(StreamId, Record)| r.clone().into_message(room, *id);
+        let page = match query {
+            HistoryQuery::Latest { limit } => {
+                let skip = h.entries.len().saturating_sub(limit);
+                HistoryPage {
+                    messages: h.entries.iter().skip(skip).map(message).collect(),
+                    complete: false,
+                }
+            }
+            HistoryQuery::Before { before, limit } => {
+                let older: Vec<_> = h.entries.iter().filter(|(id, _)| *id < before).collect();
+                let skip = older.len().saturating_sub(limit);
+                HistoryPage {
+                    messages: older.into_iter().skip(skip).map(message).collect(),
+                    complete: false,
+                }
+            }
+            HistoryQuery::After { since, limit } => {
+                let newer: Vec<_> = h.entries.iter().filter(|(id, _)| *id > since).collect();
+                let complete = since >= h.max_deleted && newer.len() <= limit;
+                HistoryPage {
+                    messages: newer.into_iter().take(limit).map(message).collect(),
+                    complete,
+                }
+            }
+        };
+        Ok(page)
     }
 
     async fn subscribe(&self, topic: &Topic) -> Result<(), BusError> {
@@ -146,4 +221,35 @@ impl Bus for MemoryBus {
     fn status(&self) -> watch::Receiver<BusStatus> {
         self.network.shared.status.subscribe()
     }
+}
+
+/// Hands `payload` to every node subscribed to `topic`; returns how many got it.
+async fn deliver(
+    subscribers: &mut HashMap<Topic, BTreeMap<u64, mpsc::Sender<Envelope>>>,
+    topic: &Topic,
+    payload: Bytes,
+) -> usize {
+    let Some(nodes) = subscribers.get_mut(topic) else {
+        return 0;
+    };
+    let mut gone = Vec::new();
+    for (node, inbox) in nodes.iter() {
+        let envelope = Envelope {
+            topic: topic.clone(),
+            payload: payload.clone(),
+        };
+        // Waits while that inbox is full: backpressure, never a drop.
+        if inbox.send(envelope).await.is_err() {
+            gone.push(*node);
+        }
+    }
+    // An inbox whose receiver was dropped belongs to a node that stopped.
+    for node in gone {
+        nodes.remove(&node);
+    }
+    let delivered = nodes.len();
+    if nodes.is_empty() {
+        subscribers.remove(topic);
+    }
+    delivered
 }

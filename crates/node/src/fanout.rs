@@ -4,7 +4,7 @@
 
 use crate::hub::Hub;
 use crate::metrics::{DropReason, Metrics};
-use banter_bus::{Envelope, Inbox, Topic};
+use banter_bus::{Envelope, Inbox};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
@@ -21,10 +21,7 @@ pub(crate) async fn run(mut inbox: Inbox, hub: Arc<Hub>, metrics: Arc<Metrics>) 
             continue;
         };
         let msg = WsMessage::Text(text);
-        let delivered = match &topic {
-            Topic::Room(room) => hub.deliver(room, msg, at),
-            Topic::User(_) => 0,
-        };
+        let delivered = hub.deliver(&topic, msg, at);
         metrics.delivered.inc_by(delivered as u64);
     }
     tracing::debug!("bus inbox closed; fan-out stops");

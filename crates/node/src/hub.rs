@@ -9,7 +9,7 @@
 use crate::metrics::{DropReason, Metrics};
 use banter_bus::{Bus, BusError, Topic};
 use banter_presence::{Member, Presence, PresenceError};
-use banter_protocol::{CloseReason, ConnId, PresenceEvent, RoomId, ServerFrame, User};
+use banter_protocol::{CloseReason, ConnId, PresenceEvent, RoomId, ServerFrame, User, UserId};
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -84,6 +84,8 @@ pub(crate) struct ConnHandle {
 struct State {
     conns: HashMap<ConnId, ConnHandle>,
     rooms: HashMap<RoomId, HashMap<ConnId, ConnHandle>>,
+    /// Each user's local connections: where their direct messages go.
+    users: HashMap<UserId, HashMap<ConnId, ConnHandle>>,
 }
 
 /// Why a join did not happen.
@@ -128,17 +130,37 @@ impl Hub {
         self.state.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Makes a socket reachable.
-    pub fn register(&self, conn: &ConnId, handle: ConnHandle) {
-        self.write().conns.insert(conn.clone(), handle);
+    /// Makes a socket reachable, and subscribes its user's topic (direct
+    /// messages) when it is the user's first connection on this node.
+    pub async fn register(&self, conn: &ConnId, handle: ConnHandle) {
+        let user = handle.user.id.clone();
+        let first = {
+            let mut state = self.write();
+            state.conns.insert(conn.clone(), handle.clone());
+            let conns = state.users.entry(user.clone()).or_default();
+            conns.insert(conn.clone(), handle);
+            conns.len() == 1
+        };
         self.metrics.connections.inc();
         self.metrics.connections_total.inc();
+        if first && let Err(e) = self.ensure_subscribed(&Topic::User(user)).await {
+            // Kept as wanted: the bus restores it when it reconnects.
+            tracing::warn!(error = %e, "user topic not subscribed yet");
+        }
     }
 
-    /// Forgets a socket; call after [`leave_all`](Self::leave_all).
-    pub fn unregister(&self, conn: &ConnId) {
-        if self.write().conns.remove(conn).is_some() {
+    /// Forgets a socket; call after [`leave_all`](Self::leave_all). The
+    /// user's topic is unsubscribed later, with the idle rooms.
+    pub async fn unregister(&self, member: &Member) {
+        let mut state = self.write();
+        if state.conns.remove(&member.conn).is_some() {
             self.metrics.connections.dec();
+        }
+        if let Some(conns) = state.users.get_mut(&member.user.id) {
+            conns.remove(&member.conn);
+            if conns.is_empty() {
+                state.users.remove(&member.user.id);
+            }
         }
     }
 
@@ -166,15 +188,20 @@ impl Hub {
             .collect()
     }
 
-    /// Hands `payload` (a serialised server frame) to every local member of
-    /// `room`. Returns how many sockets got it. Never waits on a socket.
-    pub fn deliver(&self, room: &RoomId, msg: WsMessage, at: Instant) -> usize {
+    /// Hands a frame to every local socket `topic` reaches (a room's
+    /// members, or a user's connections). Returns how many got it. Never
+    /// waits on a socket: a full queue kicks its client as a slow consumer.
+    pub fn deliver(&self, topic: &Topic, msg: WsMessage, at: Instant) -> usize {
         let state = self.read();
-        let Some(members) = state.rooms.get(room) else {
+        let targets = match topic {
+            Topic::Room(room) => state.rooms.get(room),
+            Topic::User(user) => state.users.get(user),
+        };
+        let Some(targets) = targets else {
             return 0;
         };
         let mut delivered = 0;
-        for handle in members.values() {
+        for handle in targets.values() {
             let out = Outbound {
                 msg: msg.clone(),
                 at,
@@ -305,7 +332,7 @@ impl Hub {
     fn has_local(&self, topic: &Topic) -> bool {
         match topic {
             Topic::Room(room) => self.read().rooms.contains_key(room),
-            Topic::User(_) => false,
+            Topic::User(user) => self.read().users.contains_key(user),
         }
     }
 

@@ -5,7 +5,8 @@
 //!
 //! - [`config`]: the configuration (defaults < TOML < env < flags), validated.
 //! - `server`: the one HTTP port: the page, `/ws`, health, readiness, metrics, the API.
-//! - `session`: one task per socket, from upgrade to close.
+//! - `session`: one task per socket, from upgrade to close; `commands`: what each frame does.
+//! - `api`: the room API over HTTP; `auth`: tokens and guests.
 //! - `hub`: the local rooms and their members; joining and leaving touch bus and presence here only.
 //! - `fanout`: the node's one subscriber task: bus inbox → local sockets.
 //! - [`metrics`]: every metric, one place.
@@ -14,6 +15,9 @@
 //! then drains: readiness turns 503, every client gets close 1001, presence
 //! entries are removed, all within `server.drain_timeout_ms`.
 
+mod api;
+mod auth;
+mod commands;
 pub mod config;
 mod fanout;
 mod hub;
@@ -21,7 +25,7 @@ pub mod metrics;
 mod server;
 mod session;
 
-use banter_bus::{Bus, BusStatus, Inbox, MemoryBus, RedisBus, RedisBusConfig};
+use banter_bus::{Bus, BusStatus, Inbox, MemoryNetwork, RedisBus, RedisBusConfig};
 use banter_presence::{MemoryPresence, Presence, RedisPresence};
 use config::Config;
 use hub::Hub;
@@ -65,6 +69,7 @@ struct NodeInner {
     presence: Arc<dyn Presence>,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
+    verifier: auth::Verifier,
     bus_status: watch::Receiver<BusStatus>,
     /// Cancelled when the node drains: every session's kick is a child of it.
     shutdown: CancellationToken,
@@ -83,7 +88,7 @@ impl Node {
     /// starts unready and keeps reconnecting.
     pub async fn connect(config: Config) -> Result<Node, NodeError> {
         if config.redis.url.is_empty() {
-            let (bus, inbox) = MemoryBus::new();
+            let (bus, inbox) = MemoryNetwork::with_history(config.history.size).connect();
             let presence = MemoryPresence::new(config.presence_ttl());
             return Node::with_backends(config, Arc::new(bus), inbox, Arc::new(presence));
         }
@@ -102,12 +107,13 @@ impl Node {
         let pool = pool_config
             .create_pool(Some(deadpool_redis::Runtime::Tokio1))
             .map_err(|e| NodeError::Redis(e.to_string()))?;
-        let (bus, inbox) = RedisBus::connect(
-            pool.clone(),
-            RedisBusConfig::new(redis.url.clone(), redis.key_prefix.clone()),
-        )
-        .await
-        .map_err(|e| NodeError::Redis(e.to_string()))?;
+        let bus_config = RedisBusConfig {
+            history_size: config.history.size,
+            ..RedisBusConfig::new(redis.url.clone(), redis.key_prefix.clone())
+        };
+        let (bus, inbox) = RedisBus::connect(pool.clone(), bus_config)
+            .await
+            .map_err(|e| NodeError::Redis(e.to_string()))?;
         let presence = RedisPresence::new(pool, redis.key_prefix.clone(), config.presence_ttl());
         Node::with_backends(config, Arc::new(bus), inbox, Arc::new(presence))
     }
@@ -125,6 +131,7 @@ impl Node {
         Ok(Node {
             inner: Arc::new(NodeInner {
                 bus_status: bus.status(),
+                verifier: auth::Verifier::new(&config.auth.jwt_secret),
                 config,
                 bus,
                 presence,

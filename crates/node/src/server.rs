@@ -1,9 +1,9 @@
 //! The node's one HTTP port (SPEC.md section 3), on hyper 1: the chat page,
 //! the WebSocket upgrade, health, readiness, metrics and the room API.
 
-use crate::{Node, random_id, session};
-use banter_presence::Member;
-use banter_protocol::{ConnId, DisplayName, FrameError, RoomId, User, UserId};
+use crate::session::{Identity, Mode};
+use crate::{Node, api, auth, session};
+use banter_protocol::{FrameError, RoomId};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -22,7 +22,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 /// The chat page, embedded: no CDN, works offline.
 const PAGE: &str = include_str!("../assets/index.html");
 
-type Body = Full<Bytes>;
+pub(crate) type Body = Full<Bytes>;
 
 /// Serves one TCP connection: HTTP/1.1 requests until it closes or upgrades.
 pub(crate) async fn serve_connection(stream: TcpStream, peer: SocketAddr, node: Node) {
@@ -63,22 +63,35 @@ async fn route(req: Request<Incoming>, node: &Node, peer: SocketAddr) -> Respons
             "text/plain; version=0.0.4; charset=utf-8",
             node.inner.metrics.render(),
         ),
-        "/ws" if get => upgrade(req, node, peer),
-        _ => match path
-            .strip_prefix("/api/rooms/")
-            .and_then(|r| r.split_once('/'))
-        {
-            Some((room, "presence")) if get => presence(node, room).await,
-            Some((_, "presence")) => status(StatusCode::METHOD_NOT_ALLOWED),
-            _ if matches!(
-                path.as_str(),
-                "/" | "/healthz" | "/readyz" | "/metrics" | "/ws"
-            ) =>
-            {
-                status(StatusCode::METHOD_NOT_ALLOWED)
+        "/ws" if get => upgrade(req, node, peer, false),
+        "/text" if get => upgrade(req, node, peer, true),
+        _ => {
+            let api = path
+                .strip_prefix("/api/rooms/")
+                .and_then(|r| r.split_once('/'));
+            let method = req.method().clone();
+            match (api, method) {
+                (Some((room, "presence")), _) if get => api::presence(node, room).await,
+                (Some((room, "history")), _) if get => {
+                    api::history(node, room, req.uri().query()).await
+                }
+                (Some((room, "messages")), Method::POST) => {
+                    let room = room.to_owned();
+                    api::publish(node, &room, req).await
+                }
+                (Some((_, "presence" | "history" | "messages")), _) => {
+                    status(StatusCode::METHOD_NOT_ALLOWED)
+                }
+                _ if matches!(
+                    path.as_str(),
+                    "/" | "/healthz" | "/readyz" | "/metrics" | "/ws" | "/text"
+                ) =>
+                {
+                    status(StatusCode::METHOD_NOT_ALLOWED)
+                }
+                _ => status(StatusCode::NOT_FOUND),
             }
-            _ => status(StatusCode::NOT_FOUND),
-        },
+        }
     }
 }
 
@@ -96,35 +109,13 @@ fn response(
     res
 }
 
-fn json(code: StatusCode, value: &serde_json::Value) -> Response<Body> {
+pub(crate) fn json(code: StatusCode, value: &serde_json::Value) -> Response<Body> {
     response(code, "application/json", value.to_string())
 }
 
 fn status(code: StatusCode) -> Response<Body> {
     let reason = code.canonical_reason().unwrap_or("error");
     json(code, &serde_json::json!({ "error": reason }))
-}
-
-async fn presence(node: &Node, room: &str) -> Response<Body> {
-    let Ok(room) = room.parse::<RoomId>() else {
-        return json(
-            StatusCode::BAD_REQUEST,
-            &serde_json::json!({"error": "bad_room"}),
-        );
-    };
-    match node.inner.presence.users(&room).await {
-        Ok(users) => json(
-            StatusCode::OK,
-            &serde_json::json!({"room": room, "count": users.len(), "users": users}),
-        ),
-        Err(e) => {
-            tracing::warn!(%room, error = %e, "presence read failed");
-            json(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &serde_json::json!({"error": "unavailable"}),
-            )
-        }
-    }
 }
 
 /// The query of `/ws`: only the keys Banter knows, percent-decoded.
@@ -202,8 +193,13 @@ fn header_has_token(req: &Request<Incoming>, name: header::HeaderName, token: &s
     })
 }
 
-/// The WebSocket upgrade of `/ws`: checks, the 101, then the session task.
-fn upgrade(mut req: Request<Incoming>, node: &Node, peer: SocketAddr) -> Response<Body> {
+/// The WebSocket upgrade of `/ws` (or `/text`): checks, the 101, then the session task.
+fn upgrade(
+    mut req: Request<Incoming>,
+    node: &Node,
+    peer: SocketAddr,
+    text: bool,
+) -> Response<Body> {
     let config = node.config();
     if node.draining() {
         return json(
@@ -259,20 +255,41 @@ fn upgrade(mut req: Request<Incoming>, node: &Node, peer: SocketAddr) -> Respons
     }
 
     let query = WsQuery::parse(req.uri().query());
-    if query.token.is_some() || !config.auth.anonymous {
-        // Tokens need `auth.jwt_secret`; until JWT support lands every token is refused.
-        return json(
-            StatusCode::UNAUTHORIZED,
-            &serde_json::json!({"error": "unauthorized"}),
-        );
-    }
-    let user = guest(query.name.as_deref());
-    let join = query
-        .room
-        .map(|r| r.parse::<RoomId>().map_err(FrameError::from));
-    let member = Member {
-        conn: new_conn_id(),
-        user,
+    let identity = match (&query.token, config.auth.anonymous) {
+        (Some(token), _) => match node.inner.verifier.verify(token) {
+            Ok(user) => Identity::Known(user),
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "token refused");
+                return json(
+                    StatusCode::UNAUTHORIZED,
+                    &serde_json::json!({"error": "unauthorized"}),
+                );
+            }
+        },
+        (None, true) => Identity::Known(auth::guest(query.name.as_deref())),
+        (None, false) if text => {
+            return json(
+                StatusCode::UNAUTHORIZED,
+                &serde_json::json!({"error": "a token is required"}),
+            );
+        }
+        (None, false) => Identity::AwaitAuth,
+    };
+    let room = query.room.map(|r| r.parse::<RoomId>());
+    let mode = if text {
+        match room {
+            Some(Ok(room)) => Mode::Text { room },
+            _ => {
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({"error": "/text needs ?room= with a valid room"}),
+                );
+            }
+        }
+    } else {
+        Mode::Json {
+            join: room.map(|r| r.map_err(FrameError::from)),
+        }
     };
 
     let ws_config = ws_config(config.limits.max_frame_bytes);
@@ -301,7 +318,7 @@ fn upgrade(mut req: Request<Incoming>, node: &Node, peer: SocketAddr) -> Respons
                 return;
             }
         };
-        session::run(ws, session_node, member, join).await;
+        session::run(ws, session_node, identity, mode).await;
     });
 
     let mut res = Response::new(Full::new(Bytes::new()));
@@ -331,23 +348,6 @@ pub(crate) fn ws_config(max_frame_bytes: usize) -> WebSocketConfig {
         .max_message_size(Some(max_frame_bytes))
         .max_frame_size(Some(max_frame_bytes))
         .accept_unmasked_frames(false)
-}
-
-fn new_conn_id() -> ConnId {
-    // 16 characters of [a-z0-9]: always a valid connection id.
-    ConnId::try_from(random_id(16)).unwrap_or_else(|_| unreachable!("random ids are alphanumeric"))
-}
-
-/// A guest: a random cluster-unique id, the wanted name if it is valid,
-/// `guest-NNNN` otherwise.
-fn guest(wanted: Option<&str>) -> User {
-    use rand::RngExt;
-    let name = wanted
-        .and_then(|n| n.parse::<DisplayName>().ok())
-        .unwrap_or_else(|| DisplayName::guest(rand::rng().random_range(0..10_000)));
-    let id = UserId::try_from(format!("g-{}", random_id(12)))
-        .unwrap_or_else(|_| unreachable!("random ids are alphanumeric"));
-    User { id, name }
 }
 
 #[cfg(test)]

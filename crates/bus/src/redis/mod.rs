@@ -31,7 +31,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::{self, Instant, MissedTickBehavior};
 
+mod history;
+
+use crate::history::{Draft, HistoryPage, HistoryQuery};
 use crate::{Bus, BusError, BusStatus, Envelope, INBOX_CAPACITY, Inbox, Topic};
+use banter_protocol::{Message, RoomId};
 
 /// The longest a TCP connect plus handshake to Redis may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -63,6 +67,8 @@ pub struct RedisBusConfig {
     /// How often the subscriber connection proves it is alive by receiving
     /// its own probe. A dead connection is noticed within three intervals.
     pub probe_interval: Duration,
+    /// Messages kept per room in `{key_prefix}:history:{room}` (0 = none).
+    pub history_size: usize,
 }
 
 impl RedisBusConfig {
@@ -72,6 +78,7 @@ impl RedisBusConfig {
             url: url.into(),
             key_prefix: key_prefix.into(),
             probe_interval: Duration::from_secs(1),
+            history_size: 200,
         }
     }
 }
@@ -86,6 +93,7 @@ pub struct RedisBus {
 struct Inner {
     pool: Pool,
     prefix: String,
+    history_size: usize,
     requests: mpsc::Sender<Request>,
     status: watch::Receiver<BusStatus>,
 }
@@ -144,6 +152,7 @@ impl RedisBus {
         let inner = Inner {
             pool,
             prefix: config.key_prefix,
+            history_size: config.history_size,
             requests: requests_tx,
             status,
         };
@@ -153,6 +162,16 @@ impl RedisBus {
             },
             inbox,
         ))
+    }
+
+    /// Fails fast while the subscriber sees Redis down, rather than wait
+    /// out a pool timeout per client message.
+    fn check_up(&self) -> Result<(), BusError> {
+        if self.inner.status.borrow().up {
+            Ok(())
+        } else {
+            Err(BusError::Down)
+        }
     }
 
     async fn request(
@@ -176,18 +195,25 @@ impl RedisBus {
 
 #[async_trait]
 impl Bus for RedisBus {
-    async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<(), BusError> {
-        // Fail fast while the subscriber sees Redis down, rather than wait
-        // out a pool timeout per client message.
-        if !self.inner.status.borrow().up {
-            return Err(BusError::Down);
-        }
+    async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<usize, BusError> {
+        self.check_up()?;
         pool_publish(
             &self.inner.pool,
             &topic.channel(&self.inner.prefix),
             &payload,
         )
         .await
+    }
+
+    async fn publish_message(&self, draft: &Draft) -> Result<Message, BusError> {
+        self.check_up()?;
+        let inner = &self.inner;
+        history::publish_message(&inner.pool, &inner.prefix, inner.history_size, draft).await
+    }
+
+    async fn history(&self, room: &RoomId, query: HistoryQuery) -> Result<HistoryPage, BusError> {
+        self.check_up()?;
+        history::read(&self.inner.pool, &self.inner.prefix, room, query).await
     }
 
     async fn subscribe(&self, topic: &Topic) -> Result<(), BusError> {
@@ -224,16 +250,16 @@ fn subscriber_client(url: &str) -> Result<redis::Client, BusError> {
 
 /// `PUBLISH channel payload` on a pooled connection, checkout included,
 /// within [`COMMAND_TIMEOUT`].
-async fn pool_publish(pool: &Pool, channel: &str, payload: &[u8]) -> Result<(), BusError> {
+async fn pool_publish(pool: &Pool, channel: &str, payload: &[u8]) -> Result<usize, BusError> {
     let publish = async {
         let mut conn = pool.get().await.map_err(BusError::Pool)?;
-        redis::cmd("PUBLISH")
+        let receivers = redis::cmd("PUBLISH")
             .arg(channel)
             .arg(payload)
             .query_async::<i64>(&mut *conn)
             .await
             .map_err(BusError::Redis)?;
-        Ok(())
+        Ok(usize::try_from(receivers).unwrap_or(0))
     };
     time::timeout(COMMAND_TIMEOUT, publish)
         .await
@@ -452,7 +478,7 @@ impl Subscriber {
                             let (pool, channel) = (self.pool.clone(), self.health.clone());
                             let payload = sequence.to_string();
                             probes.spawn(async move {
-                                pool_publish(&pool, &channel, payload.as_bytes()).await
+                                pool_publish(&pool, &channel, payload.as_bytes()).await.map(drop)
                             });
                         }
                     }

@@ -1,0 +1,164 @@
+//! Room history in Redis: one stream per room, `{prefix}:history:{room}`,
+//! capped with `XADD MAXLEN ~ size`. Storing and publishing a message is one
+//! Lua script, so the stream order is the live order and the id the ack
+//! carries is the stream position.
+
+use crate::history::{Draft, HistoryPage, HistoryQuery, Record, StreamId};
+use crate::{BusError, Topic};
+use banter_protocol::{Message, RoomId};
+use deadpool_redis::{Pool, PoolError, TimeoutType};
+use std::sync::LazyLock;
+use std::time::Duration;
+use tokio::time;
+
+/// XADD then PUBLISH `head .. id .. tail`: one atomic step.
+/// KEYS[1] stream; ARGV: trim strategy (`~` or `=`), maxlen, record, channel, head, tail.
+static PUBLISH_MESSAGE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], ARGV[2], '*', 'm', ARGV[3])
+local n = redis.call('PUBLISH', ARGV[4], ARGV[5] .. id .. ARGV[6])
+return {id, n}
+",
+    )
+});
+
+/// Reads a range and, atomically with it, the oldest position still kept.
+/// (Redis 7.0 does not advance `max-deleted-entry-id` when MAXLEN trims, so
+/// the oldest kept entry is what tells whether anything after an id is gone.)
+/// KEYS[1] stream; ARGV: mode (`after`, `before`, `latest`), id, count.
+/// Returns `{oldest id or 'missing', id1, record1, id2, record2, ...}`
+/// (newest first for `before` and `latest`).
+static READ_HISTORY: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"
+local entries
+if ARGV[1] == 'after' then
+  entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[2], '+', 'COUNT', ARGV[3])
+elseif ARGV[1] == 'before' then
+  entries = redis.call('XREVRANGE', KEYS[1], '(' .. ARGV[2], '-', 'COUNT', ARGV[3])
+else
+  entries = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', ARGV[3])
+end
+-- The oldest entry still kept: everything after an id at or past it is here.
+local first = 'missing'
+local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+if #oldest > 0 then first = oldest[1][1] end
+local out = {first}
+for _, e in ipairs(entries) do
+  local fields = e[2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'm' then
+      out[#out + 1] = e[1]
+      out[#out + 1] = fields[i + 1]
+    end
+  end
+end
+return out
+",
+    )
+});
+
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn stream_key(prefix: &str, room: &RoomId) -> String {
+    format!("{prefix}:history:{room}")
+}
+
+async fn with_timeout<T>(f: impl Future<Output = Result<T, BusError>>) -> Result<T, BusError> {
+    time::timeout(COMMAND_TIMEOUT, f)
+        .await
+        .unwrap_or(Err(BusError::Pool(PoolError::Timeout(TimeoutType::Wait))))
+}
+
+/// Stores `draft` in its room's stream and publishes it. See the module docs.
+pub(super) async fn publish_message(
+    pool: &Pool,
+    prefix: &str,
+    history_size: usize,
+    draft: &Draft,
+) -> Result<Message, BusError> {
+    let record = serde_json::to_string(&draft.to_record())
+        .map_err(|e| BusError::Config(format!("unencodable message: {e}")))?;
+    let (head, tail) = draft.frame_parts();
+    // `MAXLEN ~ 0` may keep a whole radix node: no history means exactly none.
+    let trim = if history_size == 0 { "=" } else { "~" };
+    let channel = Topic::Room(draft.room.clone()).channel(prefix);
+    let (id, _receivers): (String, i64) = with_timeout(async {
+        let mut conn = pool.get().await.map_err(BusError::Pool)?;
+        PUBLISH_MESSAGE
+            .key(stream_key(prefix, &draft.room))
+            .arg(trim)
+            .arg(history_size)
+            .arg(record)
+            .arg(channel)
+            .arg(head)
+            .arg(tail)
+            .invoke_async(&mut *conn)
+            .await
+            .map_err(BusError::Redis)
+    })
+    .await?;
+    let id = StreamId::parse(&id).ok_or_else(|| {
+        BusError::Config(format!("redis returned a stream id `{id}` of unknown form"))
+    })?;
+    Ok(draft.stamp(id.to_message_id()))
+}
+
+/// Reads a room's history. See [`HistoryQuery`].
+pub(super) async fn read(
+    pool: &Pool,
+    prefix: &str,
+    room: &RoomId,
+    query: HistoryQuery,
+) -> Result<HistoryPage, BusError> {
+    let (mode, id, limit) = match query {
+        HistoryQuery::Latest { limit } => ("latest", String::from("+"), limit),
+        HistoryQuery::Before { before, limit } => ("before", before.to_string(), limit),
+        // One more than asked, to know whether the limit cut anything.
+        HistoryQuery::After { since, limit } => ("after", since.to_string(), limit + 1),
+    };
+    if limit == 0 {
+        return Ok(HistoryPage::default());
+    }
+    let flat: Vec<String> = with_timeout(async {
+        let mut conn = pool.get().await.map_err(BusError::Pool)?;
+        READ_HISTORY
+            .key(stream_key(prefix, room))
+            .arg(mode)
+            .arg(id)
+            .arg(limit)
+            .invoke_async(&mut *conn)
+            .await
+            .map_err(BusError::Redis)
+    })
+    .await?;
+    let mut items = flat.into_iter();
+    let oldest = items.next().unwrap_or_default();
+    let mut messages = Vec::new();
+    while let (Some(id), Some(record)) = (items.next(), items.next()) {
+        let (Some(id), Ok(record)) = (
+            StreamId::parse(&id),
+            serde_json::from_str::<Record>(&record),
+        ) else {
+            tracing::warn!(%room, %id, "unreadable history entry skipped");
+            continue;
+        };
+        messages.push(record.into_message(room, id));
+    }
+    let complete = match query {
+        HistoryQuery::After { since, limit } => {
+            let cut = messages.len() > limit;
+            messages.truncate(limit);
+            // `since` is still kept, so nothing after it was trimmed; and the
+            // limit cut nothing. When `since` itself is gone we cannot tell
+            // whether anything followed it: say incomplete, never wrongly complete.
+            StreamId::parse(&oldest).is_some_and(|first| since >= first) && !cut
+        }
+        HistoryQuery::Latest { .. } | HistoryQuery::Before { .. } => {
+            messages.reverse();
+            false
+        }
+    };
+    Ok(HistoryPage { messages, complete })
+}

@@ -1,0 +1,167 @@
+//! The room API over HTTP: presence, history, and server publishing.
+
+use crate::Node;
+use crate::commands::{HISTORY_LIMIT, system_user};
+use crate::server::{Body, json};
+use banter_bus::{Draft, HistoryQuery, StreamId};
+use banter_protocol::RoomId;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap};
+use hyper::{Request, Response, StatusCode};
+use serde_json::json as j;
+use subtle::ConstantTimeEq;
+
+fn bad_room() -> Response<Body> {
+    json(StatusCode::BAD_REQUEST, &j!({"error": "bad_room"}))
+}
+
+fn unavailable() -> Response<Body> {
+    json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &j!({"error": "unavailable"}),
+    )
+}
+
+/// `GET /api/rooms/{room}/presence`
+pub(crate) async fn presence(node: &Node, room: &str) -> Response<Body> {
+    let Ok(room) = room.parse::<RoomId>() else {
+        return bad_room();
+    };
+    match node.inner.presence.users(&room).await {
+        Ok(users) => json(
+            StatusCode::OK,
+            &j!({"room": room, "count": users.len(), "users": users}),
+        ),
+        Err(e) => {
+            tracing::warn!(%room, error = %e, "presence read failed");
+            unavailable()
+        }
+    }
+}
+
+/// `GET /api/rooms/{room}/history?limit=50&since=ID`: oldest first.
+pub(crate) async fn history(node: &Node, room: &str, query: Option<&str>) -> Response<Body> {
+    let Ok(room) = room.parse::<RoomId>() else {
+        return bad_room();
+    };
+    let (mut limit, mut since) = (50, None);
+    for (key, value) in query
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+    {
+        match key {
+            "limit" => match value.parse::<usize>() {
+                Ok(l) => limit = l.min(HISTORY_LIMIT),
+                Err(_) => {
+                    return json(
+                        StatusCode::BAD_REQUEST,
+                        &j!({"error": "limit must be a number"}),
+                    );
+                }
+            },
+            "since" => match StreamId::parse(value) {
+                Some(id) => since = Some(id),
+                None => {
+                    return json(
+                        StatusCode::BAD_REQUEST,
+                        &j!({"error": "since must be a message id"}),
+                    );
+                }
+            },
+            _ => {}
+        }
+    }
+    let query = match since {
+        Some(since) => HistoryQuery::After { since, limit },
+        None => HistoryQuery::Latest { limit },
+    };
+    match node.inner.bus.history(&room, query).await {
+        Ok(page) => json(
+            StatusCode::OK,
+            &j!({"room": room, "messages": page.messages}),
+        ),
+        Err(e) => {
+            tracing::warn!(%room, error = %e, "history read failed");
+            unavailable()
+        }
+    }
+}
+
+/// Whether the request carries `Authorization: Bearer <key>`, compared in
+/// constant time so the key cannot be guessed byte by byte.
+fn authorized(headers: &HeaderMap, key: &str) -> bool {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    bool::from(given.as_bytes().ct_eq(key.as_bytes()))
+}
+
+#[derive(serde::Deserialize)]
+struct PublishBody {
+    text: String,
+    #[serde(default)]
+    from: Option<String>,
+}
+
+/// `POST /api/rooms/{room}/messages`: a message from the server side,
+/// `from {"id":"system","name": <from or "system">}`; 202 with its id.
+pub(crate) async fn publish(node: &Node, room: &str, req: Request<Incoming>) -> Response<Body> {
+    let config = node.config();
+    if config.auth.api_key.is_empty() {
+        return json(
+            StatusCode::NOT_FOUND,
+            &j!({"error": "the publish API is off"}),
+        );
+    }
+    if !authorized(req.headers(), &config.auth.api_key) {
+        return json(StatusCode::UNAUTHORIZED, &j!({"error": "unauthorized"}));
+    }
+    let Ok(room) = room.parse::<RoomId>() else {
+        return bad_room();
+    };
+    let body = match Limited::new(req.into_body(), config.limits.max_frame_bytes)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(_) => return json(StatusCode::PAYLOAD_TOO_LARGE, &j!({"error": "too_large"})),
+    };
+    let Ok(body) = serde_json::from_slice::<PublishBody>(&body) else {
+        return json(
+            StatusCode::BAD_REQUEST,
+            &j!({"error": "expected {\"text\": .., \"from\": ..}"}),
+        );
+    };
+    let Some(from) = system_user(body.from.as_deref()) else {
+        return json(
+            StatusCode::BAD_REQUEST,
+            &j!({"error": "from must be 1-32 characters without control characters"}),
+        );
+    };
+    if body.text.trim().is_empty() || body.text.chars().count() > config.limits.max_text_chars {
+        return json(
+            StatusCode::BAD_REQUEST,
+            &j!({"error": "text must be 1 to limits.max_text_chars characters"}),
+        );
+    }
+    let draft = Draft {
+        room,
+        from,
+        text: body.text,
+        ts: crate::now_ms(),
+    };
+    match node.inner.bus.publish_message(&draft).await {
+        Ok(message) => {
+            node.inner.metrics.published.inc();
+            json(StatusCode::ACCEPTED, &j!({"id": message.id}))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "api publish failed");
+            unavailable()
+        }
+    }
+}
