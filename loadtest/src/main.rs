@@ -1,1 +1,49 @@
-fn main() {}
+//! `banter-load`: flags, the runtime, printing the report, the exit code.
+
+use banter_load::cli::Cli;
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("banter-load: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = match runtime.block_on(banter_load::run(&cli.command)) {
+        Ok(Some(report)) => report,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("banter-load: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Sockets still closing must not hold the exit up.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    println!("{}", report.table());
+    let json = report.json_line();
+    match &cli.json {
+        Some(path) => {
+            if let Err(e) = std::fs::write(path, format!("{json}\n")) {
+                eprintln!("banter-load: cannot write {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
+        }
+        None => println!("{json}"),
+    }
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "banter-load: {}: the run found problems (see the table)",
+            report.scenario
+        );
+        ExitCode::from(3)
+    }
+}

@@ -1,0 +1,281 @@
+//! Command-line flags of every scenario. The structs are plain data so tests
+//! and the benchmark driver can build them without parsing.
+
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Banter's load generator: speaks the JSON protocol of SPEC.md to one or
+/// more nodes on `ws://HOST:PORT/ws` and reports what it measured.
+#[derive(Debug, Parser)]
+#[command(name = "banter-load", version, about)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Write the JSON result to this file instead of stdout.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+/// The scenarios.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Open N connections, hold them, report connect rate and node RSS per connection.
+    Idle(IdleArgs),
+    /// S subscribers in one room, P publishers at an open-loop rate: throughput, latency, order.
+    Fanout(FanoutArgs),
+    /// Many small rooms, every member publishing at an interval.
+    Rooms(RoomsArgs),
+    /// Connections opening, joining, sending one message and closing at a rate.
+    Churn(ChurnArgs),
+    /// A small fan-out run that exits non-zero on any loss, duplicate or reorder.
+    Smoke(SmokeArgs),
+    /// Latency-against-load SVG and a markdown table from fan-out JSON results.
+    Plot(PlotArgs),
+}
+
+/// Flags every scenario shares.
+#[derive(Clone, Debug, Args)]
+pub struct Common {
+    /// Nodes to connect to, comma-separated HOST:PORT (loopback only).
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:8080")]
+    pub nodes: Vec<SocketAddr>,
+    /// Node process ids (same order as --nodes) to read RSS and CPU from /proc.
+    #[arg(long, value_delimiter = ',')]
+    pub pids: Vec<u32>,
+    /// Spread client sockets over source addresses 127.0.0.1 ..= 127.0.0.K.
+    #[arg(long, default_value_t = 4)]
+    pub sources: u8,
+    /// Connections being opened at once.
+    #[arg(long, default_value_t = 128)]
+    pub concurrency: usize,
+    /// No progress line on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl Default for Common {
+    fn default() -> Self {
+        Common {
+            nodes: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+            pids: Vec::new(),
+            sources: 1,
+            concurrency: 64,
+            quiet: true,
+        }
+    }
+}
+
+/// Which part of a run split over processes this process does.
+#[derive(Clone, Copy, Debug, Args)]
+pub struct ShardArgs {
+    /// Split the connections over this many processes (each has its own fd
+    /// limit); 0 = as many as the fd limit needs.
+    #[arg(long, default_value_t = 0)]
+    pub procs: usize,
+    /// Internal: this process is shard I of --procs (talks to its parent on stdin/stdout).
+    #[arg(long, hide = true)]
+    pub shard: Option<usize>,
+}
+
+/// `idle`.
+#[derive(Clone, Debug, Args)]
+pub struct IdleArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub shard: ShardArgs,
+    /// Connections to open.
+    #[arg(short = 'n', long, default_value_t = 1000)]
+    pub connections: usize,
+    /// How long to hold them once all are open.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub hold: Duration,
+    /// Also join this room with every connection (empty: no room).
+    #[arg(long, default_value = "")]
+    pub room: String,
+}
+
+/// `fanout`.
+#[derive(Clone, Debug, Args)]
+pub struct FanoutArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Subscribers in the room, spread round-robin over the nodes.
+    #[arg(long, default_value_t = 1000)]
+    pub subscribers: usize,
+    /// Publishers, all on --publisher-node.
+    #[arg(long, default_value_t = 1)]
+    pub publishers: usize,
+    /// Index into --nodes of the publishers' node (default: the last node).
+    #[arg(long)]
+    pub publisher_node: Option<usize>,
+    /// Messages per second, all publishers together (open loop).
+    #[arg(long, default_value_t = 50.0)]
+    pub rate: f64,
+    /// Text size of each message in bytes.
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// Measured window, after the warm-up.
+    #[arg(long, value_parser = parse_duration, default_value = "20s")]
+    pub duration: Duration,
+    /// Publishing before the measured window (not in the latency figures).
+    #[arg(long, value_parser = parse_duration, default_value = "3s")]
+    pub warmup: Duration,
+    /// The room.
+    #[arg(long, default_value = "bench")]
+    pub room: String,
+}
+
+/// `rooms`.
+#[derive(Clone, Debug, Args)]
+pub struct RoomsArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub shard: ShardArgs,
+    /// Number of rooms.
+    #[arg(long, default_value_t = 5000)]
+    pub rooms: usize,
+    /// Members per room, spread over the nodes.
+    #[arg(long, default_value_t = 4)]
+    pub members: usize,
+    /// Each member sends one message per interval.
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    pub interval: Duration,
+    /// Text size of each message in bytes.
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// Measured window, after the warm-up.
+    #[arg(long, value_parser = parse_duration, default_value = "20s")]
+    pub duration: Duration,
+    /// Publishing before the measured window.
+    #[arg(long, value_parser = parse_duration, default_value = "4s")]
+    pub warmup: Duration,
+}
+
+/// `churn`.
+#[derive(Clone, Debug, Args)]
+pub struct ChurnArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// New connections per second (open loop).
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// How long to keep opening connections.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub duration: Duration,
+    /// Rooms the connections join, round-robin.
+    #[arg(long, default_value_t = 50)]
+    pub rooms: usize,
+    /// At most this many connections alive at once; beyond it an arrival is skipped and counted.
+    #[arg(long, default_value_t = 2000)]
+    pub max_inflight: usize,
+}
+
+/// `smoke`.
+#[derive(Clone, Debug, Args)]
+pub struct SmokeArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Subscribers.
+    #[arg(long, default_value_t = 20)]
+    pub subscribers: usize,
+    /// Publishers.
+    #[arg(long, default_value_t = 2)]
+    pub publishers: usize,
+    /// Messages per second, all publishers together.
+    #[arg(long, default_value_t = 200.0)]
+    pub rate: f64,
+    /// Measured window.
+    #[arg(long, value_parser = parse_duration, default_value = "3s")]
+    pub duration: Duration,
+}
+
+impl SmokeArgs {
+    /// The fan-out run a smoke test is.
+    pub fn fanout(&self) -> FanoutArgs {
+        FanoutArgs {
+            common: self.common.clone(),
+            subscribers: self.subscribers,
+            publishers: self.publishers,
+            publisher_node: None,
+            rate: self.rate,
+            size: 64,
+            duration: self.duration,
+            warmup: Duration::from_millis(500),
+            room: "smoke".into(),
+        }
+    }
+}
+
+/// `plot`.
+#[derive(Clone, Debug, Args)]
+pub struct PlotArgs {
+    /// Fan-out JSON results (one per offered rate).
+    #[arg(required = true)]
+    pub results: Vec<PathBuf>,
+    /// Where to write the SVG.
+    #[arg(long, default_value = "latency.svg")]
+    pub out: PathBuf,
+}
+
+/// Parses `250ms`, `2s`, `1.5s`, `3m` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    let value: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (e.g. 500ms, 2s, 1m)"))?;
+    if !value.is_finite() || value < 0.0 {
+        return Err(format!("`{s}` is not a duration"));
+    }
+    Ok(Duration::from_secs_f64(value * scale))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("3m"), Ok(Duration::from_secs(180)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("x").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn cli_parses() {
+        let cli = Cli::try_parse_from([
+            "banter-load",
+            "fanout",
+            "--nodes",
+            "127.0.0.1:8081,127.0.0.1:8082",
+            "--rate",
+            "100",
+            "--duration",
+            "5s",
+        ])
+        .unwrap();
+        let Command::Fanout(f) = cli.command else {
+            panic!("not fanout")
+        };
+        assert_eq!(f.common.nodes.len(), 2);
+        assert_eq!(f.duration, Duration::from_secs(5));
+    }
+}
