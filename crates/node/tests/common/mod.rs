@@ -410,3 +410,15 @@ impl Client {
         }
     }
 }
+
+impl Client {
+    /// A client on an open socket that has not received `welcome` (auth tests).
+    pub fn unwelcomed(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Client {
+        Client {
+            ws,
+            user: User::parse("x", "x").unwrap(),
+            node: String::new(),
+            next_ref: 0,
+        }
+    }
+}
