@@ -49,6 +49,9 @@ pub struct ServerConfig {
     pub handshake_timeout_ms: u64,
     /// On SIGTERM/SIGINT, the most time given to close every client.
     pub drain_timeout_ms: u64,
+    /// Proxies (e.g. nginx) whose `X-Forwarded-For` names the real client.
+    /// From anyone else the header is ignored: it is trivially forged.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Default for ServerConfig {
@@ -59,6 +62,7 @@ impl Default for ServerConfig {
             max_connections: 100_000,
             handshake_timeout_ms: 10_000,
             drain_timeout_ms: 10_000,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -286,7 +290,8 @@ impl Config {
                     .separator("__")
                     .try_parsing(true)
                     .list_separator(",")
-                    .with_list_parse_key("server.allowed_origins"),
+                    .with_list_parse_key("server.allowed_origins")
+                    .with_list_parse_key("server.trusted_proxies"),
             )
             .set_override_option("server.listen", overrides.listen.clone())?
             .set_override_option("redis.url", overrides.redis.clone())?

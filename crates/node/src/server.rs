@@ -186,6 +186,33 @@ fn origin_allowed(allowed: &[String], origin: Option<&str>, host: Option<&str>) 
         .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
 }
 
+/// The client's address: the peer, or, when the peer is a trusted proxy,
+/// the right-most `X-Forwarded-For` entry that is not itself a trusted proxy.
+pub(crate) fn client_ip(
+    peer: SocketAddr,
+    headers: &hyper::HeaderMap,
+    trusted: &[std::net::IpAddr],
+) -> std::net::IpAddr {
+    let mut ip = peer.ip();
+    if !trusted.contains(&ip) {
+        return ip;
+    }
+    let hops = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect::<Vec<_>>();
+    for hop in hops.into_iter().rev() {
+        match hop.trim().parse::<std::net::IpAddr>() {
+            Ok(hop) if trusted.contains(&hop) => ip = hop,
+            Ok(hop) => return hop,
+            Err(_) => return ip,
+        }
+    }
+    ip
+}
+
 fn header_has_token(req: &Request<Incoming>, name: header::HeaderName, token: &str) -> bool {
     req.headers().get_all(name).iter().any(|v| {
         v.to_str()
@@ -247,19 +274,20 @@ fn upgrade(
         .get(header::HOST)
         .and_then(|v| v.to_str().ok());
     if !origin_allowed(&config.server.allowed_origins, origin, host) {
-        tracing::debug!(%peer, ?origin, "origin refused");
+        tracing::debug!(client = %client_ip(peer, req.headers(), &config.server.trusted_proxies), ?origin, "origin refused");
         return json(
             StatusCode::FORBIDDEN,
             &serde_json::json!({"error": "origin not allowed"}),
         );
     }
 
+    let client = client_ip(peer, req.headers(), &config.server.trusted_proxies);
     let query = WsQuery::parse(req.uri().query());
     let identity = match (&query.token, config.auth.anonymous) {
         (Some(token), _) => match node.inner.verifier.verify(token) {
             Ok(user) => Identity::Known(user),
             Err(e) => {
-                tracing::debug!(%peer, error = %e, "token refused");
+                tracing::debug!(%client, error = %e, "token refused");
                 return json(
                     StatusCode::UNAUTHORIZED,
                     &serde_json::json!({"error": "unauthorized"}),
@@ -318,6 +346,7 @@ fn upgrade(
                 return;
             }
         };
+        tracing::debug!(%client, "socket open");
         session::run(ws, session_node, identity, mode).await;
     });
 
@@ -363,6 +392,34 @@ mod tests {
         assert_eq!(percent_decode("a+b%2"), "a b%2");
         assert_eq!(percent_decode("%E6%97%A5"), "日");
         assert_eq!(percent_decode("%zz%"), "%zz%");
+    }
+
+    #[test]
+    fn forwarded_for_is_honoured_only_from_trusted_proxies() {
+        let mut h = hyper::HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            "6.6.6.6, 203.0.113.9, 10.0.0.2".parse().unwrap(),
+        );
+        let proxy: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        let trusted: Vec<std::net::IpAddr> =
+            vec!["10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap()];
+        assert_eq!(
+            client_ip(proxy, &h, &trusted).to_string(),
+            "203.0.113.9",
+            "right-most untrusted hop"
+        );
+        assert_eq!(
+            client_ip(proxy, &h, &[]).to_string(),
+            "10.0.0.1",
+            "nobody trusted: the peer"
+        );
+        let stranger: SocketAddr = "198.51.100.7:1".parse().unwrap();
+        assert_eq!(
+            client_ip(stranger, &h, &trusted).to_string(),
+            "198.51.100.7",
+            "forged by a client"
+        );
     }
 
     #[test]
