@@ -60,6 +60,11 @@ impl Kick {
         self.token.cancelled().await;
     }
 
+    /// Like [`kicked`](Self::kicked), as an owned future to pin once.
+    pub fn kicked_owned(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.token.clone().cancelled_owned()
+    }
+
     /// Why: the first kick's reason, or a node shutdown.
     pub fn reason(&self) -> CloseReason {
         self.reason

@@ -217,12 +217,17 @@ impl Session {
         let metrics = self.node().inner.metrics.clone();
         let mut ping = time::interval_at(time::Instant::now() + ping_every, ping_every);
         ping.set_missed_tick_behavior(time::MissedTickBehavior::Delay);
-        let mut last_seen = time::Instant::now();
+        // Both made once, not per wakeup: a fresh timer or cancellation
+        // future per delivery would cost a timer-wheel or lock round trip each.
+        let idle = time::sleep(idle_after);
+        tokio::pin!(idle);
+        let kicked = kick.kicked_owned();
+        tokio::pin!(kicked);
         let mut batch = Vec::with_capacity(WRITE_BATCH);
         loop {
             tokio::select! {
                 biased;
-                () = kick.kicked() => return Err(Stop::Close(kick.reason())),
+                () = &mut kicked => return Err(Stop::Close(kick.reason())),
                 Some(first) = outbox.recv() => {
                     let oldest = first.at;
                     batch.extend(self.outgoing(first.msg));
@@ -243,7 +248,7 @@ impl Session {
                     }
                 }
                 msg = ws.next() => {
-                    last_seen = time::Instant::now();
+                    idle.as_mut().reset(time::Instant::now() + idle_after);
                     match msg {
                         Some(Ok(WsMessage::Text(text))) => {
                             if let Some(reply) = self.on_frame(text.as_str()).await? {
@@ -261,7 +266,7 @@ impl Session {
                         }
                     }
                 }
-                () = time::sleep_until(last_seen + idle_after) => {
+                () = &mut idle => {
                     return Err(Stop::Close(CloseReason::IdleTimeout));
                 }
                 _ = ping.tick() => {
