@@ -244,7 +244,7 @@ up() {
   [ -x "$bin" ] || die "no banter-node binary at $bin"
 
   render
-  rm -f "$PIDS"/*.pid
+  rm -f "$PIDS"/*.pid "$LOGS"/*.log
   # Whatever fails from here on, leave nothing running.
   trap on_failed_start EXIT
 
