@@ -113,10 +113,11 @@ impl Target {
     }
 }
 
-/// Small buffers: the tool holds tens of thousands of sockets.
+/// Small buffers: the tool holds tens of thousands of sockets, and
+/// tungstenite zero-fills up to `read_buffer_size` bytes before every read.
 fn ws_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4096)
+        .read_buffer_size(1024)
         .write_buffer_size(8192)
         .max_write_buffer_size(1 << 24)
 }

@@ -38,7 +38,7 @@ use report::Report;
 /// zero loss, duplicates and reordering and every socket intact.
 pub async fn smoke(args: &SmokeArgs) -> anyhow::Result<Report> {
     let outcome = scenarios::fanout::run(&args.fanout()).await?;
-    Ok(scenarios::fanout::report("smoke", &outcome))
+    Ok(scenarios::fanout_report("smoke", &outcome))
 }
 
 /// Runs one command; `None` when this process is a shard of a parent (the
@@ -50,11 +50,11 @@ pub async fn run(command: &Command) -> anyhow::Result<Option<Report>> {
             .map(|o| scenarios::idle::report(&o)),
         Command::Fanout(a) => {
             let o = scenarios::fanout::run(a).await?;
-            Some(scenarios::fanout::report("fanout", &o))
+            Some(scenarios::fanout_report("fanout", &o))
         }
         Command::Rooms(a) => scenarios::rooms::run(a)
             .await?
-            .map(|o| scenarios::rooms::report(&o)),
+            .map(|o| scenarios::rooms_report(&o)),
         Command::Churn(a) => Some(scenarios::churn::report(&scenarios::churn::run(a).await?)),
         Command::Smoke(a) => Some(smoke(a).await?),
         Command::Plot(a) => {

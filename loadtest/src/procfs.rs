@@ -17,8 +17,8 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// utime + stime of a process, in ticks, from a `/proc/<pid>/stat` path.
-fn stat_ticks(path: &str) -> Option<u64> {
+/// (utime, stime) of a process, in ticks, from a `/proc/<pid>/stat` path.
+fn stat_ticks(path: &str) -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string(path).ok()?;
     // The command name is in parentheses and may hold spaces: split after it.
     let rest = &stat[stat.rfind(')')? + 1..];
@@ -26,17 +26,25 @@ fn stat_ticks(path: &str) -> Option<u64> {
     // Fields 14 and 15 of stat(5); `rest` starts at field 3.
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
+    Some((utime, stime))
 }
 
 /// CPU seconds (user + system) `pid` has used so far.
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    stat_ticks(&format!("/proc/{pid}/stat")).map(|t| t as f64 / TICKS_PER_SEC)
+    stat_ticks(&format!("/proc/{pid}/stat")).map(|(u, s)| (u + s) as f64 / TICKS_PER_SEC)
 }
 
 /// CPU seconds this process has used so far.
 pub fn self_cpu_seconds() -> f64 {
-    stat_ticks("/proc/self/stat").map_or(0.0, |t| t as f64 / TICKS_PER_SEC)
+    let (u, s) = self_cpu_split();
+    u + s
+}
+
+/// (user, system) CPU seconds this process has used so far.
+pub fn self_cpu_split() -> (f64, f64) {
+    stat_ticks("/proc/self/stat").map_or((0.0, 0.0), |(u, s)| {
+        (u as f64 / TICKS_PER_SEC, s as f64 / TICKS_PER_SEC)
+    })
 }
 
 /// (busy, total) ticks of the whole machine from the `cpu` line of /proc/stat.
@@ -57,7 +65,7 @@ fn machine_ticks() -> Option<(u64, u64)> {
 #[derive(Clone, Debug)]
 pub struct CpuSnapshot {
     at: Instant,
-    own: f64,
+    own: (f64, f64),
     machine: Option<(u64, u64)>,
     nodes: Vec<Option<f64>>,
 }
@@ -67,8 +75,10 @@ pub struct CpuSnapshot {
 pub struct CpuUsage {
     /// Wall-clock seconds of the window.
     pub wall_secs: f64,
-    /// This load tool's CPU seconds.
+    /// This load tool's CPU seconds (user + system).
     pub load_tool_cpu_secs: f64,
+    /// Of which in the kernel (system time: mostly TCP receive and ACKs).
+    pub load_tool_sys_secs: f64,
     /// Each node's CPU seconds (same order as --pids).
     pub node_cpu_secs: Vec<f64>,
     /// All nodes together.
@@ -82,7 +92,7 @@ impl CpuSnapshot {
     pub fn take(pids: &[u32]) -> CpuSnapshot {
         CpuSnapshot {
             at: Instant::now(),
-            own: self_cpu_seconds(),
+            own: self_cpu_split(),
             machine: machine_ticks(),
             nodes: pids.iter().map(|&p| cpu_seconds(p)).collect(),
         }
@@ -108,7 +118,8 @@ impl CpuSnapshot {
         };
         CpuUsage {
             wall_secs: later.at.duration_since(self.at).as_secs_f64(),
-            load_tool_cpu_secs: later.own - self.own,
+            load_tool_cpu_secs: (later.own.0 + later.own.1) - (self.own.0 + self.own.1),
+            load_tool_sys_secs: later.own.1 - self.own.1,
             nodes_cpu_secs: node_cpu_secs.iter().sum(),
             node_cpu_secs,
             machine_busy_share,

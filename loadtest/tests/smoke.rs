@@ -3,6 +3,8 @@
 //! One node on the in-memory bus, and two nodes on one real Redis with the
 //! publishers on the second node, as the benchmark runs them.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use banter_load::cli::{Common, SmokeArgs};
 use banter_node::config::Config;
 use banter_node::{Node, run};

@@ -8,7 +8,7 @@ use super::{Opened, check_nodes, open_all};
 use crate::cli::{Common, FanoutArgs};
 use crate::conn::Ws;
 use crate::procfs::{CpuSnapshot, CpuUsage, raise_nofile, rss_all};
-use crate::report::{Counts, RateOf, Report, bump, counts_cell, merge_counts, spawn_progress};
+use crate::report::{Counts, RateOf, bump, merge_counts, spawn_progress};
 use crate::stats::{Percentiles, Recorder, SeqSet, Tracker, new_histogram};
 use crate::wire;
 use futures_util::StreamExt;
@@ -112,11 +112,15 @@ impl FanoutOutcome {
 
 async fn subscriber(idx: usize, mut ws: Ws, sh: Arc<Shared>, stop: CancellationToken) -> SubStats {
     let mut st = SubStats::default();
+    // One registration for the task's life, on its own child token: polling
+    // a fresh `cancelled()` per frame would lock the shared token each time.
+    let cancelled = stop.cancelled();
+    tokio::pin!(cancelled);
     loop {
         let msg = tokio::select! {
             biased;
             m = ws.next() => m,
-            () = stop.cancelled() => break,
+            () = &mut cancelled => break,
         };
         match msg {
             Some(Ok(WsMessage::Text(t))) => {
@@ -221,7 +225,14 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<FanoutOutcome> {
         args.subscribers,
         |i| format!("room={room}&name=sub-{i}"),
         opened.clone(),
-        |i, ws| subs.push(tokio::spawn(subscriber(i, ws, sh.clone(), stop.clone()))),
+        |i, ws| {
+            subs.push(tokio::spawn(subscriber(
+                i,
+                ws,
+                sh.clone(),
+                stop.child_token(),
+            )))
+        },
     )
     .await;
     // Publishers, all on one node.
@@ -272,7 +283,7 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<FanoutOutcome> {
             args.size,
             sh.epoch,
             counters.clone(),
-            stop.clone(),
+            stop.child_token(),
         )));
     }
     let abort = Arc::new(AtomicBool::new(false));
@@ -361,74 +372,4 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<FanoutOutcome> {
     }
     out.node_rss_kib_after = rss_all(&common.pids);
     Ok(out)
-}
-
-/// The summary of a fan-out outcome.
-pub fn report(name: &str, o: &FanoutOutcome) -> Report {
-    let mut r = Report::new(name, o);
-    r.row(
-        "subscribers / publishers connected",
-        format!(
-            "{} / {} (asked {} / {})",
-            o.subscribers_connected, o.publishers_connected, o.subscribers, o.publishers
-        ),
-    )
-    .row(
-        "offered rate",
-        format!(
-            "{} msg/s of {} B, warm-up {:.1} s, window {:.1} s",
-            o.offered_rate, o.size, o.warmup_secs, o.window_secs
-        ),
-    )
-    .row("connect errors", counts_cell(&o.connect_errors))
-    .row("sent / acked", format!("{} / {}", o.sent, o.acked))
-    .row("publish errors", counts_cell(&o.publish_errors))
-    .row("tool backlog drops", o.tool_dropped)
-    .row(
-        "deliveries/s (window)",
-        format!("{:.0}", o.deliveries_per_sec),
-    )
-    .row("latency p50/p90/p99/p99.9/max", o.latency.cell())
-    .row("ack latency p50/p90/p99/p99.9/max", o.ack_latency.cell())
-    .row("tool send lag p50/p90/p99/p99.9/max", o.send_lag.cell())
-    .row(
-        "lost / duplicated / out of order",
-        format!("{} / {} / {}", o.lost, o.duplicates, o.out_of_order),
-    )
-    .row("received but unacked", o.received_unacked)
-    .row("sockets closed early", counts_cell(&o.closed_early))
-    .row(
-        "load tool CPU",
-        format!(
-            "{:.2} s = {:.2} µs per delivery",
-            o.cpu.load_tool_cpu_secs, o.load_tool_us_per_delivery
-        ),
-    )
-    .row(
-        "machine busy share",
-        o.cpu
-            .machine_busy_share
-            .map_or("n/a".into(), |b| format!("{:.0} %", b * 100.0)),
-    );
-    if let Some(d) = o.deliveries_per_node_cpu_sec {
-        r.row(
-            "node CPU (window)",
-            format!(
-                "{:.2} s ({:?})",
-                o.cpu.nodes_cpu_secs,
-                o.cpu
-                    .node_cpu_secs
-                    .iter()
-                    .map(|c| format!("{c:.2}"))
-                    .collect::<Vec<_>>()
-            ),
-        )
-        .row("deliveries per node CPU-second", format!("{d:.0}"))
-        .row(
-            "node RSS KiB before → after",
-            format!("{:?} → {:?}", o.node_rss_kib_before, o.node_rss_kib_after),
-        );
-    }
-    r.ok = o.clean();
-    r
 }

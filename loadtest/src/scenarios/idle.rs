@@ -61,9 +61,13 @@ struct Held {
 /// Holds one socket until `stop`: reads (so pings are answered) and
 /// returns why it ended early, if it did.
 async fn hold(mut ws: Ws, stop: CancellationToken) -> Option<String> {
+    // One registration for the task's life, on its own child token: polling
+    // a fresh `cancelled()` per frame would lock the shared token each time.
+    let cancelled = stop.cancelled();
+    tokio::pin!(cancelled);
     loop {
         tokio::select! {
-            () = stop.cancelled() => break,
+            () = &mut cancelled => break,
             m = ws.next() => match m {
                 Some(Ok(WsMessage::Close(c))) => {
                     return Some(format!("close {}", c.map_or(0, |c| u16::from(c.code))));
@@ -109,7 +113,7 @@ async fn open_slice(args: &IdleArgs, index: usize, count: usize) -> Held {
         opened,
         |i, ws| {
             per_node[i % n_nodes] += 1;
-            tasks.push(tokio::spawn(hold(ws, stop.clone())));
+            tasks.push(tokio::spawn(hold(ws, stop.child_token())));
         },
     )
     .await;

@@ -6,6 +6,9 @@ pub mod fanout;
 pub mod idle;
 mod publish;
 pub mod rooms;
+mod tables;
+
+pub use tables::{fanout_report, rooms_report};
 
 use crate::cli::Common;
 use crate::conn::{self, Target, Ws};

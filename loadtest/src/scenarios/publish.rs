@@ -125,10 +125,14 @@ pub async fn publisher(
     let mut intended: Vec<u64> = Vec::new();
     let mut jobs_open = true;
     let mut batch: Vec<Job> = Vec::with_capacity(256);
+    // One registration for the task's life, on its own child token: polling
+    // a fresh `cancelled()` per frame would lock the shared token each time.
+    let cancelled = stop.cancelled();
+    tokio::pin!(cancelled);
     loop {
         tokio::select! {
             biased;
-            () = stop.cancelled() => break,
+            () = &mut cancelled => break,
             msg = ws.next() => match msg {
                 Some(Ok(WsMessage::Text(t))) => {
                     if wire::is_message(&t) {

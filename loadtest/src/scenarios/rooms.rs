@@ -7,7 +7,7 @@ use super::{check_nodes, open_all};
 use crate::cli::RoomsArgs;
 use crate::conn::Ws;
 use crate::procfs::{CpuSnapshot, CpuUsage, raise_nofile, self_cpu_seconds};
-use crate::report::{Counts, RateOf, Report, bump, counts_cell, merge_counts, spawn_progress};
+use crate::report::{Counts, RateOf, bump, merge_counts, spawn_progress};
 use crate::shard::{self, Children};
 use crate::stats::{Percentiles, Recorder, SeqSet, Tracker, add_pairs, new_histogram, to_pairs};
 use crate::wire::{self, Reply, Stamp};
@@ -60,7 +60,10 @@ pub struct RoomsPart {
     pub out_of_order: u64,
     pub received_unacked: u64,
     pub closed_early: Counts,
+    /// Histograms as (µs, count) pairs, for the parent to merge.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub latency: Vec<(u64, u64)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ack_latency: Vec<(u64, u64)>,
     pub tool_cpu_secs: f64,
 }
@@ -102,11 +105,18 @@ async fn member(
     tokio::pin!(sleep);
     let mut started = false;
     let mut next_us = 0u64;
+    let (stop, go) = (sh.stop.child_token(), sh.go.child_token());
+    // One registration for the task's life, on its own child token: polling
+    // a fresh `cancelled()` per frame would lock the shared token each time.
+    let cancelled = stop.cancelled();
+    let go = go.cancelled();
+    tokio::pin!(go);
+    tokio::pin!(cancelled);
     loop {
         tokio::select! {
             biased;
-            () = sh.stop.cancelled() => break,
-            () = sh.go.cancelled(), if !started => {
+            () = &mut cancelled => break,
+            () = &mut go, if !started => {
                 started = true;
                 next_us = sh.start_us.load(Ordering::Relaxed) + phase.as_micros() as u64;
                 sleep.as_mut().reset(tokio::time::Instant::from_std(sh.epoch + Duration::from_micros(next_us)));
@@ -382,68 +392,4 @@ async fn measure(pids: Vec<u32>, (start, warm, win): (Instant, Duration, Duratio
     let a = CpuSnapshot::take(&pids);
     tokio::time::sleep(win).await;
     a.usage(&CpuSnapshot::take(&pids))
-}
-
-/// The summary of a rooms outcome.
-pub fn report(o: &RoomsOutcome) -> Report {
-    let t = &o.totals;
-    let mut r = Report::new("rooms", o);
-    r.row(
-        "rooms × members",
-        format!(
-            "{} × {} = {} connections ({} processes)",
-            o.rooms,
-            o.members,
-            o.rooms * o.members,
-            o.procs
-        ),
-    )
-    .row(
-        "connected / connect errors",
-        format!("{} / {}", t.connected, counts_cell(&t.connect_errors)),
-    )
-    .row("connect rate", format!("{:.0} /s", o.connect_rate_per_sec))
-    .row(
-        "offered",
-        format!(
-            "1 msg / {:.1} s per member = {:.0} msg/s",
-            o.interval_secs, o.offered_rate
-        ),
-    )
-    .row("sent / acked", format!("{} / {}", t.sent, t.acked))
-    .row("publish errors", counts_cell(&t.publish_errors))
-    .row(
-        "deliveries/s (window)",
-        format!("{:.0}", o.deliveries_per_sec),
-    )
-    .row("latency p50/p90/p99/p99.9/max", o.latency_ms.cell())
-    .row("ack latency p50/p90/p99/p99.9/max", o.ack_latency_ms.cell())
-    .row(
-        "lost / duplicated / out of order",
-        format!("{} / {} / {}", t.lost, t.duplicates, t.out_of_order),
-    )
-    .row("received but unacked", t.received_unacked)
-    .row("sockets closed early", counts_cell(&t.closed_early))
-    .row(
-        "load tool CPU",
-        format!(
-            "{:.2} s = {:.2} µs per delivery",
-            t.tool_cpu_secs, o.load_tool_us_per_delivery
-        ),
-    )
-    .row(
-        "machine busy share",
-        o.cpu
-            .machine_busy_share
-            .map_or("n/a".into(), |b| format!("{:.0} %", b * 100.0)),
-    );
-    if let Some(d) = o.deliveries_per_node_cpu_sec {
-        r.row(
-            "node CPU (window)",
-            format!("{:.2} s", o.cpu.nodes_cpu_secs),
-        )
-        .row("deliveries per node CPU-second", format!("{d:.0}"));
-    }
-    r.ok = t.lost == 0 && t.duplicates == 0 && t.out_of_order == 0;
-    r
 }
