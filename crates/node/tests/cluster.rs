@@ -143,29 +143,8 @@ async fn presence_across_nodes(p: Pair) {
     }
 
     for c in [&mut ann, &mut bob] {
-        c.send(json!({"type":"who","room":"hall"})).await;
-        match c
-            .recv_until(|f| {
-                matches!(
-                    f,
-                    ServerFrame::Presence {
-                        event: PresenceEvent::Snapshot { .. },
-                        ..
-                    }
-                )
-            })
-            .await
-        {
-            ServerFrame::Presence {
-                event: PresenceEvent::Snapshot { users },
-                count,
-                ..
-            } => {
-                assert_eq!(count, 2);
-                assert_eq!(users.len(), 2);
-            }
-            _ => unreachable!(),
-        }
+        let (users, count) = c.who("hall").await;
+        assert_eq!((users.len(), count), (2, 2));
     }
     for node in [&p.a, &p.b] {
         let (code, body) = http(node.addr, "GET", "/api/rooms/hall/presence", &[], "")

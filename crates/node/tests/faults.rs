@@ -155,28 +155,7 @@ async fn a_sigkilled_nodes_users_leave_within_the_ttl() {
         "{:?}",
         killed.elapsed()
     );
-    survivor.send(json!({"type":"who","room":"haunted"})).await;
-    match survivor
-        .recv_until(|f| {
-            matches!(
-                f,
-                ServerFrame::Presence {
-                    event: PresenceEvent::Snapshot { .. },
-                    ..
-                }
-            )
-        })
-        .await
-    {
-        ServerFrame::Presence {
-            event: PresenceEvent::Snapshot { users },
-            count,
-            ..
-        } => {
-            assert_eq!(count, 1);
-            assert_eq!(users, vec![survivor.user.clone()]);
-        }
-        _ => unreachable!(),
-    }
+    let (users, count) = survivor.who("haunted").await;
+    assert_eq!((users, count), (vec![survivor.user.clone()], 1));
     drop(ghosts);
 }

@@ -422,3 +422,28 @@ impl Client {
         }
     }
 }
+
+impl Client {
+    /// Asks `who` and returns the snapshot (users, count); other frames are skipped.
+    pub async fn who(&mut self, room: &str) -> (Vec<User>, usize) {
+        self.send(serde_json::json!({"type":"who","room":room}))
+            .await;
+        let snapshot = |f: &ServerFrame| {
+            matches!(
+                f,
+                ServerFrame::Presence {
+                    event: banter_protocol::PresenceEvent::Snapshot { .. },
+                    ..
+                }
+            )
+        };
+        match self.recv_until(snapshot).await {
+            ServerFrame::Presence {
+                event: banter_protocol::PresenceEvent::Snapshot { users },
+                count,
+                ..
+            } => (users, count),
+            _ => unreachable!(),
+        }
+    }
+}
