@@ -17,6 +17,9 @@ pub struct Cli {
     /// Write the JSON result to this file instead of stdout.
     #[arg(long, global = true, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Worker threads of the tool's (multi-threaded) runtime.
+    #[arg(long, global = true, default_value_t = 2)]
+    pub threads: usize,
 }
 
 /// The scenarios.

@@ -311,7 +311,7 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<FanoutOutcome> {
 
     // Drain: every sent frame answered, then every acked message delivered
     // (or nothing new for a second), bounded.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(20);
     let sent = || counters.sent.load(Ordering::Relaxed);
     while counters.answered.load(Ordering::Relaxed) < sent() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;

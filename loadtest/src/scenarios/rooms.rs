@@ -28,6 +28,8 @@ struct Shared {
     window_end_us: AtomicU64,
     delivered: AtomicU64,
     sent: AtomicU64,
+    /// `ack`s and `error`s with a `ref` received.
+    answered: AtomicU64,
     latency: Recorder,
     ack_latency: Recorder,
     go: CancellationToken,
@@ -139,11 +141,17 @@ async fn member(
                     }
                     match wire::parse_reply(&t) {
                         Reply::Ack(r) => {
+                            sh.answered.fetch_add(1, Ordering::Relaxed);
                             if st.acked.insert(r) && let Some(&t0) = intended.get(r as usize) {
                                 sh.ack_latency.record(idx, now_us.saturating_sub(t0));
                             }
                         }
-                        Reply::Error(code, _) => bump(&mut st.errors, code),
+                        Reply::Error(code, r) => {
+                            if r.is_some() {
+                                sh.answered.fetch_add(1, Ordering::Relaxed);
+                            }
+                            bump(&mut st.errors, code);
+                        }
                         Reply::Other => {}
                     }
                 }
@@ -193,6 +201,7 @@ async fn open_slice(args: &RoomsArgs, index: usize, count: usize, prefix: &str) 
         window_end_us: AtomicU64::new(u64::MAX),
         delivered: AtomicU64::new(0),
         sent: AtomicU64::new(0),
+        answered: AtomicU64::new(0),
         latency: Recorder::new(64),
         ack_latency: Recorder::new(64),
         go: CancellationToken::new(),
@@ -273,8 +282,21 @@ async fn run_slice(mut s: Slice, args: &RoomsArgs) -> anyhow::Result<RoomsPart> 
     let cpu0 = self_cpu_seconds();
     tokio::time::sleep_until(at(start_us + warm + win)).await;
     s.part.tool_cpu_secs = self_cpu_seconds() - cpu0;
-    // Let the last messages arrive.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Let the last answers and messages arrive: every send answered, then
+    // deliveries still for a second (bounded: an overloaded node may never).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sh.answered.load(Ordering::Relaxed) < sh.sent.load(Ordering::Relaxed)
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (mut last, mut still) = (u64::MAX, 0);
+    while still < 50 && Instant::now() < deadline {
+        let d = sh.delivered.load(Ordering::Relaxed);
+        still = if d == last { still + 1 } else { 0 };
+        last = d;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     sh.stop.cancel();
     s.progress_stop.cancel();
     let p = &mut s.part;
