@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# End-to-end tests of the chat page in headless Chromium against the process
+# cluster (scripts/cluster.sh: Redis, three nodes, nginx in front).
+#
+# Builds nothing: it runs the banter-node binary at BANTER_BIN
+# [${CARGO_TARGET_DIR:-target}/debug/banter-node, which `cargo test` leaves].
+# Needs /usr/bin/chromium (Debian's chromium), node and npm, and what
+# scripts/cluster.sh needs (redis-server, nginx, prometheus).
+#
+# Environment: BANTER_BIN, CHROMIUM [/usr/bin/chromium],
+# E2E_ARTIFACTS [<repo>/test-artifacts]: screenshots, and the cluster's state
+# and logs (in e2e-cluster/).
+set -euo pipefail
+
+E2E=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$E2E")
+export BANTER_BIN=${BANTER_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/debug/banter-node}
+export CHROMIUM=${CHROMIUM:-/usr/bin/chromium}
+export E2E_ARTIFACTS=${E2E_ARTIFACTS:-$ROOT/test-artifacts}
+
+die() {
+  echo "e2e/run.sh: $*" >&2
+  exit 1
+}
+[ -x "$BANTER_BIN" ] || die "no banter-node binary at $BANTER_BIN: run 'cargo build -p banter-node' (or set BANTER_BIN)"
+[ -x "$CHROMIUM" ] || die "no Chromium at $CHROMIUM: apt-get install chromium"
+command -v node >/dev/null || die "node not found: apt-get install nodejs npm"
+
+if [ ! -d "$E2E/node_modules/playwright-core" ]; then
+  (cd "$E2E" && npm ci --no-audit --no-fund)
+fi
+
+port_busy() {
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# Six free ports in a row (nginx, three nodes, Redis, Prometheus), away from
+# the defaults that a developer's own cluster uses.
+pick_ports() {
+  local base p ok
+  for _ in $(seq 1 50); do
+    base=$((20000 + (RANDOM % 400) * 20))
+    ok=1
+    for p in $(seq "$base" $((base + 5))); do
+      if port_busy "$p"; then
+        ok=0
+        break
+      fi
+    done
+    if [ "$ok" = 1 ]; then
+      echo "$base"
+      return 0
+    fi
+  done
+  return 1
+}
+
+mkdir -p "$E2E_ARTIFACTS"
+export CLUSTER_DIR=$E2E_ARTIFACTS/e2e-cluster
+rm -rf "$CLUSTER_DIR"
+
+cluster() {
+  "$ROOT/scripts/cluster.sh" "$@"
+}
+teardown() {
+  cluster down || true
+}
+
+started=0
+for attempt in 1 2; do
+  base=$(pick_ports) || die "no free ports found"
+  export NGINX_PORT=$base
+  export NODE_PORTS="$((base + 1)) $((base + 2)) $((base + 3))"
+  export REDIS_PORT=$((base + 4))
+  export PROMETHEUS_PORT=$((base + 5))
+  trap teardown EXIT
+  # A port may be taken between the check and the start: try once more elsewhere.
+  if cluster up; then
+    started=1
+    break
+  fi
+  echo "e2e/run.sh: cluster start failed (attempt $attempt)" >&2
+done
+[ "$started" = 1 ] || die "the cluster did not start; logs in $CLUSTER_DIR/logs"
+
+export BANTER_URL=http://127.0.0.1:$NGINX_PORT/
+cd "$E2E"
+node --test --test-timeout=120000 chat.test.js
