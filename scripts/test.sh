@@ -14,6 +14,10 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || need+=(prometheus)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# The browser tests (e2e/run.sh): Debian's Chromium, driven by playwright-core
+# from npm (which never downloads a browser).
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+{ command -v node && command -v npm; } >/dev/null 2>&1 || need+=(nodejs npm)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"
@@ -25,3 +29,6 @@ fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+# The chat page in headless Chromium against the process cluster (it uses the
+# debug banter-node that `cargo test` just built).
+e2e/run.sh
