@@ -6,13 +6,12 @@ use crate::hub::Hub;
 use crate::metrics::{DropReason, Metrics};
 use banter_bus::{Envelope, Inbox};
 use std::sync::Arc;
-use std::time::Instant;
-use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Runs until the bus closes the inbox.
 pub(crate) async fn run(mut inbox: Inbox, hub: Arc<Hub>, metrics: Arc<Metrics>) {
     while let Some(Envelope { topic, payload }) = inbox.recv().await {
-        let at = Instant::now();
+        let at = crate::hub::clock_us();
         metrics.bus_received.inc();
         // Validated once per message, not once per socket.
         let Ok(text) = Utf8Bytes::try_from(payload) else {
@@ -20,8 +19,7 @@ pub(crate) async fn run(mut inbox: Inbox, hub: Arc<Hub>, metrics: Arc<Metrics>) 
             tracing::warn!(?topic, "bus payload is not UTF-8; dropped");
             continue;
         };
-        let msg = WsMessage::Text(text);
-        let delivered = hub.deliver(&topic, msg, at);
+        let delivered = hub.deliver(&topic, &text, at);
         metrics.delivered.inc_by(delivered as u64);
     }
     tracing::debug!("bus inbox closed; fan-out stops");

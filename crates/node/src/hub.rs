@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::{self, error::TrySendError};
-use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
 /// How long a room stays subscribed after its last local member left, so a
@@ -23,12 +23,26 @@ use tokio_util::sync::CancellationToken;
 pub(crate) const UNSUBSCRIBE_DELAY: Duration = Duration::from_millis(500);
 
 /// One frame on its way to one socket, with when the bus delivered it.
+/// Kept small (40 bytes): a bounded queue allocates its slots in blocks, and
+/// every idle socket holds one block.
 #[derive(Debug)]
 pub(crate) struct Outbound {
-    /// The frame; cloning it is a refcount bump, not a copy.
-    pub msg: WsMessage,
-    /// When the fan-out received it (for `banter_fanout_seconds`).
-    pub at: Instant,
+    /// The frame's JSON; cloning it is a refcount bump, not a copy.
+    pub text: Utf8Bytes,
+    /// When the fan-out received it, as [`clock_us`] (for `banter_fanout_seconds`).
+    pub at: u32,
+}
+
+/// Microseconds since the process started, wrapping every ~71 minutes: a
+/// 4-byte timestamp for latencies far shorter than that.
+pub(crate) fn clock_us() -> u32 {
+    static START: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+    START.elapsed().as_micros() as u32
+}
+
+/// Seconds elapsed since a [`clock_us`] stamp.
+pub(crate) fn seconds_since(stamp: u32) -> f64 {
+    f64::from(clock_us().wrapping_sub(stamp)) / 1e6
 }
 
 /// A socket's "you must go now": who kicked it first decides the close code.
@@ -196,7 +210,7 @@ impl Hub {
     /// Hands a frame to every local socket `topic` reaches (a room's
     /// members, or a user's connections). Returns how many got it. Never
     /// waits on a socket: a full queue kicks its client as a slow consumer.
-    pub fn deliver(&self, topic: &Topic, msg: WsMessage, at: Instant) -> usize {
+    pub fn deliver(&self, topic: &Topic, text: &Utf8Bytes, at: u32) -> usize {
         let state = self.read();
         let targets = match topic {
             Topic::Room(room) => state.rooms.get(room),
@@ -208,7 +222,7 @@ impl Hub {
         let mut delivered = 0;
         for handle in targets.values() {
             let out = Outbound {
-                msg: msg.clone(),
+                text: text.clone(),
                 at,
             };
             match handle.tx.try_send(out) {

@@ -363,7 +363,8 @@ fn upgrade(
 
 /// tungstenite's buffers, sized for chat. Its defaults (128 KiB read buffer,
 /// allocated eagerly; 128 KiB write high-water mark; 64 MiB messages) cost
-/// ≈136 KB of RSS per idle socket. A 4 KiB read buffer costs ≈5 KB; the
+/// ≈136 KB of RSS per idle socket. A 1 KiB read buffer (it grows for a
+/// larger frame, up to the limit) costs ≈1 KB; the
 /// write buffer flushes at 8 KiB (we batch frames and flush once anyway);
 /// incoming messages and frames are capped at `limits.max_frame_bytes`
 /// (close 1009 above it), which also caps how far the read buffer can grow.
@@ -371,7 +372,7 @@ fn upgrade(
 /// can be larger), only by `max_write_buffer_size`.
 pub(crate) fn ws_config(max_frame_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
         .write_buffer_size(8 * 1024)
         .max_write_buffer_size(16 * 1024 * 1024)
         .max_message_size(Some(max_frame_bytes))

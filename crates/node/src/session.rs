@@ -62,7 +62,7 @@ where
 {
     let user = match identity {
         Identity::Known(user) => user,
-        Identity::AwaitAuth => match await_auth(&mut ws, &node).await {
+        Identity::AwaitAuth => match Box::pin(await_auth(&mut ws, &node)).await {
             Some(user) => user,
             None => return close(&mut ws, CloseReason::Unauthorized).await,
         },
@@ -85,18 +85,18 @@ where
     let stop = async {
         match mode {
             Mode::Json { join } => {
-                write(&mut ws, &kick, json(&session.welcome())).await?;
+                Box::pin(write(&mut ws, &kick, json(&session.welcome()))).await?;
                 if let Some(join) = join {
                     let reply = match join {
-                        Ok(room) => session.join(room, None).await,
+                        Ok(room) => Box::pin(session.join(room, None)).await,
                         Err(e) => session.error(e),
                     };
-                    write(&mut ws, &kick, json(&reply)).await?;
+                    Box::pin(write(&mut ws, &kick, json(&reply))).await?;
                 }
             }
             Mode::Text { room } => {
                 // Recent history first, as lines, then everything live.
-                match session.join(room, None).await {
+                match Box::pin(session.join(room, None)).await {
                     ServerFrame::Joined { history, .. } => {
                         for m in history {
                             write(
@@ -111,7 +111,7 @@ where
                 }
             }
         }
-        session.drive(&mut ws, &kick, &mut outbox).await
+        Box::pin(session.drive(&mut ws, &kick, &mut outbox)).await
     }
     .await;
     let reason = match stop {
@@ -119,10 +119,10 @@ where
         Err(stop) => stop,
     };
 
-    session.cleanup().await;
+    Box::pin(session.cleanup()).await;
     if let Stop::Close(reason) = reason {
         tracing::debug!(%reason, "closing socket");
-        close(&mut ws, reason).await;
+        Box::pin(close(&mut ws, reason)).await;
     }
 }
 
@@ -183,6 +183,21 @@ async fn bounded(kick: &Kick, io: impl Future<Output = Result<(), WsError>>) -> 
     }
 }
 
+/// Runs a write of the socket loop against its pinned kick and deadline.
+async fn guard<T>(
+    io: impl Future<Output = Result<T, WsError>>,
+    kicked: std::pin::Pin<&mut tokio_util::sync::WaitForCancellationFutureOwned>,
+    deadline: std::pin::Pin<&mut time::Sleep>,
+    kick: &Kick,
+) -> Result<T, Stop> {
+    tokio::select! {
+        biased;
+        r = io => r.map_err(|_| Stop::Gone),
+        () = kicked => Err(Stop::Close(kick.reason())),
+        () = deadline => Err(Stop::Gone),
+    }
+}
+
 /// Sends the close frame and waits briefly for the client's echo.
 async fn close<S>(ws: &mut WebSocketStream<S>, reason: CloseReason)
 where
@@ -217,42 +232,55 @@ impl Session {
         let metrics = self.node().inner.metrics.clone();
         let mut ping = time::interval_at(time::Instant::now() + ping_every, ping_every);
         ping.set_missed_tick_behavior(time::MissedTickBehavior::Delay);
-        // Both made once, not per wakeup: a fresh timer or cancellation
-        // future per delivery would cost a timer-wheel or lock round trip each.
+        // Made once, not per wakeup: a fresh timer or cancellation future per
+        // delivery would cost a timer-wheel or lock round trip each. Moving a
+        // pinned deadline later is an atomic store in tokio.
         let idle = time::sleep(idle_after);
         tokio::pin!(idle);
         let kicked = kick.kicked_owned();
         tokio::pin!(kicked);
-        let mut batch = Vec::with_capacity(WRITE_BATCH);
+        let deadline = time::sleep(WRITE_TIMEOUT);
+        tokio::pin!(deadline);
         loop {
             tokio::select! {
                 biased;
                 () = &mut kicked => return Err(Stop::Close(kick.reason())),
                 Some(first) = outbox.recv() => {
                     let oldest = first.at;
-                    batch.extend(self.outgoing(first.msg));
-                    while batch.len() < WRITE_BATCH {
-                        match outbox.try_recv() {
-                            Ok(more) => batch.extend(self.outgoing(more.msg)),
-                            Err(_) => break,
-                        }
-                    }
-                    if !batch.is_empty() {
-                        bounded(kick, async {
-                            for msg in batch.drain(..) {
+                    deadline.as_mut().reset(time::Instant::now() + WRITE_TIMEOUT);
+                    // Feed what is queued (up to a batch), flush once: one
+                    // write syscall for a burst, no buffer of our own.
+                    let feed = async {
+                        let mut next = Some(first);
+                        let (mut fed, mut wrote) = (0, false);
+                        while let Some(out) = next.take() {
+                            if let Some(msg) = self.outgoing(WsMessage::Text(out.text)) {
                                 ws.feed(msg).await?;
+                                wrote = true;
                             }
-                            ws.flush().await
-                        }).await?;
-                        metrics.fanout_seconds.observe(oldest.elapsed().as_secs_f64());
+                            fed += 1;
+                            if fed < WRITE_BATCH {
+                                next = outbox.try_recv().ok();
+                            }
+                        }
+                        if wrote {
+                            ws.flush().await?;
+                        }
+                        Ok(wrote)
+                    };
+                    if guard(feed, kicked.as_mut(), deadline.as_mut(), kick).await? {
+                        metrics.fanout_seconds.observe(crate::hub::seconds_since(oldest));
                     }
                 }
                 msg = ws.next() => {
                     idle.as_mut().reset(time::Instant::now() + idle_after);
                     match msg {
                         Some(Ok(WsMessage::Text(text))) => {
-                            if let Some(reply) = self.on_frame(text.as_str()).await? {
-                                write(ws, kick, reply).await?;
+                            // Boxed: client frames are rare next to deliveries, and
+                            // their (large) future should not sit in every idle task.
+                            if let Some(reply) = Box::pin(self.on_frame(text.as_str())).await? {
+                                deadline.as_mut().reset(time::Instant::now() + WRITE_TIMEOUT);
+                                guard(ws.send(reply), kicked.as_mut(), deadline.as_mut(), kick).await?;
                             }
                         }
                         Some(Ok(WsMessage::Binary(_))) => return Err(Stop::Close(CloseReason::Binary)),
@@ -266,11 +294,11 @@ impl Session {
                         }
                     }
                 }
-                () = &mut idle => {
-                    return Err(Stop::Close(CloseReason::IdleTimeout));
-                }
+                () = &mut idle => return Err(Stop::Close(CloseReason::IdleTimeout)),
                 _ = ping.tick() => {
-                    bounded(kick, ws.send(WsMessage::Ping(Bytes::new()))).await?;
+                    deadline.as_mut().reset(time::Instant::now() + WRITE_TIMEOUT);
+                    let ping = ws.send(WsMessage::Ping(Bytes::new()));
+                    guard(ping, kicked.as_mut(), deadline.as_mut(), kick).await?;
                 }
             }
         }
