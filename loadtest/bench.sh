@@ -54,7 +54,7 @@ free_port() {
 }
 
 wait_ready() {
-  for _ in $(seq 1 100); do
+  for _ in $(seq 1 300); do
     curl -sf "http://$1/readyz" >/dev/null && return 0
     sleep 0.1
   done

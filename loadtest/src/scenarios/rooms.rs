@@ -38,6 +38,8 @@ struct Shared {
 
 #[derive(Debug, Default)]
 struct MemberStats {
+    /// Its number in the room (the `publisher` of its stamps).
+    slot: u32,
     track: Tracker,
     acked: SeqSet,
     sent: u64,
@@ -100,7 +102,10 @@ async fn member(
     size: usize,
     sh: Arc<Shared>,
 ) -> MemberStats {
-    let mut st = MemberStats::default();
+    let mut st = MemberStats {
+        slot,
+        ..MemberStats::default()
+    };
     let mut intended: Vec<u64> = Vec::new();
     let far = tokio::time::Instant::now() + Duration::from_secs(86_400);
     let sleep = tokio::time::sleep_until(far);
@@ -305,7 +310,13 @@ async fn run_slice(mut s: Slice, args: &RoomsArgs) -> anyhow::Result<RoomsPart> 
         for t in room {
             members.push(t.await?);
         }
-        let acked: Vec<SeqSet> = members.iter().map(|m| m.acked.clone()).collect();
+        // Members finished connecting in any order: index acks by slot.
+        let mut acked: Vec<SeqSet> = vec![SeqSet::default(); args.members.max(1)];
+        for m in &members {
+            if let Some(a) = acked.get_mut(m.slot as usize) {
+                *a = m.acked.clone();
+            }
+        }
         for m in &members {
             p.sent += m.sent;
             p.acked += m.acked.len();
