@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine with Rust installed:
-# installs what the tests need (redis-server), then checks formatting and
-# lints, and runs every workspace test against real processes.
+# installs what the tests need with apt (redis-server; nginx, prometheus,
+# docker-compose and openssl for the cluster tests; chromium and node/npm for
+# the browser tests), checks formatting and lints, runs every workspace test
+# against real processes (including a banter-load smoke run), then the
+# browser tests against the process cluster.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
