@@ -296,3 +296,39 @@ async fn no_history_keeps_nothing(nodes: Vec<Node>) {
         "with no history, recovery is never complete"
     );
 }
+
+/// A command already sent may have been executed: a slow Redis must not turn
+/// a stored message into a reported failure (a client retry would duplicate
+/// it). redis-rs's default 500 ms response timeout did exactly that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_redis_is_slow_not_an_error_redis() {
+    let server = RedisServer::start();
+    let nodes = redis(&server, 1, 50).await;
+    say(&nodes[0], "warm").await; // the shared connection is open
+    let port = server.port();
+    let pause = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        use std::io::{Read, Write};
+        s.write_all(b"CLIENT PAUSE 1500 WRITE\r\n").unwrap();
+        let mut buf = [0u8; 16];
+        let _ = s.read(&mut buf);
+    });
+    pause.await.unwrap();
+    let started = std::time::Instant::now();
+    let stored = nodes[0]
+        .bus
+        .publish_message(&draft("during the pause"))
+        .await
+        .expect("slow, not failed");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "Redis really was paused: {:?}",
+        started.elapsed()
+    );
+    let page = nodes[0]
+        .bus
+        .history(&"hist".parse().unwrap(), HistoryQuery::Latest { limit: 1 })
+        .await
+        .unwrap();
+    assert_eq!(page.messages, vec![stored]);
+}

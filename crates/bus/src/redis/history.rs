@@ -3,13 +3,11 @@
 //! Lua script, so the stream order is the live order and the id the ack
 //! carries is the stream position.
 
+use super::publisher::Publisher;
 use crate::history::{Draft, HistoryPage, HistoryQuery, Record, StreamId};
 use crate::{BusError, Topic};
 use banter_protocol::{Message, RoomId};
-use deadpool_redis::{Pool, PoolError, TimeoutType};
 use std::sync::LazyLock;
-use std::time::Duration;
-use tokio::time;
 
 /// XADD then PUBLISH `head .. id .. tail`: one atomic step.
 /// KEYS[1] stream; ARGV: trim strategy (`~` or `=`), maxlen, record, channel, head, tail.
@@ -59,21 +57,13 @@ return out
     )
 });
 
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
-
 fn stream_key(prefix: &str, room: &RoomId) -> String {
     format!("{prefix}:history:{room}")
 }
 
-async fn with_timeout<T>(f: impl Future<Output = Result<T, BusError>>) -> Result<T, BusError> {
-    time::timeout(COMMAND_TIMEOUT, f)
-        .await
-        .unwrap_or(Err(BusError::Pool(PoolError::Timeout(TimeoutType::Wait))))
-}
-
 /// Stores `draft` in its room's stream and publishes it. See the module docs.
 pub(super) async fn publish_message(
-    pool: &Pool,
+    publisher: &Publisher,
     prefix: &str,
     history_size: usize,
     draft: &Draft,
@@ -84,21 +74,21 @@ pub(super) async fn publish_message(
     // `MAXLEN ~ 0` may keep a whole radix node: no history means exactly none.
     let trim = if history_size == 0 { "=" } else { "~" };
     let channel = Topic::Room(draft.room.clone()).channel(prefix);
-    let (id, _receivers): (String, i64) = with_timeout(async {
-        let mut conn = pool.get().await.map_err(BusError::Pool)?;
-        PUBLISH_MESSAGE
-            .key(stream_key(prefix, &draft.room))
-            .arg(trim)
-            .arg(history_size)
-            .arg(record)
-            .arg(channel)
-            .arg(head)
-            .arg(tail)
-            .invoke_async(&mut *conn)
-            .await
-            .map_err(BusError::Redis)
-    })
-    .await?;
+    let key = stream_key(prefix, &draft.room);
+    let (id, _receivers): (String, i64) = publisher
+        .run(|mut conn| async move {
+            PUBLISH_MESSAGE
+                .key(key)
+                .arg(trim)
+                .arg(history_size)
+                .arg(record)
+                .arg(channel)
+                .arg(head)
+                .arg(tail)
+                .invoke_async(&mut conn)
+                .await
+        })
+        .await?;
     let id = StreamId::parse(&id).ok_or_else(|| {
         BusError::Config(format!("redis returned a stream id `{id}` of unknown form"))
     })?;
@@ -107,7 +97,7 @@ pub(super) async fn publish_message(
 
 /// Reads a room's history. See [`HistoryQuery`].
 pub(super) async fn read(
-    pool: &Pool,
+    publisher: &Publisher,
     prefix: &str,
     room: &RoomId,
     query: HistoryQuery,
@@ -121,18 +111,18 @@ pub(super) async fn read(
     if limit == 0 {
         return Ok(HistoryPage::default());
     }
-    let flat: Vec<String> = with_timeout(async {
-        let mut conn = pool.get().await.map_err(BusError::Pool)?;
-        READ_HISTORY
-            .key(stream_key(prefix, room))
-            .arg(mode)
-            .arg(id)
-            .arg(limit)
-            .invoke_async(&mut *conn)
-            .await
-            .map_err(BusError::Redis)
-    })
-    .await?;
+    let key = stream_key(prefix, room);
+    let flat: Vec<String> = publisher
+        .run(|mut conn| async move {
+            READ_HISTORY
+                .key(key)
+                .arg(mode)
+                .arg(id)
+                .arg(limit)
+                .invoke_async(&mut conn)
+                .await
+        })
+        .await?;
     let mut items = flat.into_iter();
     let oldest = items.next().unwrap_or_default();
     let mut messages = Vec::new();

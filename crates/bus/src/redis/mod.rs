@@ -1,6 +1,7 @@
 //! `RedisBus`: Redis pub/sub between the nodes of a cluster.
 //!
-//! - Publishes go through the node's deadpool-redis pool (`PUBLISH`).
+//! - Publishes are pipelined on one multiplexed connection taken from the
+//!   node's deadpool-redis pool ([`publisher`]); the pool serves presence.
 //! - ONE dedicated RESP2 subscriber connection per bus, owned by one
 //!   background task ([`Subscriber::run`]). It subscribes exactly the
 //!   channels the node asked for (never a pattern), so Redis sends a node only
@@ -32,6 +33,7 @@ use tokio::task::JoinSet;
 use tokio::time::{self, Instant, MissedTickBehavior};
 
 mod history;
+mod publisher;
 
 use crate::history::{Draft, HistoryPage, HistoryQuery};
 use crate::{Bus, BusError, BusStatus, Envelope, INBOX_CAPACITY, Inbox, Topic};
@@ -91,7 +93,7 @@ pub struct RedisBus {
 }
 
 struct Inner {
-    pool: Pool,
+    publisher: publisher::Publisher,
     prefix: String,
     history_size: usize,
     requests: mpsc::Sender<Request>,
@@ -150,7 +152,7 @@ impl RedisBus {
         // Either outcome of the first attempt is fine; the wait is bounded anyway.
         let _ = time::timeout(CONNECT_TIMEOUT + COMMAND_TIMEOUT, first_rx).await;
         let inner = Inner {
-            pool,
+            publisher: publisher::Publisher::new(pool, status.clone()),
             prefix: config.key_prefix,
             history_size: config.history_size,
             requests: requests_tx,
@@ -197,23 +199,30 @@ impl RedisBus {
 impl Bus for RedisBus {
     async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<usize, BusError> {
         self.check_up()?;
-        pool_publish(
-            &self.inner.pool,
-            &topic.channel(&self.inner.prefix),
-            &payload,
-        )
-        .await
+        let channel = topic.channel(&self.inner.prefix);
+        let receivers: i64 = self
+            .inner
+            .publisher
+            .run(|mut conn| async move {
+                redis::cmd("PUBLISH")
+                    .arg(channel)
+                    .arg(&payload[..])
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(usize::try_from(receivers).unwrap_or(0))
     }
 
     async fn publish_message(&self, draft: &Draft) -> Result<Message, BusError> {
         self.check_up()?;
         let inner = &self.inner;
-        history::publish_message(&inner.pool, &inner.prefix, inner.history_size, draft).await
+        history::publish_message(&inner.publisher, &inner.prefix, inner.history_size, draft).await
     }
 
     async fn history(&self, room: &RoomId, query: HistoryQuery) -> Result<HistoryPage, BusError> {
         self.check_up()?;
-        history::read(&self.inner.pool, &self.inner.prefix, room, query).await
+        history::read(&self.inner.publisher, &self.inner.prefix, room, query).await
     }
 
     async fn subscribe(&self, topic: &Topic) -> Result<(), BusError> {
