@@ -11,12 +11,13 @@ use banter_bus::{Bus, BusError, Topic};
 use banter_presence::{Member, Presence, PresenceError};
 use banter_protocol::{CloseReason, ConnId, PresenceEvent, RoomId, ServerFrame, User, UserId};
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
-use tokio_util::sync::CancellationToken;
 
 /// How long a room stays subscribed after its last local member left, so a
 /// member who reconnects or a flapping room does not churn SUBSCRIBE.
@@ -36,56 +37,89 @@ pub(crate) struct Outbound {
 /// Microseconds since the process started, wrapping every ~71 minutes: a
 /// 4-byte timestamp for latencies far shorter than that.
 pub(crate) fn clock_us() -> u32 {
-    static START: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
     START.elapsed().as_micros() as u32
 }
+
+/// When the process started, for the compact clocks.
+static START: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
 
 /// Seconds elapsed since a [`clock_us`] stamp.
 pub(crate) fn seconds_since(stamp: u32) -> f64 {
     f64::from(clock_us().wrapping_sub(stamp)) / 1e6
 }
 
-/// A socket's "you must go now": who kicked it first decides the close code.
+/// A socket's "you must go now", and its "writing since" stamp. Polled on
+/// every wakeup of the socket's task, so it is two atomics and a waker, not
+/// a lock: who kicked first decides the close code.
 #[derive(Debug, Default)]
 pub(crate) struct Kick {
-    token: CancellationToken,
-    reason: Mutex<Option<CloseReason>>,
+    /// 0 while the socket may stay; else the index of the reason in [`KICK_REASONS`].
+    reason: AtomicU8,
+    waker: AtomicWaker,
+    /// [`clock_s`] + 1 when the current write started; 0 when not writing.
+    writing_since: AtomicU32,
 }
 
+/// The reasons a socket can be kicked for.
+const KICK_REASONS: [CloseReason; 3] = [
+    CloseReason::ShuttingDown,
+    CloseReason::SlowConsumer,
+    CloseReason::Internal,
+];
+
 impl Kick {
-    /// A kick that also fires when `parent` (the node's drain) is cancelled.
-    pub fn child_of(parent: &CancellationToken) -> Kick {
-        Kick {
-            token: parent.child_token(),
-            reason: Mutex::new(None),
+    /// Asks the socket to close with `reason`, unless it was already asked.
+    pub fn kick(&self, reason: CloseReason) {
+        let index = KICK_REASONS.iter().position(|r| *r == reason).unwrap_or(2) as u8 + 1;
+        if self
+            .reason
+            .compare_exchange(0, index, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.waker.wake();
         }
     }
 
-    /// Asks the socket to close with `reason`, unless it was already asked.
-    pub fn kick(&self, reason: CloseReason) {
-        let mut r = self.reason.lock().unwrap_or_else(PoisonError::into_inner);
-        r.get_or_insert(reason);
-        drop(r);
-        self.token.cancel();
+    /// Whether the socket was kicked.
+    pub fn is_kicked(&self) -> bool {
+        self.reason.load(Ordering::Acquire) != 0
     }
 
-    /// Resolves once the socket was kicked (or the node drains).
-    pub async fn kicked(&self) {
-        self.token.cancelled().await;
+    /// Resolves once the socket was kicked.
+    pub fn kicked(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| {
+            if self.is_kicked() {
+                return std::task::Poll::Ready(());
+            }
+            self.waker.register(cx.waker());
+            if self.is_kicked() {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
     }
 
-    /// Like [`kicked`](Self::kicked), as an owned future to pin once.
-    pub fn kicked_owned(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
-        self.token.clone().cancelled_owned()
-    }
-
-    /// Why: the first kick's reason, or a node shutdown.
+    /// Why: the first kick's reason.
     pub fn reason(&self) -> CloseReason {
-        self.reason
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        let index = self.reason.load(Ordering::Acquire);
+        KICK_REASONS
+            .get(usize::from(index).wrapping_sub(1))
+            .copied()
             .unwrap_or(CloseReason::ShuttingDown)
     }
+
+    /// Marks the start (`true`) or the end of a write to the socket, for
+    /// [`Hub::kick_stuck`].
+    pub fn writing(&self, started: bool) {
+        let stamp = if started { clock_s() + 1 } else { 0 };
+        self.writing_since.store(stamp, Ordering::Relaxed);
+    }
+}
+
+/// Whole seconds since the process started (for the stuck-write check).
+fn clock_s() -> u32 {
+    u32::try_from(START.elapsed().as_secs()).unwrap_or(u32::MAX)
 }
 
 /// How the rest of the node reaches one socket.
@@ -228,7 +262,7 @@ impl Hub {
             match handle.tx.try_send(out) {
                 Ok(()) => delivered += 1,
                 Err(TrySendError::Full(_)) => {
-                    if !handle.kick.token.is_cancelled() {
+                    if !handle.kick.is_kicked() {
                         self.metrics.slow_consumers.inc();
                     }
                     self.metrics.dropped(DropReason::SlowConsumer);
@@ -238,6 +272,27 @@ impl Hub {
             }
         }
         delivered
+    }
+
+    /// Asks every socket to close with `reason` (the drain).
+    pub fn kick_all(&self, reason: CloseReason) {
+        for handle in self.read().conns.values() {
+            handle.kick.kick(reason);
+        }
+    }
+
+    /// Closes sockets whose current write has not finished in `limit`: a
+    /// client that stopped reading while nothing else arrives for it (which
+    /// would otherwise overflow its queue). Run every second by housekeeping.
+    pub fn kick_stuck(&self, limit: std::time::Duration) {
+        let now = clock_s() + 1;
+        let limit = u32::try_from(limit.as_secs()).unwrap_or(u32::MAX);
+        for handle in self.read().conns.values() {
+            let since = handle.kick.writing_since.load(Ordering::Relaxed);
+            if since != 0 && now.saturating_sub(since) > limit {
+                handle.kick.kick(CloseReason::SlowConsumer);
+            }
+        }
     }
 
     /// Puts `member` into `room`: subscribes the room on the bus if it is the

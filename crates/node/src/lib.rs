@@ -213,6 +213,9 @@ pub async fn run(
     inner.draining.store(true, Ordering::Relaxed);
     drop(listener);
     inner.shutdown.cancel();
+    inner
+        .hub
+        .kick_all(banter_protocol::CloseReason::ShuttingDown);
     inner.sessions.close();
     if tokio::time::timeout(node.config().drain_timeout(), inner.sessions.wait())
         .await
@@ -231,11 +234,13 @@ pub async fn run(
 }
 
 /// Periodic work: presence refresh (every ttl/3) with the departures it
-/// sweeps, delayed unsubscribes, and the bus health metrics.
+/// sweeps, delayed unsubscribes, closing sockets stuck in a write, and the
+/// bus health metrics.
 async fn housekeeping(node: Node, stop: CancellationToken) {
     let inner = &node.inner;
     let mut refresh = tokio::time::interval(inner.config.presence_ttl() / 3);
     let mut unsubscribe = tokio::time::interval(hub::UNSUBSCRIBE_DELAY / 2);
+    let mut stuck = tokio::time::interval(Duration::from_secs(1));
     let mut status = inner.bus_status.clone();
     let mut idle_since = HashMap::new();
     let mut reconnects_seen = 0;
@@ -257,6 +262,7 @@ async fn housekeeping(node: Node, stop: CancellationToken) {
             _ = status.changed() => {}
             _ = refresh.tick() => refresh_presence(&node).await,
             _ = unsubscribe.tick() => inner.hub.unsubscribe_idle(&mut idle_since).await,
+            _ = stuck.tick() => inner.hub.kick_stuck(session::WRITE_TIMEOUT),
         }
     }
 }

@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
 /// A write that takes longer than this means the client is gone or stuck.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the close frame may take to reach a client before the socket is dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// At most this many queued frames are fed before one flush.
@@ -73,13 +73,17 @@ where
     };
     let config = &node.inner.config;
     let (tx, mut outbox) = mpsc::channel(config.limits.outbound_queue);
-    let kick = Arc::new(Kick::child_of(&node.inner.shutdown));
+    let kick = Arc::new(Kick::default());
     let handle = ConnHandle {
         user: member.user.clone(),
         tx,
         kick: kick.clone(),
     };
     node.inner.hub.register(&member.conn, handle).await;
+    // A drain that began before this socket was registered did not see it.
+    if node.inner.shutdown.is_cancelled() {
+        kick.kick(CloseReason::ShuttingDown);
+    }
     let mut session = Session::new(node.clone(), member, matches!(mode, Mode::Text { .. }));
 
     let stop = async {
@@ -183,19 +187,18 @@ async fn bounded(kick: &Kick, io: impl Future<Output = Result<(), WsError>>) -> 
     }
 }
 
-/// Runs a write of the socket loop against its pinned kick and deadline.
-async fn guard<T>(
-    io: impl Future<Output = Result<T, WsError>>,
-    kicked: std::pin::Pin<&mut tokio_util::sync::WaitForCancellationFutureOwned>,
-    deadline: std::pin::Pin<&mut time::Sleep>,
-    kick: &Kick,
-) -> Result<T, Stop> {
-    tokio::select! {
+/// Runs a write of the socket loop until it completes or the socket is
+/// kicked. A write that does not complete is noticed by the housekeeping task
+/// through [`Kick::writing`], which then kicks: no timer per write.
+async fn guard<T>(io: impl Future<Output = Result<T, WsError>>, kick: &Kick) -> Result<T, Stop> {
+    kick.writing(true);
+    let result = tokio::select! {
         biased;
         r = io => r.map_err(|_| Stop::Gone),
-        () = kicked => Err(Stop::Close(kick.reason())),
-        () = deadline => Err(Stop::Gone),
-    }
+        () = kick.kicked() => Err(Stop::Close(kick.reason())),
+    };
+    kick.writing(false);
+    result
 }
 
 /// Sends the close frame and waits briefly for the client's echo.
@@ -230,24 +233,20 @@ impl Session {
         let config = &self.node().inner.config;
         let (ping_every, idle_after) = (config.ping_interval(), config.idle_timeout());
         let metrics = self.node().inner.metrics.clone();
-        let mut ping = time::interval_at(time::Instant::now() + ping_every, ping_every);
-        ping.set_missed_tick_behavior(time::MissedTickBehavior::Delay);
-        // Made once, not per wakeup: a fresh timer or cancellation future per
-        // delivery would cost a timer-wheel or lock round trip each. Moving a
-        // pinned deadline later is an atomic store in tokio.
-        let idle = time::sleep(idle_after);
-        tokio::pin!(idle);
-        let kicked = kick.kicked_owned();
-        tokio::pin!(kicked);
-        let deadline = time::sleep(WRITE_TIMEOUT);
-        tokio::pin!(deadline);
+        // One timer per socket: it sends the pings and checks the idle time.
+        // (A timer or cancellation future per wakeup would cost a timer-wheel
+        // or lock round trip per delivery.) Idle sockets are closed at most a
+        // quarter of the idle timeout late.
+        let tick_every = ping_every.min(idle_after / 4);
+        let mut tick = time::interval_at(time::Instant::now() + tick_every, tick_every);
+        tick.set_missed_tick_behavior(time::MissedTickBehavior::Delay);
+        let (mut last_seen, mut last_ping) = (time::Instant::now(), time::Instant::now());
         loop {
             tokio::select! {
                 biased;
-                () = &mut kicked => return Err(Stop::Close(kick.reason())),
+                () = kick.kicked() => return Err(Stop::Close(kick.reason())),
                 Some(first) = outbox.recv() => {
                     let oldest = first.at;
-                    deadline.as_mut().reset(time::Instant::now() + WRITE_TIMEOUT);
                     // Feed what is queued (up to a batch), flush once: one
                     // write syscall for a burst, no buffer of our own.
                     let feed = async {
@@ -268,19 +267,18 @@ impl Session {
                         }
                         Ok(wrote)
                     };
-                    if guard(feed, kicked.as_mut(), deadline.as_mut(), kick).await? {
+                    if guard(feed, kick).await? {
                         metrics.fanout_seconds.observe(crate::hub::seconds_since(oldest));
                     }
                 }
                 msg = ws.next() => {
-                    idle.as_mut().reset(time::Instant::now() + idle_after);
+                    last_seen = time::Instant::now();
                     match msg {
                         Some(Ok(WsMessage::Text(text))) => {
                             // Boxed: client frames are rare next to deliveries, and
                             // their (large) future should not sit in every idle task.
                             if let Some(reply) = Box::pin(self.on_frame(text.as_str())).await? {
-                                deadline.as_mut().reset(time::Instant::now() + WRITE_TIMEOUT);
-                                guard(ws.send(reply), kicked.as_mut(), deadline.as_mut(), kick).await?;
+                                guard(ws.send(reply), kick).await?;
                             }
                         }
                         Some(Ok(WsMessage::Binary(_))) => return Err(Stop::Close(CloseReason::Binary)),
@@ -294,11 +292,14 @@ impl Session {
                         }
                     }
                 }
-                () = &mut idle => return Err(Stop::Close(CloseReason::IdleTimeout)),
-                _ = ping.tick() => {
-                    deadline.as_mut().reset(time::Instant::now() + WRITE_TIMEOUT);
-                    let ping = ws.send(WsMessage::Ping(Bytes::new()));
-                    guard(ping, kicked.as_mut(), deadline.as_mut(), kick).await?;
+                now = tick.tick() => {
+                    if now.duration_since(last_seen) >= idle_after {
+                        return Err(Stop::Close(CloseReason::IdleTimeout));
+                    }
+                    if now.duration_since(last_ping) >= ping_every {
+                        last_ping = now;
+                        guard(ws.send(WsMessage::Ping(Bytes::new())), kick).await?;
+                    }
                 }
             }
         }
