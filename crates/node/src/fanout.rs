@@ -2,7 +2,7 @@
 //! turns its payload into a WebSocket frame once, and hands a refcounted clone
 //! to each local member of the room. It never awaits a socket.
 
-use crate::hub::Hub;
+use crate::hub::{Delivery, Hub};
 use crate::metrics::{DropReason, Metrics};
 use banter_bus::{Envelope, Inbox};
 use std::sync::Arc;
@@ -19,7 +19,8 @@ pub(crate) async fn run(mut inbox: Inbox, hub: Arc<Hub>, metrics: Arc<Metrics>) 
             tracing::warn!(?topic, "bus payload is not UTF-8; dropped");
             continue;
         };
-        let delivered = hub.deliver(&topic, &text, at);
+        let delivery = Arc::new(Delivery { text, at });
+        let delivered = hub.deliver(&topic, &delivery);
         metrics.delivered.inc_by(delivered as u64);
     }
     tracing::debug!("bus inbox closed; fan-out stops");

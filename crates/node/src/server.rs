@@ -322,8 +322,13 @@ fn upgrade(
 
     let ws_config = ws_config(config.limits.max_frame_bytes);
     let session_node = node.clone();
+    // Only the upgrade handle goes into the session: the request's header
+    // values are slices of hyper's 8 KiB read buffer, and holding the request
+    // for the socket's lifetime would keep that buffer alive per socket.
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    drop(req);
     node.inner.sessions.spawn(async move {
-        let upgraded = match hyper::upgrade::on(&mut req).await {
+        let upgraded = match on_upgrade.await {
             Ok(upgraded) => upgraded,
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "upgrade failed");
@@ -363,8 +368,8 @@ fn upgrade(
 
 /// tungstenite's buffers, sized for chat. Its defaults (128 KiB read buffer,
 /// allocated eagerly; 128 KiB write high-water mark; 64 MiB messages) cost
-/// ≈136 KB of RSS per idle socket. A 1 KiB read buffer (it grows for a
-/// larger frame, up to the limit) costs ≈1 KB; the
+/// ≈136 KB of RSS per idle socket. A 512-byte read buffer (it grows for a
+/// larger frame, up to the limit) costs ≈0.5 KB; the
 /// write buffer flushes at 8 KiB (we batch frames and flush once anyway);
 /// incoming messages and frames are capped at `limits.max_frame_bytes`
 /// (close 1009 above it), which also caps how far the read buffer can grow.
@@ -372,7 +377,7 @@ fn upgrade(
 /// can be larger), only by `max_write_buffer_size`.
 pub(crate) fn ws_config(max_frame_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(1024)
+        .read_buffer_size(512)
         .write_buffer_size(8 * 1024)
         .max_write_buffer_size(16 * 1024 * 1024)
         .max_message_size(Some(max_frame_bytes))

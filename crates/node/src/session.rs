@@ -253,7 +253,7 @@ impl Session {
                         let mut next = Some(first);
                         let (mut fed, mut wrote) = (0, false);
                         while let Some(out) = next.take() {
-                            if let Some(msg) = self.outgoing(WsMessage::Text(out.text)) {
+                            if let Some(msg) = self.outgoing(WsMessage::Text(out.text.clone())) {
                                 ws.feed(msg).await?;
                                 wrote = true;
                             }
