@@ -135,6 +135,9 @@ struct Scripts {
     refresh: Script,
 }
 
+/// Rooms refreshed per Redis round trip (see `refresh`).
+const REFRESH_CHUNK: usize = 64;
+
 impl RedisPresence {
     /// Presence over `pool` with keys under `{key_prefix}:presence:` and
     /// entries that expire `ttl` after their last join or refresh
@@ -269,48 +272,56 @@ impl Presence for RedisPresence {
                 inv
             })
             .collect();
-        // One round trip for every room. A pipeline does not load scripts
-        // on NOSCRIPT by itself, so it starts with SCRIPT LOAD (a no-op when
+        // A few rooms per round trip, not all of them in one: Redis runs a
+        // client's whole pipeline before serving anyone else, and one
+        // pipeline of thousands of scripts stalled every publish behind it
+        // (the rooms benchmark's p99). A pipeline does not load scripts on
+        // NOSCRIPT by itself, so each starts with SCRIPT LOAD (a no-op when
         // the script is cached).
-        let mut pipe = redis::pipe();
-        pipe.load_script(&self.scripts.refresh).ignore();
-        for inv in &invocations {
-            pipe.invoke_script(inv);
-        }
         let mut con = self.connection().await?;
-        let replies: Vec<Value> = pipe
-            .query_async(&mut con)
-            .await
-            .map_err(PresenceError::Redis)?;
-        if replies.len() != groups.len() {
-            return Err(PresenceError::Corrupt(format!(
-                "{} sweep replies for {} rooms",
-                replies.len(),
-                groups.len()
-            )));
-        }
-
         let mut departed = Vec::new();
-        for (((room, _), [_, users, _]), reply) in groups.iter().zip(&keys).zip(replies) {
-            let (corrupt, gone) = <(i64, Vec<String>)>::from_redis_value(reply)
-                .map_err(|e| PresenceError::Redis(e.into()))?;
-            if corrupt > 0 {
-                tracing::warn!(key = %users, corrupt, "swept presence entries without a readable user");
+        for ((groups, keys), invocations) in groups
+            .chunks(REFRESH_CHUNK)
+            .zip(keys.chunks(REFRESH_CHUNK))
+            .zip(invocations.chunks(REFRESH_CHUNK))
+        {
+            let mut pipe = redis::pipe();
+            pipe.load_script(&self.scripts.refresh).ignore();
+            for inv in invocations {
+                pipe.invoke_script(inv);
             }
-            // The entries are already swept: a user that cannot be read is
-            // logged and skipped rather than failing everyone else's leave.
-            let mut left = Vec::with_capacity(gone.len());
-            for json in &gone {
-                match parse_user(json, users) {
-                    Ok(user) => left.push(user),
-                    Err(e) => tracing::warn!(error = %e, "departed user not announced"),
+            let replies: Vec<Value> = pipe
+                .query_async(&mut con)
+                .await
+                .map_err(PresenceError::Redis)?;
+            if replies.len() != groups.len() {
+                return Err(PresenceError::Corrupt(format!(
+                    "{} sweep replies for {} rooms",
+                    replies.len(),
+                    groups.len()
+                )));
+            }
+            for (((room, _), [_, users, _]), reply) in groups.iter().zip(keys).zip(replies) {
+                let (corrupt, gone) = <(i64, Vec<String>)>::from_redis_value(reply)
+                    .map_err(|e| PresenceError::Redis(e.into()))?;
+                if corrupt > 0 {
+                    tracing::warn!(key = %users, corrupt, "swept presence entries without a readable user");
                 }
+                // The entries are already swept: a user that cannot be read is
+                // logged and skipped rather than failing everyone else's leave.
+                let mut left = Vec::with_capacity(gone.len());
+                for json in &gone {
+                    match parse_user(json, users) {
+                        Ok(user) => left.push(user),
+                        Err(e) => tracing::warn!(error = %e, "departed user not announced"),
+                    }
+                }
+                departed.extend(
+                    sorted_unique(left)
+                        .into_iter()
+                        .map(|u| ((*room).clone(), u)),
+                );
             }
-            departed.extend(
-                sorted_unique(left)
-                    .into_iter()
-                    .map(|u| ((*room).clone(), u)),
-            );
         }
         Ok(departed)
     }

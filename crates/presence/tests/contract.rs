@@ -530,3 +530,46 @@ async fn redis_outage_is_an_error_then_recovers() {
     })
     .await;
 }
+
+/// A refresh covering many rooms (more than one Redis round trip's worth)
+/// sweeps and reports every room, on both backends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_of_many_rooms_sweeps_them_all() {
+    // Long enough that no room's keys expire (2×ttl) while 300 entries are joined.
+    let ttl = Duration::from_millis(1000);
+    for (name, backend) in [
+        ("memory", Backend::memory(ttl)),
+        ("redis", Backend::redis(ttl)),
+    ] {
+        let (dead, live) = (backend.node(), backend.node());
+        let mut entries = Vec::new();
+        for i in 0..150 {
+            let r = room(&format!("many{i}"));
+            let ghost = user(&format!("ghost{i}"), "Ghost");
+            dead.join(&r, &member(&format!("d{i}"), &ghost))
+                .await
+                .unwrap();
+            live.join(&r, &member(&format!("l{i}"), &user("alive", "Alive")))
+                .await
+                .unwrap();
+            entries.push((r, format!("l{i}").parse::<ConnId>().unwrap()));
+        }
+        sleep(ttl + Duration::from_millis(100)).await;
+        let departed = live.refresh(&entries).await.unwrap();
+        assert_eq!(departed.len(), 150, "{name}: one departure per room");
+        for (r, u) in &departed {
+            assert_eq!(
+                u.id.as_str(),
+                format!("ghost{}", &r.as_str()[4..]),
+                "{name}"
+            );
+        }
+        for (r, _) in &entries {
+            assert_eq!(
+                live.users(r).await.unwrap(),
+                vec![user("alive", "Alive")],
+                "{name} {r}"
+            );
+        }
+    }
+}
