@@ -30,7 +30,7 @@ function onlineNames(page) {
   return page.$$eval('#users li .name', (ns) => ns.map((n) => n.textContent));
 }
 
-describe('the chat page on the cluster', () => {
+describe('the chat page on the cluster', { timeout: 120_000 }, () => {
   before(async () => { browser = await launch(); });
   after(async () => { await closeAll(); if (browser) await browser.close(); });
 

@@ -85,4 +85,4 @@ done
 
 export BANTER_URL=http://127.0.0.1:$NGINX_PORT/
 cd "$E2E"
-node --test --test-timeout=120000 chat.test.js
+node --test chat.test.js
