@@ -341,3 +341,29 @@ fn decode_errors_carry_their_code_and_ref() {
     assert_eq!(v["code"], "bad_request");
     assert_eq!(v["ref"], "r9");
 }
+
+#[test]
+fn a_numeric_ref_is_echoed_exactly() {
+    // Found by the property test: without exact float parsing this ref came
+    // back as a neighbouring value.
+    for raw in [
+        "-6.619210443695127e+245",
+        "0.1",
+        "1e-300",
+        "12345678901234567890",
+        "7",
+    ] {
+        let frame = decode(&format!(r#"{{"type":"ping","ref":{raw}}}"#)).unwrap();
+        let ClientFrame::Ping { reference } = frame else {
+            panic!()
+        };
+        let pong = ServerFrame::Pong { reference }.to_json();
+        let echoed: Value = serde_json::from_str(&pong).unwrap();
+        let sent: Value = serde_json::from_str(raw).unwrap();
+        assert_eq!(echoed["ref"], sent, "{raw}");
+        assert_eq!(
+            decode(&format!(r#"{{"type":"ping","ref":{}}}"#, echoed["ref"])).unwrap(),
+            decode(&format!(r#"{{"type":"ping","ref":{raw}}}"#)).unwrap()
+        );
+    }
+}
