@@ -1,7 +1,7 @@
 //! The room API over HTTP: presence, history, and server publishing.
 
 use crate::Node;
-use crate::commands::{HISTORY_LIMIT, system_user};
+use crate::commands::{HISTORY_LIMIT, check_text, system_user};
 use crate::server::{Body, json};
 use banter_bus::{Draft, HistoryQuery, StreamId};
 use banter_protocol::RoomId;
@@ -142,7 +142,7 @@ pub(crate) async fn publish(node: &Node, room: &str, req: Request<Incoming>) -> 
             &j!({"error": "from must be 1-32 characters without control characters"}),
         );
     };
-    if body.text.trim().is_empty() || body.text.chars().count() > config.limits.max_text_chars {
+    if check_text(&body.text, config.limits.max_text_chars).is_err() {
         return json(
             StatusCode::BAD_REQUEST,
             &j!({"error": "text must be 1 to limits.max_text_chars characters"}),

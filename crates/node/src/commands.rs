@@ -56,7 +56,7 @@ impl Session {
         let hub = &self.node.inner.hub;
         let rooms = std::mem::take(&mut self.rooms);
         hub.leave_all(&self.member, rooms).await;
-        hub.unregister(&self.member).await;
+        hub.unregister(&self.member);
     }
 
     pub(crate) fn welcome(&self) -> ServerFrame {
@@ -232,13 +232,10 @@ impl Session {
 
     /// Checks a chat text against the limits: the refusal, if any.
     fn refuse_text(&self, text: &str, reference: &Option<Ref>) -> Option<ServerFrame> {
-        if text.chars().count() > self.node.inner.config.limits.max_text_chars {
-            return Some(self.fail(ErrorCode::TooLarge, "text too long", reference.clone()));
-        }
-        if text.trim().is_empty() {
-            return Some(self.fail(ErrorCode::BadRequest, "text is empty", reference.clone()));
-        }
-        None
+        let max = self.node.inner.config.limits.max_text_chars;
+        check_text(text, max)
+            .err()
+            .map(|(code, message)| self.fail(code, message, reference.clone()))
     }
 
     async fn send(
@@ -453,6 +450,18 @@ impl Node {
         let id = MessageId::try_from(id).expect("node ids are validated");
         (id, ts)
     }
+}
+
+/// Whether a chat text may be sent: not empty, at most `max_chars`
+/// characters. The one check behind `send`, `dm` and the publish API.
+pub(crate) fn check_text(text: &str, max_chars: usize) -> Result<(), (ErrorCode, &'static str)> {
+    if text.chars().count() > max_chars {
+        return Err((ErrorCode::TooLarge, "text too long"));
+    }
+    if text.trim().is_empty() {
+        return Err((ErrorCode::BadRequest, "text is empty"));
+    }
+    Ok(())
 }
 
 /// The identity of server-published messages (`POST /api/rooms/{room}/messages`).

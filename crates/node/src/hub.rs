@@ -208,7 +208,7 @@ impl Hub {
 
     /// Forgets a socket; call after [`leave_all`](Self::leave_all). The
     /// user's topic is unsubscribed later, with the idle rooms.
-    pub async fn unregister(&self, member: &Member) {
+    pub fn unregister(&self, member: &Member) {
         let mut state = self.write();
         if state.conns.remove(&member.conn).is_some() {
             self.metrics.connections.dec();
@@ -342,19 +342,7 @@ impl Hub {
     pub async fn leave(&self, room: &RoomId, member: &Member) {
         self.remove_local(room, &member.conn);
         match self.presence.leave(room, member).await {
-            Ok(true) => {
-                let count = match self.presence.users(room).await {
-                    Ok(users) => users.len(),
-                    Err(e) => {
-                        tracing::warn!(%room, error = %e, "presence read failed after leave");
-                        return;
-                    }
-                };
-                let event = PresenceEvent::Leave {
-                    user: member.user.clone(),
-                };
-                self.announce(room, event, count).await;
-            }
+            Ok(true) => self.announce_leave(room, member.user.clone()).await,
             Ok(false) => {}
             Err(e) => {
                 tracing::warn!(%room, error = %e, "presence leave failed; the entry will expire")
@@ -368,6 +356,20 @@ impl Hub {
         for room in rooms {
             self.leave(&room, member).await;
         }
+    }
+
+    /// Announces that `user` left `room` (their last connection there went,
+    /// or a crashed node's entry was swept), with the room's count after it.
+    pub async fn announce_leave(&self, room: &RoomId, user: User) {
+        let count = match self.presence.users(room).await {
+            Ok(users) => users.len(),
+            Err(e) => {
+                tracing::warn!(%room, error = %e, "presence read failed; leave not announced");
+                return;
+            }
+        };
+        self.announce(room, PresenceEvent::Leave { user }, count)
+            .await;
     }
 
     /// Publishes a presence event to the room (every node fans it out).

@@ -280,10 +280,8 @@ async fn refresh_presence(node: &Node) {
     match inner.presence.refresh(&entries).await {
         Ok(departed) => {
             for (room, user) in departed {
-                let count = inner.presence.users(&room).await.map_or(0, |u| u.len());
                 tracing::info!(%room, user = %user.id, "swept a member of a node that stopped refreshing");
-                let event = banter_protocol::PresenceEvent::Leave { user };
-                inner.hub.announce(&room, event, count).await;
+                inner.hub.announce_leave(&room, user).await;
             }
         }
         Err(e) => tracing::warn!(error = %e, "presence refresh failed"),

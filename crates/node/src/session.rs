@@ -169,25 +169,16 @@ pub(crate) fn json(frame: &ServerFrame) -> WsMessage {
     WsMessage::text(frame.to_json())
 }
 
-/// Writes one message, giving up when the client is stuck or the socket is kicked.
+/// Writes one message, giving up when the socket is kicked (a write stuck
+/// for [`WRITE_TIMEOUT`] gets it kicked: see [`guard`]).
 async fn write<S>(ws: &mut WebSocketStream<S>, kick: &Kick, msg: WsMessage) -> Result<(), Stop>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    bounded(kick, ws.send(msg)).await
+    guard(ws.send(msg), kick).await
 }
 
-async fn bounded(kick: &Kick, io: impl Future<Output = Result<(), WsError>>) -> Result<(), Stop> {
-    tokio::select! {
-        r = time::timeout(WRITE_TIMEOUT, io) => match r {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) | Err(_) => Err(Stop::Gone),
-        },
-        () = kick.kicked() => Err(Stop::Close(kick.reason())),
-    }
-}
-
-/// Runs a write of the socket loop until it completes or the socket is
+/// Runs a write to a registered socket until it completes or the socket is
 /// kicked. A write that does not complete is noticed by the housekeeping task
 /// through [`Kick::writing`], which then kicks: no timer per write.
 async fn guard<T>(io: impl Future<Output = Result<T, WsError>>, kick: &Kick) -> Result<T, Stop> {
