@@ -5,12 +5,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use banter_bus::memory::DEFAULT_HISTORY;
+use common::*;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use banter_bus::{
-    Bus, BusError, BusStatus, Envelope, INBOX_CAPACITY, Inbox, MemoryNetwork, RedisBus,
-    RedisBusConfig, Topic,
+    Bus, BusError, BusStatus, Envelope, INBOX_CAPACITY, RedisBus, RedisBusConfig, Topic,
 };
 use banter_testkit::RedisServer;
 use bytes::Bytes;
@@ -20,63 +23,12 @@ use tokio::time::timeout;
 /// How long any single expected event may take.
 const WITHIN: Duration = Duration::from_secs(5);
 
-/// One node: its bus handle and its inbox.
-struct Node {
-    bus: Arc<dyn Bus>,
-    inbox: Inbox,
-}
-
 fn room(name: &str) -> Topic {
     Topic::Room(name.parse().unwrap())
 }
 
 fn user(id: &str) -> Topic {
     Topic::User(id.parse().unwrap())
-}
-
-fn memory_nodes(n: usize) -> Vec<Node> {
-    let network = MemoryNetwork::new();
-    (0..n)
-        .map(|_| {
-            let (bus, inbox) = network.connect();
-            Node {
-                bus: Arc::new(bus),
-                inbox,
-            }
-        })
-        .collect()
-}
-
-/// Probes every 200 ms in these tests, so a dead connection shows in 600 ms.
-const PROBE: Duration = Duration::from_millis(200);
-
-async fn redis_bus(url: &str) -> (RedisBus, Inbox) {
-    let pool = deadpool_redis::Config::from_url(url)
-        .builder()
-        .unwrap()
-        .max_size(4)
-        .runtime(Runtime::Tokio1)
-        .build()
-        .unwrap();
-    let config = RedisBusConfig {
-        probe_interval: PROBE,
-        ..RedisBusConfig::new(url, "banter")
-    };
-    RedisBus::connect(pool, config).await.unwrap()
-}
-
-async fn redis_nodes(server: &RedisServer, n: usize) -> Vec<Node> {
-    let mut nodes = Vec::new();
-    for _ in 0..n {
-        let (bus, inbox) = redis_bus(&server.url()).await;
-        let node = Node {
-            bus: Arc::new(bus),
-            inbox,
-        };
-        wait_status(&node, |s| s.up).await;
-        nodes.push(node);
-    }
-    nodes
 }
 
 async fn next(node: &mut Node) -> Envelope {
@@ -116,13 +68,13 @@ macro_rules! contract {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn memory() {
-                super::$point(memory_nodes($nodes)).await;
+                super::$point(memory_nodes($nodes, DEFAULT_HISTORY)).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn redis() {
                 let server = RedisServer::start();
-                super::$point(redis_nodes(&server, $nodes).await).await;
+                super::$point(redis_nodes(&server, $nodes, DEFAULT_HISTORY).await).await;
             }
         }
     };
@@ -284,7 +236,7 @@ async fn memory_status_is_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_subscribes_exactly_the_asked_channels() {
     let server = RedisServer::start();
-    let nodes = redis_nodes(&server, 2).await;
+    let nodes = redis_nodes(&server, 2, DEFAULT_HISTORY).await;
     let rooms = |server: &RedisServer| {
         tokio::task::block_in_place(|| server.pubsub_channels("banter:room:*"))
     };
@@ -314,7 +266,7 @@ async fn redis_subscribes_exactly_the_asked_channels() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_and_recovery() {
     let mut server = RedisServer::start();
-    let mut nodes = redis_nodes(&server, 2).await;
+    let mut nodes = redis_nodes(&server, 2, DEFAULT_HISTORY).await;
     let topic = room("live");
     nodes[0].bus.subscribe(&topic).await.unwrap();
 
@@ -354,7 +306,7 @@ async fn redis_outage_and_recovery() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_killed_subscriber_resubscribes() {
     let server = RedisServer::start();
-    let mut nodes = redis_nodes(&server, 2).await;
+    let mut nodes = redis_nodes(&server, 2, DEFAULT_HISTORY).await;
     let topic = room("kept");
     nodes[0].bus.subscribe(&topic).await.unwrap();
     tokio::task::block_in_place(|| server.command(&["CLIENT", "KILL", "TYPE", "pubsub"]));
@@ -372,7 +324,7 @@ async fn redis_killed_subscriber_resubscribes() {
 async fn redis_connect_while_down_starts_down_and_recovers() {
     let mut server = RedisServer::start();
     tokio::task::block_in_place(|| server.stop());
-    let (bus, inbox) = redis_bus(&server.url()).await;
+    let (bus, inbox) = redis_bus(&server.url(), DEFAULT_HISTORY).await;
     let mut node = Node {
         bus: Arc::new(bus),
         inbox,
@@ -396,7 +348,7 @@ async fn redis_connect_while_down_starts_down_and_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_slow_inbox_is_not_a_dead_connection() {
     let server = RedisServer::start();
-    let mut nodes = redis_nodes(&server, 2).await;
+    let mut nodes = redis_nodes(&server, 2, DEFAULT_HISTORY).await;
     full_inbox(&mut nodes, Some(PROBE * 10)).await;
     assert_eq!(
         *nodes[0].bus.status().borrow(),
@@ -413,7 +365,7 @@ async fn redis_slow_inbox_is_not_a_dead_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_probe_finds_a_silent_connection() {
     let server = RedisServer::start();
-    let mut nodes = redis_nodes(&server, 1).await;
+    let mut nodes = redis_nodes(&server, 1, DEFAULT_HISTORY).await;
     tokio::task::block_in_place(|| server.command(&["CLIENT", "PAUSE", "1500", "ALL"]));
     wait_status(&nodes[0], |s| !s.up).await;
     wait_status(&nodes[0], |s| s.up && s.reconnects >= 1).await;
@@ -430,7 +382,7 @@ async fn redis_dropped_bus_closes_its_subscriber() {
     let health = |server: &RedisServer| {
         tokio::task::block_in_place(|| server.pubsub_channels("banter:health:*"))
     };
-    let nodes = redis_nodes(&server, 1).await;
+    let nodes = redis_nodes(&server, 1, DEFAULT_HISTORY).await;
     assert_eq!(health(&server).len(), 1);
     drop(nodes);
     let deadline = Instant::now() + WITHIN;

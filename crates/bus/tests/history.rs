@@ -3,61 +3,14 @@
 //! it is incomplete.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use banter_bus::{
-    Bus, Draft, HistoryQuery, Inbox, MemoryNetwork, RedisBus, RedisBusConfig, StreamId, Topic,
-};
+mod common;
+use common::*;
+
+use banter_bus::{Draft, HistoryQuery, StreamId, Topic};
 use banter_protocol::{Message, ServerFrame, User};
 use banter_testkit::RedisServer;
-use deadpool_redis::Runtime;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::timeout;
-
-struct Node {
-    bus: Arc<dyn Bus>,
-    inbox: Inbox,
-}
-
-fn memory(n: usize, size: usize) -> Vec<Node> {
-    let network = MemoryNetwork::with_history(size);
-    (0..n)
-        .map(|_| {
-            let (bus, inbox) = network.connect();
-            Node {
-                bus: Arc::new(bus),
-                inbox,
-            }
-        })
-        .collect()
-}
-
-async fn redis(server: &RedisServer, n: usize, size: usize) -> Vec<Node> {
-    let mut nodes = Vec::new();
-    for _ in 0..n {
-        let pool = deadpool_redis::Config::from_url(server.url())
-            .builder()
-            .unwrap()
-            .max_size(4)
-            .runtime(Runtime::Tokio1)
-            .build()
-            .unwrap();
-        let config = RedisBusConfig {
-            history_size: size,
-            ..RedisBusConfig::new(server.url(), "banter")
-        };
-        let (bus, inbox) = RedisBus::connect(pool, config).await.unwrap();
-        let mut status = bus.status();
-        timeout(Duration::from_secs(5), status.wait_for(|s| s.up))
-            .await
-            .unwrap()
-            .unwrap();
-        nodes.push(Node {
-            bus: Arc::new(bus),
-            inbox,
-        });
-    }
-    nodes
-}
 
 fn draft(text: &str) -> Draft {
     Draft {
@@ -93,12 +46,12 @@ macro_rules! contract {
             use super::*;
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn memory() {
-                super::$point(super::memory($nodes, $size)).await;
+                super::$point(memory_nodes($nodes, $size)).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn redis() {
                 let server = RedisServer::start();
-                super::$point(super::redis(&server, $nodes, $size).await).await;
+                super::$point(redis_nodes(&server, $nodes, $size).await).await;
             }
         }
     };
@@ -303,7 +256,7 @@ async fn no_history_keeps_nothing(nodes: Vec<Node>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_redis_is_slow_not_an_error_redis() {
     let server = RedisServer::start();
-    let nodes = redis(&server, 1, 50).await;
+    let nodes = redis_nodes(&server, 1, 50).await;
     say(&nodes[0], "warm").await; // the shared connection is open
     let port = server.port();
     let pause = tokio::task::spawn_blocking(move || {

@@ -107,21 +107,7 @@ async fn two_clients_chat_on_one_node_without_redis() {
             .await,
         ServerFrame::Left { .. }
     ));
-    match ann
-        .recv_until(|f| {
-            matches!(
-                f,
-                ServerFrame::Presence {
-                    event: PresenceEvent::Leave { .. },
-                    ..
-                }
-            )
-        })
-        .await
-    {
-        ServerFrame::Presence { count, .. } => assert_eq!(count, 1),
-        _ => unreachable!(),
-    }
+    assert_eq!(ann.leave_of(&bob.user.id).await, 1);
     node.stop().await;
 }
 

@@ -447,3 +447,15 @@ impl Client {
         }
     }
 }
+
+impl Client {
+    /// Waits for the presence `leave` of user `id` (other frames skipped) and
+    /// returns the room's count after it.
+    pub async fn leave_of(&mut self, id: &banter_protocol::UserId) -> usize {
+        let leave = |f: &ServerFrame| matches!(f, ServerFrame::Presence { event: banter_protocol::PresenceEvent::Leave { user }, .. } if &user.id == id);
+        match self.recv_until(leave).await {
+            ServerFrame::Presence { count, .. } => count,
+            _ => unreachable!(),
+        }
+    }
+}
