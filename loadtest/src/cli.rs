@@ -37,6 +37,8 @@ pub enum Command {
     Smoke(SmokeArgs),
     /// Latency-against-load SVG and a markdown table from fan-out JSON results.
     Plot(PlotArgs),
+    /// The kernel's own cost of one loopback TCP delivery on this machine, with no server.
+    Floor(FloorArgs),
 }
 
 /// Flags every scenario shares.
@@ -212,6 +214,29 @@ impl SmokeArgs {
             room: "smoke".into(),
         }
     }
+}
+
+/// `floor`.
+#[derive(Clone, Debug, Args)]
+pub struct FloorArgs {
+    /// Sockets the writer holds (the subscribers of the fan-out scenario).
+    #[arg(long, default_value_t = 1000)]
+    pub sockets: usize,
+    /// Writer threads sharing the sockets (2: like the two nodes of the fan-out scenario).
+    #[arg(long, default_value_t = 2)]
+    pub writers: usize,
+    /// Rounds per second; each round writes one frame to every socket.
+    #[arg(long, default_value_t = 50.0)]
+    pub rate: f64,
+    /// Text size of the message each frame carries, in bytes.
+    #[arg(long, default_value_t = 100)]
+    pub size: usize,
+    /// Measured window, after the warm-up.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub duration: Duration,
+    /// Writing before the measured window.
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    pub warmup: Duration,
 }
 
 /// `plot`.

@@ -14,7 +14,8 @@
 //! - [`procfs`]: RSS and CPU of the nodes, this process and the machine; the
 //!   open-files limit.
 //! - [`shard`]: splitting a run over processes when one fd limit is too small.
-//! - [`scenarios`]: `idle`, `fanout` (and `smoke`), `rooms`, `churn`.
+//! - [`scenarios`]: `idle`, `fanout` (and `smoke`), `rooms`, `churn`, and
+//!   `floor`, the kernel's own cost per delivery with no server at all.
 //! - [`report`]: progress lines, the summary table and the JSON result.
 //! - [`plot`]: latency against offered load, as SVG and a markdown table.
 //!
@@ -57,6 +58,7 @@ pub async fn run(command: &Command) -> anyhow::Result<Option<Report>> {
             .map(|o| scenarios::rooms_report(&o)),
         Command::Churn(a) => Some(scenarios::churn::report(&scenarios::churn::run(a).await?)),
         Command::Smoke(a) => Some(smoke(a).await?),
+        Command::Floor(a) => Some(scenarios::floor::report(&scenarios::floor::run(a).await?)),
         Command::Plot(a) => {
             print!("{}", plot::run(&a.results, &a.out)?);
             None

@@ -18,7 +18,7 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 }
 
 /// (utime, stime) of a process, in ticks, from a `/proc/<pid>/stat` path.
-fn stat_ticks(path: &str) -> Option<(u64, u64)> {
+pub(crate) fn stat_ticks(path: &str) -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string(path).ok()?;
     // The command name is in parentheses and may hold spaces: split after it.
     let rest = &stat[stat.rfind(')')? + 1..];

@@ -3,6 +3,7 @@
 
 pub mod churn;
 pub mod fanout;
+pub mod floor;
 pub mod idle;
 mod publish;
 pub mod rooms;
