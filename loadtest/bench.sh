@@ -4,7 +4,7 @@
 # exact commands, tables), loadtest/results/*.json and
 # loadtest/results/fanout-latency.svg (latency percentiles against offered load).
 #
-#   loadtest/bench.sh            # the full run (about 10 minutes)
+#   loadtest/bench.sh            # the full run (about 13 minutes)
 #   QUICK=1 loadtest/bench.sh    # small sizes, to check the script itself
 #
 # Needs redis-server, curl and jq. All traffic stays on 127.0.0.0/8; every
@@ -33,8 +33,18 @@ ulimit -n "$(ulimit -Hn)"
 
 if [ "$QUICK" = 1 ]; then
   IDLE_N=2000; SUBS=200; RATES="50 200"; ROOMS=200; WINDOW=5s; WARM=1s; CHURN_RATE=50; CHURN_FOR=3s
+  PAIRS=1; PAIR_WINDOW=3s
 else
   IDLE_N=20000; SUBS=1000; RATES="25 50 100 200 400 800"; ROOMS=5000; WINDOW=20s; WARM=5s; CHURN_RATE=200; CHURN_FOR=20s
+  PAIRS=3; PAIR_WINDOW=15s
+fi
+
+# What follows this marker in an existing BENCHMARKS.md is written by hand
+# (the reading of the figures) and is kept across runs.
+MARKER='<!-- Everything below is written by hand and kept by bench.sh. -->'
+KEPT=""
+if [ -f "$OUT" ] && grep -qF "$MARKER" "$OUT"; then
+  KEPT=$(sed -n "/$MARKER/,\$p" "$OUT")
 fi
 
 PIDS=()
@@ -159,6 +169,36 @@ echo -e "\n### Latency against offered load\n" >>"$OUT"
 "$LOAD" plot --out "$RES/fanout-latency.svg" "${FANOUT_JSON[@]}" >>"$OUT"
 echo -e "\n![latency percentiles against offered load](loadtest/results/fanout-latency.svg)\n" >>"$OUT"
 
+# --- the floor, and the reference scenario against it --------------------------
+# The machine's own cost of a delivery (no server at all), then the reference
+# fan-out scenario, alternately: this shared VM's speed drifts by tens of
+# percent between minutes, so each fan-out run is set against a floor
+# measured just before it.
+echo -e "\n## The floor: loopback TCP with no server\n" >>"$OUT"
+echo "A writer that only writes prepared frames and a reader that only reads them (\`banter-load floor\`): the least CPU any server and any client can spend per delivery on this machine when each delivery is its own TCP segment, and the latency they get with nothing else running. Then the reference fan-out scenario right after it, $PAIRS times." >>"$OUT"
+PAIR_JSON=()
+for i in $(seq 1 "$PAIRS"); do
+  cleanup
+  run "floor-$i" floor --sockets "$SUBS" --writers 2 --rate 50 --size 100 --warmup 2s --duration "$PAIR_WINDOW"
+  cluster_up
+  run "reference-$i" fanout --nodes "$NODES" --pids "$NODE_PIDS" --subscribers "$SUBS" --publishers 1 \
+    --rate 50 --size 100 --warmup "$WARM" --duration "$PAIR_WINDOW" --room "ref-$i"
+  PAIR_JSON+=("$RES/floor-$i.json" "$RES/reference-$i.json")
+done
+{
+  echo
+  echo "### Each reference run against the floor measured just before it"
+  echo
+  echo "| pair | floor: writes per CPU-s | node: deliveries per CPU-s | node / floor | floor: reader µs per frame | load tool µs per delivery | floor p99 ms | node p99 ms |"
+  echo "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+  for i in $(seq 1 "$PAIRS"); do
+    f="$RES/floor-$i.json"; r="$RES/reference-$i.json"
+    jq -rn --slurpfile f "$f" --slurpfile r "$r" --arg i "$i" '
+      ($f[0]) as $f | ($r[0]) as $r |
+      "| \($i) | \($f.writes_per_cpu_sec | floor) | \($r.deliveries_per_node_cpu_sec // 0 | floor) | \((100 * ($r.deliveries_per_node_cpu_sec // 0) / $f.writes_per_cpu_sec) | floor) % | \($f.reader_us_per_frame * 100 | round / 100) | \($r.load_tool_us_per_delivery * 100 | round / 100) | \($f.latency.p99_ms) | \($r.latency.p99_ms) |"'
+  done
+} >>"$OUT"
+
 # --- rooms --------------------------------------------------------------------
 cluster_up
 echo -e "\n## Rooms: $ROOMS rooms of 4, every member sending one message every 2 s\n" >>"$OUT"
@@ -174,4 +214,9 @@ echo -e "\n## Churn: connect, join, send one message, close\n" >>"$OUT"
 run churn churn --nodes "$NODES" --pids "$NODE_PIDS" --rate "$CHURN_RATE" --duration "$CHURN_FOR" --sources 4
 
 cleanup
+if [ -n "$KEPT" ]; then
+  printf '\n%s\n' "$KEPT" >>"$OUT"
+else
+  printf '\n%s\n' "$MARKER" >>"$OUT"
+fi
 echo "wrote $OUT and $RES/" >&2
