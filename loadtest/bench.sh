@@ -55,10 +55,12 @@ cleanup() {
 }
 trap 'cleanup; rm -rf "$BIN"' EXIT
 
+# Listening ports come from below the ephemeral range (32768+ on Linux), so
+# that none is taken by a client socket of the previous scenario.
 free_port() {
   local p
   while :; do
-    p=$((20000 + RANDOM % 20000))
+    p=$((20000 + RANDOM % 12000))
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
   done
 }
@@ -68,7 +70,8 @@ wait_ready() {
     curl -sf "http://$1/readyz" >/dev/null && return 0
     sleep 0.1
   done
-  echo "node $1 never became ready" >&2
+  echo "node $1 never became ready; the logs:" >&2
+  tail -n 20 "$BIN"/node-*.log "$BIN"/redis.log >&2
   exit 1
 }
 
