@@ -1,12 +1,13 @@
 //! `floor`: what the kernel alone charges on this machine for one
 //! delivery over loopback TCP, with no WebSocket server in the way.
 //!
-//! One thread plays a perfect server: it holds `--sockets` accepted
-//! connections and, `--rate` times a second, writes one ready-made WebSocket
-//! frame (the bytes of a `message` frame carrying `--size` bytes of text) to
-//! each of them, one `write` per socket, as a node does for a chat message
-//! to a room. Another thread plays a perfect client: a tokio current-thread
-//! runtime with one task per socket that only reads and counts. Each thread
+//! `--writers` threads play a perfect server: they share `--sockets`
+//! accepted connections and, `--rate` times a second, write one ready-made
+//! WebSocket frame (the bytes of a `message` frame carrying `--size` bytes of
+//! text) to each of them, one `write` per socket, as a node does for a chat
+//! message to a room. Another thread plays a perfect client: a tokio
+//! current-thread runtime with one task per socket that only reads, counts
+//! and times the frames. Each thread
 //! reads its own CPU time from `/proc/thread-self/stat` over the measured
 //! window, so the figures are the syscalls and the TCP stack, nothing else.
 //!
@@ -22,13 +23,15 @@ use crate::stats::{Percentiles, Recorder};
 use anyhow::Context as _;
 use banter_protocol::{Message, ServerFrame, User};
 use serde::Serialize;
-use std::io::Write as _;
+use std::io::{Cursor, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt as _;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::{Frame, FrameHeader};
 
 /// The outcome of a floor run.
 #[derive(Debug, Default, Serialize)]
@@ -90,22 +93,16 @@ pub fn message_frame(size: usize, round: u64, t_us: u64) -> anyhow::Result<Vec<u
         ts: 1_795_401_234_567,
     })
     .to_json();
-    let len = json.len();
-    let mut frame = Vec::with_capacity(len + 10);
-    frame.push(0x81); // FIN + text
-    match len {
-        0..=125 => frame.push(len as u8),
-        126..=0xffff => {
-            frame.push(126);
-            frame.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        _ => {
-            frame.push(127);
-            frame.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-    }
-    frame.extend_from_slice(json.as_bytes());
+    let mut frame = Vec::with_capacity(json.len() + 4);
+    Frame::message(json, OpCode::Data(Data::Text), true).format(&mut frame)?;
     Ok(frame)
+}
+
+/// The length of the header in front of a frame's payload.
+fn header_len(frame: &[u8]) -> anyhow::Result<usize> {
+    let mut cursor = Cursor::new(frame);
+    FrameHeader::parse(&mut cursor)?.context("not a whole frame header")?;
+    Ok(usize::try_from(cursor.position())?)
 }
 
 /// What a writer thread hands back.
@@ -123,10 +120,10 @@ enum Window {
     End,
 }
 
-/// The run's shared facts.
-#[derive(Clone)]
+/// The run's schedule, as offsets from its epoch (the instant the reader
+/// has every socket connected).
+#[derive(Clone, Copy)]
 struct Plan {
-    epoch: Instant,
     slot: Duration,
     size: usize,
     warmup: Duration,
@@ -134,6 +131,15 @@ struct Plan {
 }
 
 impl Plan {
+    fn new(args: &FloorArgs) -> Plan {
+        Plan {
+            slot: Duration::from_secs_f64(1.0 / args.rate),
+            size: args.size,
+            warmup: args.warmup,
+            end: args.warmup + args.duration,
+        }
+    }
+
     /// Whether a round meant for `t` (since the epoch) is in the window.
     fn in_window(&self, t: Duration) -> bool {
         t >= self.warmup && t < self.end
@@ -158,32 +164,27 @@ pub async fn run(args: &FloorArgs) -> anyhow::Result<FloorOutcome> {
         "--sockets {} needs {needed} open files (both ends are in this process); the limit is {soft}",
         args.sockets,
     );
-    let frame_bytes = message_frame(args.size, 0, 0)?.len();
+    let sample = message_frame(args.size, 0, 0)?;
+    let plan = Plan::new(args);
     let listener = TcpListener::bind("127.0.0.1:0").context("cannot listen on 127.0.0.1")?;
     let addr = listener.local_addr()?;
 
     // The reader connects every socket while the listener accepts them.
     let (window_tx, window_rx) = tokio::sync::mpsc::unbounded_channel::<Window>();
     let (connected_tx, connected_rx) = mpsc::channel::<anyhow::Result<Instant>>();
-    let counters = Arc::new(ReadCounters::default());
-    let latency = Arc::new(Recorder::new(1));
+    let side = Arc::new(ReadSide {
+        frame_bytes: sample.len(),
+        header_bytes: header_len(&sample)?,
+        plan,
+        reads: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
+        latency: Recorder::new(1),
+    });
     let reader = {
-        let (n, counters, latency) = (args.sockets, counters.clone(), latency.clone());
-        let plan = (args.size, args.rate, args.warmup, args.duration);
+        let (n, side) = (args.sockets, side.clone());
         std::thread::Builder::new()
             .name("floor-reader".into())
-            .spawn(move || {
-                read_all(
-                    addr,
-                    n,
-                    frame_bytes,
-                    plan,
-                    connected_tx,
-                    window_rx,
-                    &counters,
-                    &latency,
-                )
-            })?
+            .spawn(move || read_all(addr, n, side, connected_tx, window_rx))?
     };
     let mut socks = Vec::with_capacity(args.sockets);
     while socks.len() < args.sockets {
@@ -194,13 +195,6 @@ pub async fn run(args: &FloorArgs) -> anyhow::Result<FloorOutcome> {
     let epoch = connected_rx
         .recv_timeout(Duration::from_secs(60))
         .context("the reader did not connect within 60 s")??;
-    let plan = Plan {
-        epoch,
-        slot: Duration::from_secs_f64(1.0 / args.rate),
-        size: args.size,
-        warmup: args.warmup,
-        end: args.warmup + args.duration,
-    };
 
     // The writers: each takes an equal share of the sockets.
     let per = args.sockets.div_ceil(args.writers);
@@ -208,11 +202,11 @@ pub async fn run(args: &FloorArgs) -> anyhow::Result<FloorOutcome> {
     let mut window_tx = Some(window_tx);
     while !socks.is_empty() {
         let mine: Vec<TcpStream> = socks.drain(..per.min(socks.len())).collect();
-        let (plan, window) = (plan.clone(), window_tx.take());
+        let window = window_tx.take();
         writers.push(
             std::thread::Builder::new()
                 .name("floor-writer".into())
-                .spawn(move || write_rounds(mine, &plan, window))?,
+                .spawn(move || write_rounds(mine, plan, epoch, window))?,
         );
     }
     let results = tokio::task::spawn_blocking(move || {
@@ -244,17 +238,17 @@ pub async fn run(args: &FloorArgs) -> anyhow::Result<FloorOutcome> {
         writers: results.len(),
         rate: args.rate,
         window_secs: args.duration.as_secs_f64(),
-        frame_bytes,
+        frame_bytes: side.frame_bytes,
         writes: w.writes,
         writer_cpu_secs: w.cpu,
         writer_us_per_write: per_write(writer_total),
         writes_per_cpu_sec: w.writes as f64 / writer_total.max(1e-9),
         reader_cpu_secs: reader_cpu,
         reader_us_per_frame: per_write(reader_total),
-        latency: Percentiles::of(&latency.merged()),
-        reads: counters.reads.load(Ordering::Relaxed),
+        latency: Percentiles::of(&side.latency.merged()),
+        reads: side.reads.load(Ordering::Relaxed),
         bytes_written: w.bytes,
-        bytes_read: counters.bytes.load(Ordering::Relaxed),
+        bytes_read: side.bytes.load(Ordering::Relaxed),
         late_rounds: w.late_rounds,
     })
 }
@@ -263,7 +257,8 @@ pub async fn run(args: &FloorArgs) -> anyhow::Result<FloorOutcome> {
 /// `write` each, until the window ends; then it closes them.
 fn write_rounds(
     mut socks: Vec<TcpStream>,
-    plan: &Plan,
+    plan: Plan,
+    epoch: Instant,
     window: Option<tokio::sync::mpsc::UnboundedSender<Window>>,
 ) -> anyhow::Result<WriterResult> {
     let mut out = WriterResult::default();
@@ -273,7 +268,7 @@ fn write_rounds(
         if due >= plan.end {
             break;
         }
-        match (plan.epoch + due).checked_duration_since(Instant::now()) {
+        match (epoch + due).checked_duration_since(Instant::now()) {
             Some(wait) => std::thread::sleep(wait),
             None if round > 0 => out.late_rounds += 1,
             None => {}
@@ -306,25 +301,29 @@ fn write_rounds(
     Ok(out)
 }
 
-#[derive(Default)]
-struct ReadCounters {
+/// What the reader's tasks share: the frames' shape, the schedule, and what
+/// they count and time.
+struct ReadSide {
+    /// Every frame of a run has this length ([`message_frame`]).
+    frame_bytes: usize,
+    /// Of which the WebSocket header.
+    header_bytes: usize,
+    plan: Plan,
+    /// `read` calls that returned data.
     reads: AtomicU64,
     bytes: AtomicU64,
+    latency: Recorder,
 }
 
 /// The reader thread: connects `n` sockets, reads them on a current-thread
 /// runtime (a task each), records each frame's latency; returns its own CPU
 /// over the window.
-#[allow(clippy::too_many_arguments)]
 fn read_all(
     addr: std::net::SocketAddr,
     n: usize,
-    frame_bytes: usize,
-    (size, rate, warmup, duration): (usize, f64, Duration, Duration),
+    side: Arc<ReadSide>,
     connected: mpsc::Sender<anyhow::Result<Instant>>,
     mut window: tokio::sync::mpsc::UnboundedReceiver<Window>,
-    counters: &Arc<ReadCounters>,
-    latency: &Arc<Recorder>,
 ) -> anyhow::Result<(f64, f64)> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -341,19 +340,9 @@ fn read_all(
             }
         }
         let epoch = Instant::now();
-        let plan = Plan {
-            epoch,
-            slot: Duration::from_secs_f64(1.0 / rate),
-            size,
-            warmup,
-            end: warmup + duration,
-        };
         let tasks: Vec<_> = socks
             .into_iter()
-            .map(|s| {
-                let (counters, latency, plan) = (counters.clone(), latency.clone(), plan.clone());
-                tokio::spawn(read_frames(s, frame_bytes, plan, counters, latency))
-            })
+            .map(|s| tokio::spawn(read_frames(s, epoch, side.clone())))
             .collect();
         let _ = connected.send(Ok(epoch));
         let mut cpu_start = None;
@@ -377,51 +366,32 @@ fn read_all(
     })
 }
 
-/// Reads one socket to its end, splitting what arrives into frames of
-/// `frame_bytes` and recording the latency of each frame of the window.
-async fn read_frames(
-    mut s: tokio::net::TcpStream,
-    frame_bytes: usize,
-    plan: Plan,
-    counters: Arc<ReadCounters>,
-    latency: Arc<Recorder>,
-) {
+/// Reads one socket to its end, splitting what arrives into frames and
+/// recording the latency of each frame of the window.
+async fn read_frames(mut s: tokio::net::TcpStream, epoch: Instant, side: Arc<ReadSide>) {
+    let frame_bytes = side.frame_bytes;
     let mut buf = vec![0u8; 4096];
     let mut partial: Vec<u8> = Vec::new();
     while let Ok(k) = s.read(&mut buf).await {
         if k == 0 {
             break;
         }
-        let now = plan.epoch.elapsed();
-        counters.reads.fetch_add(1, Ordering::Relaxed);
-        counters.bytes.fetch_add(k as u64, Ordering::Relaxed);
+        let now = epoch.elapsed();
+        side.reads.fetch_add(1, Ordering::Relaxed);
+        side.bytes.fetch_add(k as u64, Ordering::Relaxed);
         partial.extend_from_slice(&buf[..k]);
         let whole = partial.len() - partial.len() % frame_bytes;
         for frame in partial[..whole].chunks_exact(frame_bytes) {
-            let json = std::str::from_utf8(
-                frame
-                    .get(frame_bytes.saturating_sub(json_len(frame))..)
-                    .unwrap_or(&[]),
-            );
+            let json = std::str::from_utf8(&frame[side.header_bytes..]);
             if let Some(stamp) = json.ok().and_then(crate::wire::parse_message) {
                 let due = Duration::from_micros(stamp.t_us);
-                if plan.in_window(due) {
-                    latency.record(0, now.saturating_sub(due).as_micros() as u64);
+                if side.plan.in_window(due) {
+                    side.latency
+                        .record(0, now.saturating_sub(due).as_micros() as u64);
                 }
             }
         }
         partial.drain(..whole);
-    }
-}
-
-/// The payload length of a frame built by [`message_frame`], from its header.
-fn json_len(frame: &[u8]) -> usize {
-    match frame.get(1) {
-        Some(126) => frame
-            .get(2..4)
-            .map_or(0, |b| usize::from(u16::from_be_bytes([b[0], b[1]]))),
-        Some(&n) if n < 126 => usize::from(n),
-        _ => 0,
     }
 }
 
@@ -438,12 +408,7 @@ pub fn report(o: &FloorOutcome) -> Report {
     .row("writes in the window", o.writes)
     .row(
         "writer CPU",
-        format!(
-            "{:.2} s ({:.0} % in the kernel) = {:.2} µs per write",
-            o.writer_cpu_secs.0 + o.writer_cpu_secs.1,
-            100.0 * o.writer_cpu_secs.1 / (o.writer_cpu_secs.0 + o.writer_cpu_secs.1).max(1e-9),
-            o.writer_us_per_write
-        ),
+        cpu_cell(o.writer_cpu_secs, o.writer_us_per_write, "write"),
     )
     .row(
         "ceiling: writes per writer CPU-second",
@@ -451,16 +416,20 @@ pub fn report(o: &FloorOutcome) -> Report {
     )
     .row(
         "reader CPU",
-        format!(
-            "{:.2} s ({:.0} % in the kernel) = {:.2} µs per frame",
-            o.reader_cpu_secs.0 + o.reader_cpu_secs.1,
-            100.0 * o.reader_cpu_secs.1 / (o.reader_cpu_secs.0 + o.reader_cpu_secs.1).max(1e-9),
-            o.reader_us_per_frame
-        ),
+        cpu_cell(o.reader_cpu_secs, o.reader_us_per_frame, "frame"),
     )
     .row("latency p50/p90/p99/p99.9/max", o.latency.cell())
     .row("bytes written / read", format!("{} / {}", o.bytes_written, o.bytes_read))
     .row("late rounds", o.late_rounds);
     r.ok = o.bytes_written == o.bytes_read && o.writes > 0;
     r
+}
+
+/// `T s (K % in the kernel) = X µs per <unit>` for (user, system) seconds.
+fn cpu_cell((user, system): (f64, f64), us_per: f64, unit: &str) -> String {
+    let total = user + system;
+    format!(
+        "{total:.2} s ({:.0} % in the kernel) = {us_per:.2} µs per {unit}",
+        100.0 * system / total.max(1e-9)
+    )
 }
