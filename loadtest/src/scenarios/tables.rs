@@ -2,6 +2,7 @@
 
 use super::fanout::FanoutOutcome;
 use super::rooms::RoomsOutcome;
+use crate::procfs::CpuUsage;
 use crate::report::{Report, counts_cell};
 
 /// The summary of a fan-out outcome.
@@ -34,7 +35,7 @@ pub fn fanout_report(name: &str, o: &FanoutOutcome) -> Report {
     .row("tool send lag p50/p90/p99/p99.9/max", o.send_lag.cell())
     .row(
         "lost / duplicated / out of order",
-        format!("{} / {} / {}", o.lost, o.duplicates, o.out_of_order),
+        order_cell(o.lost, o.duplicates, o.out_of_order),
     )
     .row("received but unacked", o.received_unacked)
     .row("sockets closed early", counts_cell(&o.closed_early))
@@ -47,12 +48,7 @@ pub fn fanout_report(name: &str, o: &FanoutOutcome) -> Report {
             100.0 * o.cpu.load_tool_sys_secs / o.cpu.load_tool_cpu_secs.max(1e-9)
         ),
     )
-    .row(
-        "machine busy share",
-        o.cpu
-            .machine_busy_share
-            .map_or("n/a".into(), |b| format!("{:.0} %", b * 100.0)),
-    );
+    .row("machine busy share", busy_cell(&o.cpu));
     if let Some(d) = o.deliveries_per_node_cpu_sec {
         r.row(
             "node CPU (window)",
@@ -112,7 +108,7 @@ pub fn rooms_report(o: &RoomsOutcome) -> Report {
     .row("ack latency p50/p90/p99/p99.9/max", o.ack_latency_ms.cell())
     .row(
         "lost / duplicated / out of order",
-        format!("{} / {} / {}", t.lost, t.duplicates, t.out_of_order),
+        order_cell(t.lost, t.duplicates, t.out_of_order),
     )
     .row("received but unacked", t.received_unacked)
     .row("sockets closed early", counts_cell(&t.closed_early))
@@ -123,12 +119,7 @@ pub fn rooms_report(o: &RoomsOutcome) -> Report {
             t.tool_cpu_secs, o.load_tool_us_per_delivery
         ),
     )
-    .row(
-        "machine busy share",
-        o.cpu
-            .machine_busy_share
-            .map_or("n/a".into(), |b| format!("{:.0} %", b * 100.0)),
-    );
+    .row("machine busy share", busy_cell(&o.cpu));
     if let Some(d) = o.deliveries_per_node_cpu_sec {
         r.row(
             "node CPU (window)",
@@ -138,4 +129,15 @@ pub fn rooms_report(o: &RoomsOutcome) -> Report {
     }
     r.ok = t.lost == 0 && t.duplicates == 0 && t.out_of_order == 0;
     r
+}
+
+/// The machine's busy share over the window, or `n/a`.
+fn busy_cell(cpu: &CpuUsage) -> String {
+    cpu.machine_busy_share
+        .map_or("n/a".into(), |b| format!("{:.0} %", b * 100.0))
+}
+
+/// `lost / duplicated / out of order`.
+fn order_cell(lost: u64, duplicates: u64, out_of_order: u64) -> String {
+    format!("{lost} / {duplicates} / {out_of_order}")
 }
