@@ -3,6 +3,7 @@
 
 use crate::Node;
 use crate::metrics::DropReason;
+use crate::outlet::Outlet;
 use crate::session::{Stop, json};
 use banter_bus::{Draft, HistoryQuery, StreamId, Topic};
 use banter_presence::Member;
@@ -12,6 +13,7 @@ use banter_protocol::{
 };
 use bytes::Bytes;
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
@@ -26,15 +28,14 @@ pub(crate) struct Session {
     member: Member,
     rooms: BTreeSet<RoomId>,
     bucket: Bucket,
-    /// Rooms just joined with history: live messages at or before these
-    /// positions were already sent in `joined.history` and are skipped once.
-    pub(crate) floors: Vec<(RoomId, StreamId)>,
+    /// The socket's write side: where a join's history floor goes.
+    outlet: Arc<Outlet>,
     /// `/text`: replies and messages as plain lines.
-    pub(crate) text_mode: bool,
+    text_mode: bool,
 }
 
 impl Session {
-    pub(crate) fn new(node: Node, member: Member, text_mode: bool) -> Session {
+    pub(crate) fn new(node: Node, member: Member, outlet: Arc<Outlet>, text_mode: bool) -> Session {
         let limits = &node.inner.config.limits;
         let bucket = Bucket::new(limits.rate_per_sec, limits.burst);
         Session {
@@ -42,7 +43,7 @@ impl Session {
             member,
             rooms: BTreeSet::new(),
             bucket,
-            floors: Vec::new(),
+            outlet,
             text_mode,
         }
     }
@@ -208,10 +209,8 @@ impl Session {
                 (Vec::new(), false)
             }
         };
-        self.floors.retain(|(r, _)| r != &room);
-        if let Some(last) = history.last().and_then(|m| StreamId::parse(m.id.as_str())) {
-            self.floors.push((room.clone(), last));
-        }
+        let last = history.last().and_then(|m| StreamId::parse(m.id.as_str()));
+        self.outlet.set_floor(&room, last);
         ServerFrame::Joined {
             room,
             count: users.len(),
@@ -225,7 +224,7 @@ impl Session {
         if !self.rooms.remove(&room) {
             return self.fail(ErrorCode::NotJoined, "not in this room", None);
         }
-        self.floors.retain(|(r, _)| r != &room);
+        self.outlet.set_floor(&room, None);
         self.node.inner.hub.leave(&room, &self.member).await;
         ServerFrame::Left { room }
     }

@@ -1,5 +1,5 @@
 //! The node's one subscriber task: takes every envelope the bus delivers,
-//! turns its payload into a WebSocket frame once, and hands a refcounted clone
+//! turns its payload into a WebSocket frame once, and offers those same bytes
 //! to each local member of the room. It never awaits a socket.
 
 use crate::hub::{Delivery, Hub};
@@ -13,13 +13,14 @@ pub(crate) async fn run(mut inbox: Inbox, hub: Arc<Hub>, metrics: Arc<Metrics>) 
     while let Some(Envelope { topic, payload }) = inbox.recv().await {
         let at = crate::hub::clock_us();
         metrics.bus_received.inc();
-        // Validated once per message, not once per socket.
-        let Ok(text) = Utf8Bytes::try_from(payload) else {
+        // Validated and encoded once per message, not once per socket.
+        let Ok(text) = Utf8Bytes::try_from(payload.clone()) else {
             metrics.dropped(DropReason::BadPayload);
             tracing::warn!(?topic, "bus payload is not UTF-8; dropped");
             continue;
         };
-        let delivery = Arc::new(Delivery { text, at });
+        let wire = crate::outlet::encode_text(payload);
+        let delivery = Arc::new(Delivery { text, wire, at });
         let delivered = hub.deliver(&topic, &delivery);
         metrics.delivered.inc_by(delivered as u64);
     }

@@ -2,21 +2,22 @@
 //! and the one place where joining and leaving a room touches the bus
 //! (subscribe, unsubscribe) and presence (join, leave, their events).
 //!
-//! The fan-out reads the hub under a read lock once per envelope and hands
-//! each member a refcounted clone of the same frame with `try_send`: it never
-//! waits on a socket. A member whose queue is full is kicked as a slow consumer.
+//! The fan-out reads the hub under a read lock once per envelope and offers
+//! the same encoded frame to each member's [`Outlet`]: written at once when
+//! the socket takes it, else queued; it never waits on a socket. A member
+//! whose queue is full is kicked as a slow consumer.
 
 use crate::metrics::{DropReason, Metrics};
+use crate::outlet::{Offer, Outlet};
 use banter_bus::{Bus, BusError, Topic};
 use banter_presence::{Member, Presence, PresenceError};
 use banter_protocol::{CloseReason, ConnId, PresenceEvent, RoomId, ServerFrame, User, UserId};
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// How long a room stays subscribed after its last local member left, so a
@@ -29,14 +30,11 @@ pub(crate) const UNSUBSCRIBE_DELAY: Duration = Duration::from_millis(500);
 pub(crate) struct Delivery {
     /// The frame's JSON, serialised once by the publishing node.
     pub text: Utf8Bytes,
+    /// The same as a WebSocket text frame, encoded once for every socket.
+    pub wire: Bytes,
     /// When the fan-out received it, as [`clock_us`] (for `banter_fanout_seconds`).
     pub at: u32,
 }
-
-/// A queue entry: a refcounted [`Delivery`]. Eight bytes, because a bounded
-/// queue allocates its slots in blocks of 32 and every idle socket holds one
-/// block (measured: 40-byte entries cost ≈1 KiB more per idle socket).
-pub(crate) type Outbound = Arc<Delivery>;
 
 /// Microseconds since the process started, wrapping every ~71 minutes: a
 /// 4-byte timestamp for latencies far shorter than that.
@@ -52,16 +50,14 @@ pub(crate) fn seconds_since(stamp: u32) -> f64 {
     f64::from(clock_us().wrapping_sub(stamp)) / 1e6
 }
 
-/// A socket's "you must go now", and its "writing since" stamp. Polled on
-/// every wakeup of the socket's task, so it is two atomics and a waker, not
-/// a lock: who kicked first decides the close code.
+/// A socket's "you must go now". Polled on every wakeup of the socket's
+/// task, so it is an atomic and a waker, not a lock: who kicked first
+/// decides the close code.
 #[derive(Debug, Default)]
 pub(crate) struct Kick {
     /// 0 while the socket may stay; else the index of the reason in [`KICK_REASONS`].
     reason: AtomicU8,
     waker: AtomicWaker,
-    /// [`clock_s`] + 1 when the current write started; 0 when not writing.
-    writing_since: AtomicU32,
 }
 
 /// The reasons a socket can be kicked for.
@@ -112,17 +108,10 @@ impl Kick {
             .copied()
             .unwrap_or(CloseReason::ShuttingDown)
     }
-
-    /// Marks the start (`true`) or the end of a write to the socket, for
-    /// [`Hub::kick_stuck`].
-    pub fn writing(&self, started: bool) {
-        let stamp = if started { clock_s() + 1 } else { 0 };
-        self.writing_since.store(stamp, Ordering::Relaxed);
-    }
 }
 
 /// Whole seconds since the process started (for the stuck-write check).
-fn clock_s() -> u32 {
+pub(crate) fn clock_s() -> u32 {
     u32::try_from(START.elapsed().as_secs()).unwrap_or(u32::MAX)
 }
 
@@ -131,8 +120,8 @@ fn clock_s() -> u32 {
 pub(crate) struct ConnHandle {
     /// Whose socket it is.
     pub user: User,
-    /// The bounded outbox the socket's task drains.
-    pub tx: mpsc::Sender<Outbound>,
+    /// Its write side, shared with its task.
+    pub outlet: Arc<Outlet>,
     /// Its kick switch.
     pub kick: Arc<Kick>,
 }
@@ -248,7 +237,7 @@ impl Hub {
     /// Hands a frame to every local socket `topic` reaches (a room's
     /// members, or a user's connections). Returns how many got it. Never
     /// waits on a socket: a full queue kicks its client as a slow consumer.
-    pub fn deliver(&self, topic: &Topic, delivery: &Outbound) -> usize {
+    pub fn deliver(&self, topic: &Topic, delivery: &Arc<Delivery>) -> usize {
         let state = self.read();
         let targets = match topic {
             Topic::Room(room) => state.rooms.get(room),
@@ -259,16 +248,16 @@ impl Hub {
         };
         let mut delivered = 0;
         for handle in targets.values() {
-            match handle.tx.try_send(delivery.clone()) {
-                Ok(()) => delivered += 1,
-                Err(TrySendError::Full(_)) => {
+            match handle.outlet.offer(delivery) {
+                Offer::Written | Offer::Queued => delivered += 1,
+                Offer::Full => {
                     if !handle.kick.is_kicked() {
                         self.metrics.slow_consumers.inc();
                     }
                     self.metrics.dropped(DropReason::SlowConsumer);
                     handle.kick.kick(CloseReason::SlowConsumer);
                 }
-                Err(TrySendError::Closed(_)) => {}
+                Offer::Skipped | Offer::Closed => {}
             }
         }
         delivered
@@ -281,14 +270,14 @@ impl Hub {
         }
     }
 
-    /// Closes sockets whose current write has not finished in `limit`: a
-    /// client that stopped reading while nothing else arrives for it (which
-    /// would otherwise overflow its queue). Run every second by housekeeping.
+    /// Closes sockets whose queue has not moved in `limit`: a client that
+    /// stopped reading while nothing else arrives for it (which would
+    /// otherwise overflow its queue). Run every second by housekeeping.
     pub fn kick_stuck(&self, limit: std::time::Duration) {
         let now = clock_s() + 1;
         let limit = u32::try_from(limit.as_secs()).unwrap_or(u32::MAX);
         for handle in self.read().conns.values() {
-            let since = handle.kick.writing_since.load(Ordering::Relaxed);
+            let since = handle.outlet.stalled_since();
             if since != 0 && now.saturating_sub(since) > limit {
                 handle.kick.kick(CloseReason::SlowConsumer);
             }

@@ -22,6 +22,7 @@ pub mod config;
 mod fanout;
 mod hub;
 pub mod metrics;
+mod outlet;
 mod server;
 mod session;
 

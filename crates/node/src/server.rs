@@ -1,6 +1,7 @@
 //! The node's one HTTP port (SPEC.md section 3), on hyper 1: the chat page,
 //! the WebSocket upgrade, health, readiness, metrics and the room API.
 
+use crate::outlet::{Outlet, Socket};
 use crate::session::{Identity, Mode};
 use crate::{Node, api, auth, session};
 use banter_protocol::{FrameError, RoomId};
@@ -14,6 +15,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -321,6 +323,7 @@ fn upgrade(
     };
 
     let ws_config = ws_config(config.limits.max_frame_bytes);
+    let outbound_queue = config.limits.outbound_queue;
     let session_node = node.clone();
     // Only the upgrade handle goes into the session: the request's header
     // values are slices of hyper's 8 KiB read buffer, and holding the request
@@ -335,16 +338,24 @@ fn upgrade(
                 return;
             }
         };
-        // Back to the bare TcpStream: no hyper wrapper on the hot path.
-        let ws = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        // Back to the bare TcpStream: no hyper wrapper on the hot path, and
+        // the fan-out writes to it directly through the outlet.
+        let (ws, outlet) = match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
-                WebSocketStream::from_partially_read(
+                let outlet = Arc::new(Outlet::new(
                     parts.io.into_inner(),
+                    outbound_queue,
+                    text,
+                    session_node.inner.metrics.fanout_seconds.clone(),
+                ));
+                let ws = WebSocketStream::from_partially_read(
+                    Socket::new(outlet.clone()),
                     parts.read_buf.to_vec(),
                     Role::Server,
                     Some(ws_config),
                 )
-                .await
+                .await;
+                (ws, outlet)
             }
             Err(_) => {
                 tracing::error!(%peer, "upgraded connection is not a TcpStream");
@@ -352,7 +363,7 @@ fn upgrade(
             }
         };
         tracing::debug!(%client, "socket open");
-        session::run(ws, session_node, identity, mode).await;
+        session::run(ws, outlet, session_node, identity, mode).await;
     });
 
     let mut res = Response::new(Full::new(Bytes::new()));

@@ -247,6 +247,69 @@ async fn a_slow_consumer_alone_is_closed_4002_and_the_others_get_everything() {
     );
 }
 
+/// A client that stops reading for a while fills its socket buffers, so the
+/// node queues what the kernel does not take. Once it reads again it gets
+/// every message whole and in order, and the answer to a frame it sent
+/// meanwhile comes after them.
+#[tokio::test]
+async fn a_client_that_pauses_reading_gets_everything_whole_and_in_order() {
+    // 7 MB: more than Linux lets a socket buffer (net.ipv4.tcp_wmem's 4 MiB
+    // maximum), within the default queue of 1,024 frames.
+    const N: usize = 1000;
+    let node = node_with(|c| c.limits.max_text_chars = 8000).await;
+    // A small receive window: the node's writes stop being taken early.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(node.addr).await.unwrap();
+    let url = format!("ws://{}/ws?name=paused", node.addr);
+    let (ws, _) =
+        tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(tcp))
+            .await
+            .unwrap();
+    let mut paused = Client::unwelcomed(ws);
+    assert!(matches!(paused.recv().await, ServerFrame::Welcome { .. }));
+    paused.join("burst").await;
+    let mut publisher = node.client("name=pub").await;
+    publisher.join("burst").await;
+
+    let (mut tx, mut rx) = futures_util::StreamExt::split(publisher.ws);
+    tokio::spawn(async move { while futures_util::StreamExt::next(&mut rx).await.is_some() {} });
+    let text = "z".repeat(7000);
+    for i in 0..N {
+        let frame = json!({"type":"send","room":"burst","text":format!("{i}:{text}")});
+        futures_util::SinkExt::send(&mut tx, WsMessage::text(frame.to_string()))
+            .await
+            .unwrap();
+    }
+    // Every message was handed to both sockets (written or queued) ...
+    eventually("all messages handed to the sockets", async || {
+        let (_, m) = http(node.addr, "GET", "/metrics", &[], "").await.unwrap();
+        m.lines()
+            .find_map(|l| l.strip_prefix("banter_messages_delivered_total{node=\"lim\"} "))
+            .and_then(|v| v.parse::<usize>().ok())
+            .is_some_and(|v| v >= 2 * N)
+    })
+    .await;
+    // ... and they cannot all be in the kernel's buffers.
+    paused.send(json!({"type":"ping","ref":"after"})).await;
+    let mut got = Vec::with_capacity(N);
+    loop {
+        match paused.recv().await {
+            ServerFrame::Message(m) => got.push(m.text),
+            ServerFrame::Pong { reference } => {
+                let reference = reference.map(|r| serde_json::to_value(r).unwrap());
+                assert_eq!(reference, Some(json!("after")));
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(got.len(), N, "every message before the reply");
+    for (i, t) in got.iter().enumerate() {
+        assert_eq!(t, &format!("{i}:{text}"), "message {i} whole and in order");
+    }
+}
+
 #[tokio::test]
 async fn origins_same_host_by_default_and_lists() {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
