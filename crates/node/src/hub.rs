@@ -132,6 +132,9 @@ struct State {
     rooms: HashMap<RoomId, HashMap<ConnId, ConnHandle>>,
     /// Each user's local connections: where their direct messages go.
     users: HashMap<UserId, HashMap<ConnId, ConnHandle>>,
+    /// Topics whose last local member left, and when: unsubscribed after
+    /// [`UNSUBSCRIBE_DELAY`] unless a member came back meanwhile.
+    emptied: HashMap<Topic, Instant>,
 }
 
 /// Why a join did not happen.
@@ -206,6 +209,8 @@ impl Hub {
             conns.remove(&member.conn);
             if conns.is_empty() {
                 state.users.remove(&member.user.id);
+                let topic = Topic::User(member.user.id.clone());
+                state.emptied.insert(topic, Instant::now());
             }
         }
     }
@@ -386,18 +391,14 @@ impl Hub {
             let empty = members.is_empty();
             if empty {
                 state.rooms.remove(room);
+                state
+                    .emptied
+                    .insert(Topic::Room(room.clone()), Instant::now());
             }
             empty
         };
         if last_local {
             self.metrics.rooms_local.dec();
-        }
-    }
-
-    fn has_local(&self, topic: &Topic) -> bool {
-        match topic {
-            Topic::Room(room) => self.read().rooms.contains_key(room),
-            Topic::User(user) => self.read().users.contains_key(user),
         }
     }
 
@@ -413,28 +414,49 @@ impl Hub {
         result
     }
 
-    /// Unsubscribes every room that has had no local member for
-    /// [`UNSUBSCRIBE_DELAY`]. Run by the node's housekeeping task.
-    pub async fn unsubscribe_idle(&self, since: &mut HashMap<Topic, Instant>) {
+    /// Unsubscribes every topic that has had no local member for
+    /// [`UNSUBSCRIBE_DELAY`]. Run by the node's housekeeping task; it looks
+    /// only at topics that lost their last member, not at every subscription.
+    pub async fn unsubscribe_idle(&self) {
         let mut subscribed = self.subscribed.lock().await;
         let now = Instant::now();
-        let idle: Vec<Topic> = subscribed
-            .iter()
-            .filter(|t| !self.has_local(t))
-            .cloned()
-            .collect();
-        since.retain(|t, _| idle.contains(t));
-        for topic in idle {
-            let first_seen = *since.entry(topic.clone()).or_insert(now);
-            if now.duration_since(first_seen) < UNSUBSCRIBE_DELAY {
+        let due: Vec<(Topic, Instant)> = {
+            let mut state = self.write();
+            let State {
+                rooms,
+                users,
+                emptied,
+                ..
+            } = &mut *state;
+            let mut due = Vec::new();
+            emptied.retain(|topic, since| {
+                let local = match topic {
+                    Topic::Room(room) => rooms.contains_key(room),
+                    Topic::User(user) => users.contains_key(user),
+                };
+                if local {
+                    return false; // someone came back
+                }
+                if now.duration_since(*since) < UNSUBSCRIBE_DELAY {
+                    return true;
+                }
+                due.push((topic.clone(), *since));
+                false
+            });
+            due
+        };
+        for (topic, since) in due {
+            if !subscribed.contains(&topic) {
                 continue;
             }
             match self.bus.unsubscribe(&topic).await {
                 Ok(()) => {
                     subscribed.remove(&topic);
-                    since.remove(&topic);
                 }
-                Err(e) => tracing::warn!(?topic, error = %e, "unsubscribe failed; will retry"),
+                Err(e) => {
+                    tracing::warn!(?topic, error = %e, "unsubscribe failed; will retry");
+                    self.write().emptied.entry(topic).or_insert(since);
+                }
             }
         }
     }

@@ -31,7 +31,6 @@ use banter_presence::{MemoryPresence, Presence, RedisPresence};
 use config::Config;
 use hub::Hub;
 use metrics::Metrics;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -243,7 +242,6 @@ async fn housekeeping(node: Node, stop: CancellationToken) {
     let mut unsubscribe = tokio::time::interval(hub::UNSUBSCRIBE_DELAY / 2);
     let mut stuck = tokio::time::interval(Duration::from_secs(1));
     let mut status = inner.bus_status.clone();
-    let mut idle_since = HashMap::new();
     let mut reconnects_seen = 0;
     loop {
         let bus = *status.borrow_and_update();
@@ -262,7 +260,7 @@ async fn housekeeping(node: Node, stop: CancellationToken) {
             () = stop.cancelled() => return,
             _ = status.changed() => {}
             _ = refresh.tick() => refresh_presence(&node).await,
-            _ = unsubscribe.tick() => inner.hub.unsubscribe_idle(&mut idle_since).await,
+            _ = unsubscribe.tick() => inner.hub.unsubscribe_idle().await,
             _ = stuck.tick() => inner.hub.kick_stuck(session::WRITE_TIMEOUT),
         }
     }

@@ -380,9 +380,10 @@ fn upgrade(
 /// tungstenite's buffers, sized for chat. Its defaults (128 KiB read buffer,
 /// allocated eagerly; 128 KiB write high-water mark; 64 MiB messages) cost
 /// ≈136 KB of RSS per idle socket. A 512-byte read buffer (it grows for a
-/// larger frame, up to the limit) costs ≈0.5 KB; the
-/// write buffer flushes at 8 KiB (we batch frames and flush once anyway);
-/// incoming messages and frames are capped at `limits.max_frame_bytes`
+/// larger frame, up to the limit) costs ≈0.5 KB. Only the socket's own
+/// frames (replies, pings, the close) pass through tungstenite's write buffer,
+/// each flushed at once; live messages bypass it (see [`crate::outlet`]).
+/// Incoming messages and frames are capped at `limits.max_frame_bytes`
 /// (close 1009 above it), which also caps how far the read buffer can grow.
 /// Outgoing frames are not capped by that limit (a `joined` with many users
 /// can be larger), only by `max_write_buffer_size`.

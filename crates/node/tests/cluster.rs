@@ -203,9 +203,16 @@ async fn a_node_subscribes_only_rooms_with_local_members() {
     ann.send(json!({"type":"leave","room":"r1"})).await;
     ann.recv_until(|f| matches!(f, ServerFrame::Left { .. }))
         .await;
+    let ann2_topic = format!("banter:user:{}", ann2.user.id);
+    assert!(redis.pubsub_channels("banter:user:*").contains(&ann2_topic));
     ann2.close().await;
     eventually("r1 unsubscribed", async || {
         redis.pubsub_channels("banter:room:*") == ["banter:room:r2"]
+    })
+    .await;
+    // So is the user topic (direct messages) of a user with no socket left.
+    eventually("the closed user's topic unsubscribed", async || {
+        !redis.pubsub_channels("banter:user:*").contains(&ann2_topic)
     })
     .await;
 
