@@ -239,10 +239,12 @@ impl Hub {
             .collect()
     }
 
-    /// Hands a frame to every local socket `topic` reaches (a room's
-    /// members, or a user's connections). Returns how many got it. Never
-    /// waits on a socket: a full queue kicks its client as a slow consumer.
-    pub fn deliver(&self, topic: &Topic, delivery: &Arc<Delivery>) -> usize {
+    /// Hands frames (consecutive ones of one topic, in order) to every local
+    /// socket `topic` reaches (a room's members, or a user's connections).
+    /// Returns how many deliveries that made. Never waits on a socket: a
+    /// full queue kicks its client as a slow consumer. The read lock is held
+    /// throughout, so a join or leave waits for one fan-out at most.
+    pub fn deliver(&self, topic: &Topic, deliveries: &[Arc<Delivery>]) -> usize {
         let state = self.read();
         let targets = match topic {
             Topic::Room(room) => state.rooms.get(room),
@@ -253,13 +255,14 @@ impl Hub {
         };
         let mut delivered = 0;
         for handle in targets.values() {
-            match handle.outlet.offer(delivery) {
-                Offer::Written | Offer::Queued => delivered += 1,
+            match handle.outlet.offer(deliveries) {
+                Offer::Written | Offer::Queued => delivered += deliveries.len(),
                 Offer::Full => {
                     if !handle.kick.is_kicked() {
                         self.metrics.slow_consumers.inc();
                     }
-                    self.metrics.dropped(DropReason::SlowConsumer);
+                    self.metrics
+                        .dropped_n(DropReason::SlowConsumer, deliveries.len());
                     handle.kick.kick(CloseReason::SlowConsumer);
                 }
                 Offer::Skipped | Offer::Closed => {}

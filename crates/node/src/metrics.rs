@@ -174,8 +174,13 @@ impl Metrics {
 
     /// Counts one dropped message.
     pub fn dropped(&self, reason: DropReason) {
+        self.dropped_n(reason, 1);
+    }
+
+    /// Counts `n` messages dropped for `reason`.
+    pub fn dropped_n(&self, reason: DropReason, n: usize) {
         if let Some(c) = self.dropped.get(&reason) {
-            c.inc();
+            c.inc_by(n as u64);
         }
     }
 

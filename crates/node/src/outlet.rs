@@ -19,7 +19,7 @@ use bytes::{Buf, Bytes};
 use futures_util::task::AtomicWaker;
 use prometheus::Histogram;
 use std::collections::VecDeque;
-use std::io;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -28,6 +28,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+
+/// At most this many queued frames go into one (vectored) write.
+const WRITE_BATCH: usize = 64;
 
 /// A bus frame encoded once as a complete WebSocket text frame (a server's
 /// frames are unmasked, so every socket can be sent the same bytes).
@@ -118,69 +121,107 @@ impl Outlet {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Hands a bus frame to the socket: written now if nothing is queued
-    /// before it, else queued. Never waits.
-    pub fn offer(&self, delivery: &Arc<Delivery>) -> Offer {
+    /// Hands bus frames (in order) to the socket: written now, in one
+    /// syscall, if nothing is queued before them, else queued. Never waits.
+    pub fn offer(&self, deliveries: &[Arc<Delivery>]) -> Offer {
         let mut state = self.lock();
         if state.sealed || state.failed {
             return Offer::Closed;
         }
-        if state.queue.len() + state.held.as_ref().map_or(0, Vec::len) >= self.limit {
+        let waiting = state.queue.len() + state.held.as_ref().map_or(0, Vec::len);
+        if waiting + deliveries.len() > self.limit {
             return Offer::Full;
         }
         if let Some(held) = &mut state.held {
-            held.push(delivery.clone());
+            held.extend(deliveries.iter().cloned());
             return Offer::Queued;
         }
-        if state.floors.is_empty() && !state.text_mode {
-            // The fast path: the shared bytes, no copy, no refcount.
-            return self.send(&mut state, &delivery.wire, Some(delivery.at), |n| {
-                delivery.wire.slice(n..)
-            });
+        let was_empty = state.queue.is_empty();
+        let before = state.queue.len();
+        for delivery in deliveries {
+            if let Some(bytes) = state.filter(delivery) {
+                state.queue.push_back(Chunk {
+                    bytes,
+                    at: Some(delivery.at),
+                    started: false,
+                });
+            }
         }
-        match state.filter(delivery) {
-            Some(wire) => self.send(&mut state, &wire, Some(delivery.at), |n| wire.slice(n..)),
-            None => Offer::Skipped,
+        if state.queue.len() == before {
+            return Offer::Skipped;
+        }
+        if !was_empty {
+            return Offer::Queued; // behind a backlog the session's task is writing
+        }
+        match self.write_some(&mut state) {
+            Ok(true) => Offer::Written,
+            Ok(false) => {
+                self.waker.wake(); // the session's task takes over
+                Offer::Queued
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "socket write failed");
+                state.failed = true;
+                self.waker.wake();
+                Offer::Closed
+            }
         }
     }
 
-    /// Writes `bytes` now if the queue is empty, and queues what the kernel
-    /// did not take.
-    fn send(
-        &self,
-        state: &mut State,
-        bytes: &[u8],
-        at: Option<u32>,
-        rest: impl FnOnce(usize) -> Bytes,
-    ) -> Offer {
-        let mut written = 0;
-        if state.queue.is_empty() {
-            match self.tcp.try_write(bytes) {
-                Ok(n) => written = n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => {
-                    tracing::debug!(error = %e, "socket write failed");
-                    state.failed = true;
-                    self.waker.wake();
-                    return Offer::Closed;
+    /// Writes the queue's front, up to [`WRITE_BATCH`] frames per syscall.
+    /// `Ok(true)` once the queue is empty; `Ok(false)` when the kernel took
+    /// less than everything (the socket's buffer is full).
+    fn write_some(&self, state: &mut State) -> io::Result<bool> {
+        let mut progressed = false;
+        loop {
+            let result = match state.queue.len() {
+                0 => {
+                    self.stalled_since.store(0, Ordering::Relaxed);
+                    return Ok(true);
                 }
-            }
-            if written == bytes.len() {
-                if let Some(at) = at {
+                1 => self.tcp.try_write(&state.queue[0].bytes),
+                _ => {
+                    let mut slices = [IoSlice::new(&[]); WRITE_BATCH];
+                    let mut count = 0;
+                    for (slice, chunk) in slices.iter_mut().zip(&state.queue) {
+                        *slice = IoSlice::new(&chunk.bytes);
+                        count += 1;
+                    }
+                    self.tcp.try_write_vectored(&slices[..count])
+                }
+            };
+            let mut written = match result {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            };
+            progressed = true;
+            while let Some(front) = state.queue.front_mut() {
+                if written < front.bytes.len() {
+                    front.bytes.advance(written);
+                    front.started |= written > 0;
+                    break;
+                }
+                written -= front.bytes.len();
+                if let Some(at) = front.at {
                     self.fanout_seconds.observe(seconds_since(at));
                 }
-                return Offer::Written;
+                state.queue.pop_front();
+                if written == 0 {
+                    break;
+                }
             }
+            if state.queue.front().is_some_and(|c| c.started) {
+                break; // a partial write: the buffer is full
+            }
+        }
+        // Stalled: stamp when the stall began, and again on every progress.
+        if progressed || self.stalled_since.load(Ordering::Relaxed) == 0 {
             self.stalled_since
                 .store(crate::hub::clock_s() + 1, Ordering::Relaxed);
-            self.waker.wake();
         }
-        state.queue.push_back(Chunk {
-            bytes: rest(written),
-            at,
-            started: written > 0,
-        });
-        Offer::Queued
+        Ok(false)
     }
 
     /// The session starts answering a client frame: live frames wait.
@@ -192,18 +233,31 @@ impl Outlet {
     }
 
     /// The answer is queued: what waited goes out after it, through the
-    /// floors as they are now.
+    /// floors as they are now, in the same syscall when it fits.
     pub fn release(&self) {
         let mut state = self.lock();
         let Some(held) = state.held.take() else {
             return;
         };
+        if state.sealed || state.failed {
+            return;
+        }
         for delivery in held {
-            if state.sealed || state.failed {
-                break;
+            if let Some(bytes) = state.filter(&delivery) {
+                state.queue.push_back(Chunk {
+                    bytes,
+                    at: Some(delivery.at),
+                    started: false,
+                });
             }
-            if let Some(wire) = state.filter(&delivery) {
-                self.send(&mut state, &wire, Some(delivery.at), |n| wire.slice(n..));
+        }
+        match self.write_some(&mut state) {
+            Ok(true) => {}
+            Ok(false) => self.waker.wake(),
+            Err(e) => {
+                tracing::debug!(error = %e, "socket write failed");
+                state.failed = true;
+                self.waker.wake();
             }
         }
     }
@@ -239,26 +293,9 @@ impl Outlet {
             if state.failed {
                 return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
             }
-            let Some(front) = state.queue.front_mut() else {
-                self.stalled_since.store(0, Ordering::Relaxed);
-                return Poll::Ready(Ok(()));
-            };
-            match self.tcp.try_write(&front.bytes) {
-                Ok(n) if n == front.bytes.len() => {
-                    if let Some(at) = front.at {
-                        self.fanout_seconds.observe(seconds_since(at));
-                    }
-                    state.queue.pop_front();
-                    self.stalled_since
-                        .store(crate::hub::clock_s() + 1, Ordering::Relaxed);
-                }
-                Ok(n) => {
-                    front.bytes.advance(n);
-                    front.started = true;
-                    self.stalled_since
-                        .store(crate::hub::clock_s() + 1, Ordering::Relaxed);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            match self.write_some(&mut state) {
+                Ok(true) => return Poll::Ready(Ok(())),
+                Ok(false) => {
                     drop(state);
                     ready!(self.tcp.poll_write_ready(cx))?;
                 }
@@ -374,9 +411,19 @@ impl AsyncWrite for Socket {
         if state.failed {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
-        outlet.send(&mut state, buf, None, |n| Bytes::copy_from_slice(&buf[n..]));
-        if state.failed {
-            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        state.queue.push_back(Chunk {
+            bytes: Bytes::copy_from_slice(buf),
+            at: None,
+            started: false,
+        });
+        // While held, the answer waits for `release`, which sends it with the
+        // live frames that came meanwhile; behind a backlog, for the drain.
+        if state.held.is_none()
+            && state.queue.len() == 1
+            && let Err(e) = outlet.write_some(&mut state)
+        {
+            state.failed = true;
+            return Poll::Ready(Err(e));
         }
         Poll::Ready(Ok(buf.len()))
     }

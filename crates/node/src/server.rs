@@ -381,8 +381,9 @@ fn upgrade(
 /// allocated eagerly; 128 KiB write high-water mark; 64 MiB messages) cost
 /// ≈136 KB of RSS per idle socket. A 512-byte read buffer (it grows for a
 /// larger frame, up to the limit) costs ≈0.5 KB. Only the socket's own
-/// frames (replies, pings, the close) pass through tungstenite's write buffer,
-/// each flushed at once; live messages bypass it (see [`crate::outlet`]).
+/// frames (replies, pings, the close) pass through tungstenite, and none
+/// waits in its write buffer: each goes straight to the outlet, which orders
+/// it among the live messages (see [`crate::outlet`]).
 /// Incoming messages and frames are capped at `limits.max_frame_bytes`
 /// (close 1009 above it), which also caps how far the read buffer can grow.
 /// Outgoing frames are not capped by that limit (a `joined` with many users
@@ -390,7 +391,7 @@ fn upgrade(
 pub(crate) fn ws_config(max_frame_bytes: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(512)
-        .write_buffer_size(8 * 1024)
+        .write_buffer_size(0)
         .max_write_buffer_size(16 * 1024 * 1024)
         .max_message_size(Some(max_frame_bytes))
         .max_frame_size(Some(max_frame_bytes))

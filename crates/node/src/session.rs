@@ -241,9 +241,12 @@ impl Session {
                             // Boxed: client frames are rare next to deliveries, and
                             // their (large) future should not sit in every idle task.
                             if let Some(reply) = Box::pin(self.on_frame(text.as_str())).await? {
-                                guard(ws.send(reply), kick).await?;
+                                // Queued, not written: `release` sends it together
+                                // with what arrived meanwhile (often its own echo).
+                                guard(ws.feed(reply), kick).await?;
                             }
                             outlet.release();
+                            guard(ws.flush(), kick).await?;
                         }
                         Some(Ok(WsMessage::Binary(_))) => return Err(Stop::Close(CloseReason::Binary)),
                         Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {}
