@@ -136,27 +136,26 @@ impl Outlet {
             held.extend(deliveries.iter().cloned());
             return Offer::Queued;
         }
-        let was_empty = state.queue.is_empty();
         let before = state.queue.len();
         for delivery in deliveries {
-            if let Some(bytes) = state.filter(delivery) {
-                state.queue.push_back(Chunk {
-                    bytes,
-                    at: Some(delivery.at),
-                    started: false,
-                });
-            }
+            state.enqueue(delivery);
         }
         if state.queue.len() == before {
             return Offer::Skipped;
         }
-        if !was_empty {
+        if before > 0 {
             return Offer::Queued; // behind a backlog the session's task is writing
         }
-        match self.write_some(&mut state) {
+        self.write_now(&mut state)
+    }
+
+    /// Writes what is queued now; what the kernel does not take is left to
+    /// the session's task, which is woken for it (as it is for a failure).
+    fn write_now(&self, state: &mut State) -> Offer {
+        match self.write_some(state) {
             Ok(true) => Offer::Written,
             Ok(false) => {
-                self.waker.wake(); // the session's task takes over
+                self.waker.wake();
                 Offer::Queued
             }
             Err(e) => {
@@ -242,24 +241,10 @@ impl Outlet {
         if state.sealed || state.failed {
             return;
         }
-        for delivery in held {
-            if let Some(bytes) = state.filter(&delivery) {
-                state.queue.push_back(Chunk {
-                    bytes,
-                    at: Some(delivery.at),
-                    started: false,
-                });
-            }
+        for delivery in &held {
+            state.enqueue(delivery);
         }
-        match self.write_some(&mut state) {
-            Ok(true) => {}
-            Ok(false) => self.waker.wake(),
-            Err(e) => {
-                tracing::debug!(error = %e, "socket write failed");
-                state.failed = true;
-                self.waker.wake();
-            }
-        }
+        self.write_now(&mut state);
     }
 
     /// Records what a `join`'s history already holds of `room` (`None`: nothing).
@@ -323,6 +308,17 @@ impl Outlet {
 }
 
 impl State {
+    /// Queues what a bus frame becomes on this socket, if anything.
+    fn enqueue(&mut self, delivery: &Delivery) {
+        if let Some(bytes) = self.filter(delivery) {
+            self.queue.push_back(Chunk {
+                bytes,
+                at: Some(delivery.at),
+                started: false,
+            });
+        }
+    }
+
     /// What a bus frame becomes on this socket: itself, nothing (a message
     /// already sent in a recovery's history), or in `/text` mode a line.
     fn filter(&mut self, delivery: &Delivery) -> Option<Bytes> {
@@ -420,10 +416,9 @@ impl AsyncWrite for Socket {
         // live frames that came meanwhile; behind a backlog, for the drain.
         if state.held.is_none()
             && state.queue.len() == 1
-            && let Err(e) = outlet.write_some(&mut state)
+            && outlet.write_now(&mut state) == Offer::Closed
         {
-            state.failed = true;
-            return Poll::Ready(Err(e));
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
         Poll::Ready(Ok(buf.len()))
     }
