@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
-# The cluster tests (crates/node/tests/deploy.rs): nginx in front of the
+# The cluster tests (crates/node/tests/process_cluster.rs and
+# crates/deploy-checks): nginx in front of the
 # nodes, Prometheus and promtool, `docker-compose config`, a self-signed
 # certificate for the TLS config check.
 { command -v nginx || [ -x /usr/sbin/nginx ]; } >/dev/null 2>&1 || need+=(nginx)

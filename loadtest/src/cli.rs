@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Banter's load generator: speaks the JSON protocol of SPEC.md to one or
+/// Banter's load generator: speaks the JSON protocol (docs/protocol.md) to one or
 /// more nodes on `ws://HOST:PORT/ws` and reports what it measured.
 #[derive(Debug, Parser)]
 #[command(name = "banter-load", version, about)]

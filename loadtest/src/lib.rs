@@ -1,5 +1,5 @@
 //! `banter-load`: Banter's load generator. It speaks the JSON protocol of
-//! SPEC.md section 4 to nodes on this machine and reports throughput,
+//! `docs/protocol.md` to nodes on this machine and reports throughput,
 //! latency, order and the resources the nodes and the tool itself used.
 //!
 //! # Layout

@@ -7,6 +7,9 @@ use banter_protocol::{Message, MessageId, RoomId, ServerFrame, User};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+/// Messages kept per room by a bus built without saying how many.
+pub const DEFAULT_HISTORY: usize = 200;
+
 /// A position in a room's history: `{ms}-{seq}`, ordered like Redis stream ids.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct StreamId {
@@ -95,9 +98,17 @@ impl Draft {
         }
     }
 
+    /// The `message` frame's JSON for this draft stored at `id`: exactly
+    /// what both buses deliver (pinned byte for byte by `tests/golden.rs`).
+    pub fn frame(&self, id: StreamId) -> String {
+        let (head, tail) = self.frame_parts();
+        format!("{head}{id}{tail}")
+    }
+
     /// The `message` frame split around its id, so the id (known only once
-    /// the message is stored) can be spliced in without serialising again:
-    /// `head + id + tail` is the frame's JSON.
+    /// the message is stored, inside Redis) can be spliced in without
+    /// serialising again: `head + id + tail` is the frame's JSON. This is the
+    /// one place that knows where the id sits in the frame.
     pub(crate) fn frame_parts(&self) -> (String, String) {
         const PLACEHOLDER: &str = "0-0";
         let json = ServerFrame::Message(self.stamp(StreamId::default().to_message_id())).to_json();

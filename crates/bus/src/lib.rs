@@ -6,9 +6,12 @@
 //! - this file: the [`Bus`] trait, [`Topic`], [`Envelope`], [`BusStatus`], [`BusError`].
 //! - [`history`]: room history types: positions ([`StreamId`]), [`Draft`], queries.
 //! - [`memory`]: `MemoryBus`, in-process. One node alone, or several nodes in one test.
-//! - [`redis`]: `RedisBus`, Redis pub/sub: pooled `PUBLISH`, ONE subscriber
+//! - [`redis`]: `RedisBus`, Redis pub/sub: pipelined `PUBLISH`, ONE subscriber
 //!   connection per node that subscribes only the topics the node asked for,
 //!   reconnecting with capped, jittered backoff and resubscribing everything.
+//!
+//! A stored message's [`Envelope`] carries its history position as data;
+//! nothing downstream reads the position (or the room) out of the JSON.
 //!
 //! Traffic arrives on an [`Inbox`] (a bounded channel) that the node's fan-out
 //! task owns, so single-node mode runs the same fan-out path as a cluster.
@@ -17,7 +20,7 @@ pub mod history;
 pub mod memory;
 pub mod redis;
 
-pub use history::{Draft, HistoryPage, HistoryQuery, StreamId};
+pub use history::{DEFAULT_HISTORY, Draft, HistoryPage, HistoryQuery, StreamId};
 pub use memory::{MemoryBus, MemoryNetwork};
 pub use redis::{RedisBus, RedisBusConfig};
 
@@ -57,13 +60,17 @@ impl Topic {
     }
 }
 
-/// One publish, as it reaches a subscribed node: the topic and the payload
-/// exactly as published (the node publishes ready-to-send JSON frames).
+/// One publish, as it reaches a subscribed node: the topic, the history
+/// position of what it holds (a stored chat message), and the frame's JSON
+/// exactly as published (nodes publish ready-to-send JSON frames).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Envelope {
     /// Where it was published.
     pub topic: Topic,
-    /// The bytes as published.
+    /// The message's position in its room's history: set by the bus for
+    /// every stored message, `None` for events (presence, typing, DMs).
+    pub position: Option<StreamId>,
+    /// The frame's JSON.
     pub payload: Bytes,
 }
 
@@ -97,9 +104,18 @@ pub enum BusError {
     /// The bus was shut down.
     #[error("bus closed")]
     Closed,
-    /// A bad Redis URL or pool setting.
+    /// The Redis URL cannot be used.
+    #[error("bad redis url: {0}")]
+    Url(#[source] ::redis::RedisError),
+    /// A setting of the bus that cannot work.
     #[error("bad bus configuration: {0}")]
-    Config(String),
+    Config(&'static str),
+    /// A message that cannot be encoded for storage (a bug).
+    #[error("cannot encode the message: {0}")]
+    Encode(#[source] serde_json::Error),
+    /// Redis answered with something this code did not write.
+    #[error("unexpected reply from redis: {0}")]
+    Unexpected(String),
 }
 
 /// Moves payloads between the nodes of a cluster.

@@ -14,12 +14,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::{Mutex, mpsc, watch};
 
-use crate::history::{Draft, HistoryPage, HistoryQuery, Record, StreamId};
+use crate::history::{DEFAULT_HISTORY, Draft, HistoryPage, HistoryQuery, Record, StreamId};
 use crate::{Bus, BusError, BusStatus, Envelope, INBOX_CAPACITY, Inbox, Topic};
 use banter_protocol::{Message, RoomId};
-
-/// The history size of a network made with [`MemoryNetwork::new`].
-pub const DEFAULT_HISTORY: usize = 200;
 
 /// One room's history: a ring buffer of stored records.
 #[derive(Debug, Default)]
@@ -126,7 +123,7 @@ impl MemoryBus {
 impl Bus for MemoryBus {
     async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<usize, BusError> {
         let mut subscribers = self.network.shared.subscribers.lock().await;
-        Ok(deliver(&mut subscribers, topic, payload).await)
+        Ok(deliver(&mut subscribers, topic, None, payload).await)
     }
 
     async fn publish_message(&self, draft: &Draft) -> Result<Message, BusError> {
@@ -149,9 +146,9 @@ impl Bus for MemoryBus {
             }
             id
         };
-        let (head, tail) = draft.frame_parts();
-        let payload = Bytes::from(format!("{head}{id}{tail}"));
-        deliver(&mut subscribers, &Topic::Room(draft.room.clone()), payload).await;
+        let payload = Bytes::from(draft.frame(id));
+        let topic = Topic::Room(draft.room.clone());
+        deliver(&mut subscribers, &topic, Some(id), payload).await;
         Ok(draft.stamp(id.to_message_id()))
     }
 
@@ -223,10 +220,12 @@ impl Bus for MemoryBus {
     }
 }
 
-/// Hands `payload` to every node subscribed to `topic`; returns how many got it.
+/// Hands `payload` (at `position` in the room's history, if stored) to every
+/// node subscribed to `topic`; returns how many got it.
 async fn deliver(
     subscribers: &mut HashMap<Topic, BTreeMap<u64, mpsc::Sender<Envelope>>>,
     topic: &Topic,
+    position: Option<StreamId>,
     payload: Bytes,
 ) -> usize {
     let Some(nodes) = subscribers.get_mut(topic) else {
@@ -236,6 +235,7 @@ async fn deliver(
     for (node, inbox) in nodes.iter() {
         let envelope = Envelope {
             topic: topic.clone(),
+            position,
             payload: payload.clone(),
         };
         // Waits while that inbox is full: backpressure, never a drop.

@@ -1,64 +1,17 @@
 //! The bus contract, run against both implementations: `MemoryBus` (several
 //! nodes on one `MemoryNetwork`) and `RedisBus` (several nodes on one real
-//! `redis-server`). Then the Redis-only promises: exact channels, no
-//! patterns, and surviving an outage.
+//! `redis-server`). The Redis-only promises are in redis_bus.rs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use banter_bus::memory::DEFAULT_HISTORY;
+use banter_bus::DEFAULT_HISTORY;
 use common::*;
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-use banter_bus::{
-    Bus, BusError, BusStatus, Envelope, INBOX_CAPACITY, RedisBus, RedisBusConfig, Topic,
-};
+use banter_bus::{Bus, BusStatus};
 use banter_testkit::RedisServer;
 use bytes::Bytes;
-use deadpool_redis::Runtime;
 use tokio::time::timeout;
-
-/// How long any single expected event may take.
-const WITHIN: Duration = Duration::from_secs(5);
-
-fn room(name: &str) -> Topic {
-    Topic::Room(name.parse().unwrap())
-}
-
-fn user(id: &str) -> Topic {
-    Topic::User(id.parse().unwrap())
-}
-
-async fn next(node: &mut Node) -> Envelope {
-    timeout(WITHIN, node.inbox.recv())
-        .await
-        .expect("no envelope in time")
-        .expect("inbox closed")
-}
-
-async fn wait_status(node: &Node, wanted: impl FnMut(&BusStatus) -> bool) -> BusStatus {
-    let mut status = node.bus.status();
-    let seen = timeout(WITHIN, status.wait_for(wanted))
-        .await
-        .expect("status not reached in time");
-    *seen.expect("status sender gone")
-}
-
-async fn publish(node: &Node, topic: &Topic, text: &str) {
-    node.bus
-        .publish(topic, Bytes::from(text.to_owned()))
-        .await
-        .unwrap();
-}
-
-fn envelope(topic: &Topic, text: &str) -> Envelope {
-    Envelope {
-        topic: topic.clone(),
-        payload: Bytes::from(text.to_owned()),
-    }
-}
 
 /// Runs one contract point against memory and against Redis.
 macro_rules! contract {
@@ -192,33 +145,6 @@ async fn full_inbox_waits_never_drops(mut nodes: Vec<Node>) {
     full_inbox(&mut nodes, None).await;
 }
 
-/// Publishes past the inbox's capacity, then reads everything back. With a
-/// `hold` (Redis only: its publishes do not wait for subscribers), all is
-/// published first and nothing read for `hold` after that.
-async fn full_inbox(nodes: &mut [Node], hold: Option<Duration>) {
-    let total = INBOX_CAPACITY + 100;
-    let topic = room("flood");
-    nodes[0].bus.subscribe(&topic).await.unwrap();
-    let (bus, flood) = (nodes[1].bus.clone(), topic.clone());
-    let mut publisher = tokio::spawn(async move {
-        for i in 0..total {
-            bus.publish(&flood, Bytes::from(i.to_string()))
-                .await
-                .unwrap();
-        }
-    });
-    if let Some(hold) = hold {
-        timeout(WITHIN * 4, &mut publisher).await.unwrap().unwrap();
-        tokio::time::sleep(hold).await;
-    }
-    for i in 0..total {
-        assert_eq!(next(&mut nodes[0]).await, envelope(&topic, &i.to_string()));
-    }
-    if hold.is_none() {
-        timeout(WITHIN, publisher).await.unwrap().unwrap();
-    }
-}
-
 /// The memory bus never goes down.
 #[tokio::test]
 async fn memory_status_is_up() {
@@ -230,180 +156,4 @@ async fn memory_status_is_up() {
             reconnects: 0
         }
     );
-}
-
-/// Redis subscribes exactly the rooms nodes asked for, by name, never a pattern.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_subscribes_exactly_the_asked_channels() {
-    let server = RedisServer::start();
-    let nodes = redis_nodes(&server, 2, DEFAULT_HISTORY).await;
-    let rooms = |server: &RedisServer| {
-        tokio::task::block_in_place(|| server.pubsub_channels("banter:room:*"))
-    };
-    assert_eq!(rooms(&server), Vec::<String>::new());
-
-    nodes[0].bus.subscribe(&room("r1")).await.unwrap();
-    nodes[0].bus.subscribe(&room("r2")).await.unwrap();
-    nodes[1].bus.subscribe(&room("r2")).await.unwrap();
-    nodes[1].bus.subscribe(&user("u1")).await.unwrap();
-    assert_eq!(rooms(&server), ["banter:room:r1", "banter:room:r2"]);
-
-    nodes[0].bus.unsubscribe(&room("r1")).await.unwrap();
-    nodes[0].bus.unsubscribe(&room("r2")).await.unwrap();
-    assert_eq!(
-        rooms(&server),
-        ["banter:room:r2"],
-        "r2 is still wanted by the other node"
-    );
-    nodes[1].bus.unsubscribe(&room("r2")).await.unwrap();
-    assert_eq!(rooms(&server), Vec::<String>::new());
-    assert_eq!(tokio::task::block_in_place(|| server.numpat()), 0);
-}
-
-/// Redis goes away: status down, publishes refused fast. It comes back on
-/// the same port: status up with a reconnect counted, and a room subscribed
-/// before the outage delivers again with no new `subscribe`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_outage_and_recovery() {
-    let mut server = RedisServer::start();
-    let mut nodes = redis_nodes(&server, 2, DEFAULT_HISTORY).await;
-    let topic = room("live");
-    nodes[0].bus.subscribe(&topic).await.unwrap();
-
-    tokio::task::block_in_place(|| server.stop());
-    for node in &nodes {
-        wait_status(node, |s| !s.up).await;
-    }
-    let started = Instant::now();
-    let refused = nodes[1]
-        .bus
-        .publish(&topic, Bytes::from_static(b"lost"))
-        .await;
-    assert!(matches!(refused, Err(BusError::Down)), "{refused:?}");
-    assert!(started.elapsed() < Duration::from_secs(1));
-    // Subscribing while down is recorded and reported as not live yet.
-    let early = nodes[0].bus.subscribe(&room("later")).await;
-    assert!(matches!(early, Err(BusError::Down)), "{early:?}");
-
-    tokio::task::block_in_place(|| server.restart());
-    for node in &nodes {
-        let status = wait_status(node, |s| s.up).await;
-        assert!(status.reconnects >= 1, "{status:?}");
-    }
-    publish(&nodes[1], &topic, "back").await;
-    assert_eq!(next(&mut nodes[0]).await, envelope(&topic, "back"));
-    publish(&nodes[1], &room("later"), "restored").await;
-    assert_eq!(
-        next(&mut nodes[0]).await,
-        envelope(&room("later"), "restored")
-    );
-    let rooms = tokio::task::block_in_place(|| server.pubsub_channels("banter:room:*"));
-    assert_eq!(rooms, ["banter:room:later", "banter:room:live"]);
-}
-
-/// Redis kills the subscriber connection while the server stays up: the bus
-/// reconnects and resubscribes by itself.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_killed_subscriber_resubscribes() {
-    let server = RedisServer::start();
-    let mut nodes = redis_nodes(&server, 2, DEFAULT_HISTORY).await;
-    let topic = room("kept");
-    nodes[0].bus.subscribe(&topic).await.unwrap();
-    tokio::task::block_in_place(|| server.command(&["CLIENT", "KILL", "TYPE", "pubsub"]));
-    for node in &nodes {
-        wait_status(node, |s| s.up && s.reconnects >= 1).await;
-    }
-    publish(&nodes[1], &topic, "again").await;
-    assert_eq!(next(&mut nodes[0]).await, envelope(&topic, "again"));
-}
-
-/// A Redis that is not there at start does not fail `connect`: the bus
-/// starts down and comes up (with what was subscribed meanwhile) once Redis
-/// does.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_connect_while_down_starts_down_and_recovers() {
-    let mut server = RedisServer::start();
-    tokio::task::block_in_place(|| server.stop());
-    let (bus, inbox) = redis_bus(&server.url(), DEFAULT_HISTORY).await;
-    let mut node = Node {
-        bus: Arc::new(bus),
-        inbox,
-    };
-    assert!(!node.bus.status().borrow().up);
-    let topic = room("early");
-    assert!(matches!(
-        node.bus.subscribe(&topic).await,
-        Err(BusError::Down)
-    ));
-
-    tokio::task::block_in_place(|| server.restart());
-    wait_status(&node, |s| s.up).await;
-    publish(&node, &topic, "hi").await;
-    assert_eq!(next(&mut node).await, envelope(&topic, "hi"));
-}
-
-/// A fan-out that stops reading for longer than the probe window is not a
-/// dead connection: the probe is only stuck behind the envelopes. No
-/// reconnect, nothing lost.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_slow_inbox_is_not_a_dead_connection() {
-    let server = RedisServer::start();
-    let mut nodes = redis_nodes(&server, 2, DEFAULT_HISTORY).await;
-    full_inbox(&mut nodes, Some(PROBE * 10)).await;
-    assert_eq!(
-        *nodes[0].bus.status().borrow(),
-        BusStatus {
-            up: true,
-            reconnects: 0
-        }
-    );
-}
-
-/// A connection that stays open but gets no answers (Redis paused) is found
-/// by the probe: status down within a few probe intervals, then up again
-/// once Redis answers. Probes never reach the inbox.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_probe_finds_a_silent_connection() {
-    let server = RedisServer::start();
-    let mut nodes = redis_nodes(&server, 1, DEFAULT_HISTORY).await;
-    tokio::task::block_in_place(|| server.command(&["CLIENT", "PAUSE", "1500", "ALL"]));
-    wait_status(&nodes[0], |s| !s.up).await;
-    wait_status(&nodes[0], |s| s.up && s.reconnects >= 1).await;
-    assert!(
-        nodes[0].inbox.try_recv().is_err(),
-        "a probe reached the inbox"
-    );
-}
-
-/// Dropping every handle ends the subscriber task and closes its connection.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_dropped_bus_closes_its_subscriber() {
-    let server = RedisServer::start();
-    let health = |server: &RedisServer| {
-        tokio::task::block_in_place(|| server.pubsub_channels("banter:health:*"))
-    };
-    let nodes = redis_nodes(&server, 1, DEFAULT_HISTORY).await;
-    assert_eq!(health(&server).len(), 1);
-    drop(nodes);
-    let deadline = Instant::now() + WITHIN;
-    while !health(&server).is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "the subscriber connection outlived its bus"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// A URL that cannot be parsed is a configuration error, not an outage.
-#[tokio::test]
-async fn redis_bad_url_is_a_config_error() {
-    let pool = deadpool_redis::Config::from_url("redis://127.0.0.1:1/")
-        .builder()
-        .unwrap()
-        .runtime(Runtime::Tokio1)
-        .build()
-        .unwrap();
-    let result = RedisBus::connect(pool, RedisBusConfig::new("not a url", "banter")).await;
-    assert!(matches!(result, Err(BusError::Config(_))), "{result:?}");
 }

@@ -70,6 +70,10 @@ impl Verifier {
     }
 }
 
+/// Random characters in a guest's id (`g-` and these): 36^12, so ids do not
+/// collide in a cluster.
+const GUEST_ID_LEN: usize = 12;
+
 /// `guest-NNNN`.
 pub(crate) fn guest_name() -> DisplayName {
     use rand::RngExt;
@@ -82,7 +86,7 @@ pub(crate) fn guest(wanted: Option<&str>) -> User {
     let name = wanted
         .and_then(|n| n.parse::<DisplayName>().ok())
         .unwrap_or_else(guest_name);
-    let id = UserId::try_from(format!("g-{}", crate::random_id(12)))
+    let id = UserId::try_from(format!("g-{}", crate::clock::random_id(GUEST_ID_LEN)))
         .unwrap_or_else(|_| unreachable!("random ids are alphanumeric"));
     User { id, name }
 }

@@ -1,5 +1,6 @@
-//! Every metric of the node, in one place (SPEC.md section 6). Each series
-//! carries the `node` label, set once on the registry.
+//! Every metric of the node, in one place (listed for operators in
+//! `docs/operations.md`). Each series carries the `node` label, set once on
+//! the registry.
 
 use banter_protocol::ErrorCode;
 use prometheus::{

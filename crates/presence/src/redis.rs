@@ -8,7 +8,7 @@
 //! | `{prefix}:presence:{room}:users` | hash | conn id → user JSON `{"id":..,"name":..}` |
 //! | `{prefix}:presence:{room}:counts` | hash | user id → how many of the set's conns are theirs |
 //!
-//! Every change is one Lua script, so it is atomic. The per-user count makes
+//! Every change is one Lua script (`lua/*.lua`), so it is atomic. The per-user count makes
 //! `join` and `leave` O(1) instead of a scan of the room, and pairs events:
 //! a user joins when the count goes 0 → 1 and leaves when it returns to 0,
 //! by `leave` or by a sweep, whichever removes their last entry — so each
@@ -31,84 +31,6 @@ use redis::{FromRedisValue, Script, Value};
 
 use crate::memory::{duration_ms, group_by_room, now_ms, sorted_unique};
 use crate::{Member, Presence, PresenceError};
-
-/// Reads the user id out of a stored user JSON; `nil` when it is not ours.
-const USER_ID_LUA: &str = r"
-local function user_id(json)
-  local ok, u = pcall(cjson.decode, json)
-  if ok and type(u) == 'table' and type(u.id) == 'string' then return u.id end
-  return nil
-end
-";
-
-/// KEYS: set, users, counts. ARGV: conn, expiry, user JSON, user id, key ttl.
-/// Returns 1 when this is the user's first entry in the room.
-const JOIN_LUA: &str = r"
-local first = 0
-if redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) == 1 then
-  redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-  if redis.call('HINCRBY', KEYS[3], ARGV[4], 1) == 1 then first = 1 end
-end
-for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[5]) end
-return first
-";
-
-/// KEYS: set, users, counts. ARGV: conn.
-/// Returns 1 when it was the user's last entry, 0 when not (or absent),
-/// -1 when the entry was removed but its user JSON was not ours.
-const LEAVE_LUA: &str = r"
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
-local json = redis.call('HGET', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
-local id = json and user_id(json)
-if not id then return -1 end
-if redis.call('HINCRBY', KEYS[3], id, -1) > 0 then return 0 end
-redis.call('HDEL', KEYS[3], id)
-return 1
-";
-
-/// KEYS: set, users. ARGV: now. Returns the user JSON of every live conn.
-/// HMGET goes in chunks: Redis's Lua cannot `unpack` more than ~8000 values.
-const USERS_LUA: &str = r"
-local conns = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf')
-local out = {}
-for i = 1, #conns, 500 do
-  local chunk = {}
-  for k = i, math.min(i + 499, #conns) do chunk[#chunk + 1] = conns[k] end
-  local jsons = redis.call('HMGET', KEYS[2], unpack(chunk))
-  for k = 1, #chunk do
-    if jsons[k] then out[#out + 1] = jsons[k] end
-  end
-end
-return out
-";
-
-/// KEYS: set, users, counts. ARGV: now, expiry, key ttl, conn...
-/// Pushes the given conns' expiry (XX: an entry another node already swept
-/// stays gone, its leave was announced), then sweeps the room. Returns
-/// `{corrupt entries removed, {user JSON of each user whose last entry went}}`.
-/// One script, so two nodes sweeping one room never both remove an entry.
-const REFRESH_LUA: &str = r"
-for i = 4, #ARGV do redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[i]) end
-for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
-local gone, seen, corrupt = {}, {}, 0
-for _, conn in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])) do
-  redis.call('ZREM', KEYS[1], conn)
-  local json = redis.call('HGET', KEYS[2], conn)
-  redis.call('HDEL', KEYS[2], conn)
-  local id = json and user_id(json)
-  if not id then
-    corrupt = corrupt + 1
-  elseif redis.call('HINCRBY', KEYS[3], id, -1) <= 0 then
-    redis.call('HDEL', KEYS[3], id)
-    if not seen[id] then
-      seen[id] = true
-      gone[#gone + 1] = json
-    end
-  end
-end
-return {corrupt, gone}
-";
 
 /// Presence in Redis, shared by every node that uses the same Redis and key
 /// prefix. Cheap to clone: the pool and the scripts are shared.
@@ -143,16 +65,17 @@ impl RedisPresence {
     /// entries that expire `ttl` after their last join or refresh
     /// (`presence.ttl_ms`). Does no I/O.
     pub fn new(pool: Pool, key_prefix: impl Into<String>, ttl: Duration) -> RedisPresence {
-        let with_user_id = |body: &str| Script::new(&format!("{USER_ID_LUA}{body}"));
+        let user_id = include_str!("lua/user_id.lua");
+        let with_user_id = |body: &str| Script::new(&format!("{user_id}{body}"));
         RedisPresence {
             pool,
             prefix: Arc::from(key_prefix.into()),
             ttl_ms: duration_ms(ttl),
             scripts: Arc::new(Scripts {
-                join: Script::new(JOIN_LUA),
-                leave: with_user_id(LEAVE_LUA),
-                users: Script::new(USERS_LUA),
-                refresh: with_user_id(REFRESH_LUA),
+                join: Script::new(include_str!("lua/join.lua")),
+                leave: with_user_id(include_str!("lua/leave.lua")),
+                users: Script::new(include_str!("lua/users.lua")),
+                refresh: with_user_id(include_str!("lua/refresh.lua")),
             }),
         }
     }

@@ -1,87 +1,24 @@
 //! The `Presence` contract, run against both implementations: every
 //! scenario is one generic async fn, called once with `MemoryPresence` and
-//! once with `RedisPresence` on a real `redis-server`.
+//! once with `RedisPresence` on a real `redis-server`. What only the Redis
+//! implementation promises (its keys, an outage) is in redis_presence.rs.
 //!
 //! Expiry scenarios use real time with short ttls (Redis keeps its own
 //! clock), and each test is bounded by a timeout.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+use common::*;
+
 use std::collections::HashMap;
-use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
-use banter_presence::{Member, MemoryPresence, Presence, RedisPresence};
 use banter_protocol::{ConnId, RoomId, User};
-use banter_testkit::RedisServer;
 use tokio::time::{Instant, sleep, sleep_until};
 
 /// Ttl for scenarios that do not wait for expiry: nothing expires in them.
 const LONG: Duration = Duration::from_secs(60);
-/// Every test gives up after this.
-const LIMIT: Duration = Duration::from_secs(30);
-const PREFIX: &str = "t";
-
-/// One shared store, and a way to get a fresh handle on it per "node".
-enum Backend {
-    Memory(MemoryPresence),
-    Redis { server: RedisServer, ttl: Duration },
-}
-
-impl Backend {
-    fn memory(ttl: Duration) -> Backend {
-        Backend::Memory(MemoryPresence::new(ttl))
-    }
-
-    fn redis(ttl: Duration) -> Backend {
-        Backend::Redis {
-            server: RedisServer::start(),
-            ttl,
-        }
-    }
-
-    /// A node's handle: for Redis its own pool, as a separate process has.
-    fn node(&self) -> Arc<dyn Presence> {
-        match self {
-            Backend::Memory(m) => Arc::new(m.clone()),
-            Backend::Redis { server, ttl } => {
-                let pool = deadpool_redis::Config::from_url(server.url())
-                    .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-                    .expect("pool");
-                Arc::new(RedisPresence::new(pool, PREFIX, *ttl))
-            }
-        }
-    }
-}
-
-fn room(s: &str) -> RoomId {
-    s.parse().unwrap()
-}
-
-fn user(id: &str, name: &str) -> User {
-    User {
-        id: id.parse().unwrap(),
-        name: name.parse().unwrap(),
-    }
-}
-
-fn member(conn: &str, user: &User) -> Member {
-    Member {
-        conn: conn.parse::<ConnId>().unwrap(),
-        user: user.clone(),
-    }
-}
-
-fn entry(r: &RoomId, m: &Member) -> (RoomId, ConnId) {
-    (r.clone(), m.conn.clone())
-}
-
-async fn bounded(scenario: impl Future<Output = ()>) {
-    tokio::time::timeout(LIMIT, scenario)
-        .await
-        .expect("scenario timed out");
-}
 
 /// Defines `memory_<name>` and `redis_<name>` tests for each scenario.
 macro_rules! contract {
@@ -406,129 +343,6 @@ async fn abandoned_room_is_forgotten(b: Backend) {
     sleep_until(start + Duration::from_millis(500)).await;
     assert!(p.join(&lobby, &member("a2", &ann)).await.unwrap());
     assert_eq!(p.users(&lobby).await.unwrap(), vec![ann]);
-}
-
-// ----- Redis only -----
-
-async fn redis_node(server: &RedisServer, prefix: &str, ttl: Duration) -> RedisPresence {
-    let pool = deadpool_redis::Config::from_url(server.url())
-        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-        .expect("pool");
-    RedisPresence::new(pool, prefix, ttl)
-}
-
-fn keys(server: &RedisServer) -> Vec<String> {
-    let reply = server.command(&["KEYS", "*"]);
-    let mut keys: Vec<String> = reply
-        .split("\r\n")
-        .filter(|l| !l.is_empty() && !l.starts_with('*') && !l.starts_with('$'))
-        .map(str::to_owned)
-        .collect();
-    keys.sort();
-    keys
-}
-
-fn pttl(server: &RedisServer, key: &str) -> i64 {
-    let reply = server.command(&["PTTL", key]);
-    reply.trim().trim_start_matches(':').parse().unwrap()
-}
-
-/// Keys live under the configured prefix, expire with 2 × ttl, and go away
-/// when the last member leaves.
-#[tokio::test]
-async fn redis_keys_are_prefixed_and_expire() {
-    bounded(async {
-        let server = RedisServer::start();
-        let p = redis_node(&server, "banter-x", Duration::from_secs(10)).await;
-        let lobby = room("lobby");
-        let ann = user("u-ann", "Ann");
-        let a1 = member("a1", &ann);
-        p.join(&lobby, &a1).await.unwrap();
-
-        assert_eq!(
-            keys(&server),
-            vec![
-                "banter-x:presence:lobby",
-                "banter-x:presence:lobby:counts",
-                "banter-x:presence:lobby:users",
-            ]
-        );
-        for k in keys(&server) {
-            let ms = pttl(&server, &k);
-            assert!(ms > 10_000 && ms <= 20_000, "{k} pttl {ms}");
-        }
-        let json = server.command(&["HGET", "banter-x:presence:lobby:users", "a1"]);
-        assert!(json.contains(r#"{"id":"u-ann","name":"Ann"}"#), "{json}");
-
-        p.leave(&lobby, &a1).await.unwrap();
-        assert!(
-            keys(&server).is_empty(),
-            "left nothing behind: {:?}",
-            keys(&server)
-        );
-    })
-    .await;
-}
-
-/// A room whose only node died vanishes from Redis after 2 × ttl, with
-/// nobody sweeping it; a later join of the same user is a first join.
-#[tokio::test]
-async fn redis_abandoned_room_vanishes() {
-    bounded(async {
-        let server = RedisServer::start();
-        let ttl = Duration::from_millis(200);
-        let p = redis_node(&server, "t", ttl).await;
-        let lobby = room("lobby");
-        let ann = user("u-ann", "Ann");
-        assert!(p.join(&lobby, &member("a1", &ann)).await.unwrap());
-        assert_eq!(keys(&server).len(), 3);
-
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !keys(&server).is_empty() {
-            assert!(
-                Instant::now() < deadline,
-                "keys stayed: {:?}",
-                keys(&server)
-            );
-            sleep(Duration::from_millis(50)).await;
-        }
-        assert!(p.join(&lobby, &member("a2", &ann)).await.unwrap());
-    })
-    .await;
-}
-
-/// Presence errors instead of hanging when Redis is gone, and works again
-/// once it is back (scripts are reloaded after the restart flushed them).
-#[tokio::test]
-async fn redis_outage_is_an_error_then_recovers() {
-    bounded(async {
-        let mut server = RedisServer::start();
-        let p = redis_node(&server, "t", Duration::from_secs(10)).await;
-        let lobby = room("lobby");
-        let ann = user("u-ann", "Ann");
-        let a1 = member("a1", &ann);
-        p.join(&lobby, &a1).await.unwrap();
-
-        server.stop();
-        assert!(p.users(&lobby).await.is_err());
-        assert!(p.refresh(&[entry(&lobby, &a1)]).await.is_err());
-
-        server.restart();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match p.join(&lobby, &a1).await {
-                Ok(first) => {
-                    assert!(first, "the restart lost everything: a first join");
-                    break;
-                }
-                Err(e) => assert!(Instant::now() < deadline, "no recovery: {e}"),
-            }
-            sleep(Duration::from_millis(50)).await;
-        }
-        assert_eq!(p.users(&lobby).await.unwrap(), vec![ann]);
-        assert!(p.refresh(&[entry(&lobby, &a1)]).await.unwrap().is_empty());
-    })
-    .await;
 }
 
 /// A refresh covering many rooms (more than one Redis round trip's worth)

@@ -1,5 +1,5 @@
-//! The frames of SPEC.md section 4. Every frame is one JSON object with a
-//! `"type"`; each enum variant holds exactly its own fields.
+//! The frames of the `/ws` protocol (`docs/protocol.md`). Every frame is one
+//! JSON object with a `"type"`; each enum variant holds exactly its own fields.
 
 use crate::codes::ErrorCode;
 use crate::ids::{DisplayName, IdError, MessageId, Ref, RoomId, User, UserId};

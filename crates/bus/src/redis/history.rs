@@ -1,7 +1,7 @@
 //! Room history in Redis: one stream per room, `{prefix}:history:{room}`,
 //! capped with `XADD MAXLEN ~ size`. Storing and publishing a message is one
-//! Lua script, so the stream order is the live order and the id the ack
-//! carries is the stream position.
+//! Lua script (`lua/publish_message.lua`), so the stream order is the live
+//! order and the id the ack carries is the stream position.
 
 use super::publisher::Publisher;
 use crate::history::{Draft, HistoryPage, HistoryQuery, Record, StreamId};
@@ -9,53 +9,13 @@ use crate::{BusError, Topic};
 use banter_protocol::{Message, RoomId};
 use std::sync::LazyLock;
 
-/// XADD then PUBLISH `head .. id .. tail`: one atomic step.
-/// KEYS[1] stream; ARGV: trim strategy (`~` or `=`), maxlen, record, channel, head, tail.
-static PUBLISH_MESSAGE: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r"
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], ARGV[2], '*', 'm', ARGV[3])
-local n = redis.call('PUBLISH', ARGV[4], ARGV[5] .. id .. ARGV[6])
-return {id, n}
-",
-    )
-});
+/// Stores and publishes one message: see the script's own comment.
+static PUBLISH_MESSAGE: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("lua/publish_message.lua")));
 
-/// Reads a range and, atomically with it, the oldest position still kept.
-/// (Redis 7.0 does not advance `max-deleted-entry-id` when MAXLEN trims, so
-/// the oldest kept entry is what tells whether anything after an id is gone.)
-/// KEYS[1] stream; ARGV: mode (`after`, `before`, `latest`), id, count.
-/// Returns `{oldest id or 'missing', id1, record1, id2, record2, ...}`
-/// (newest first for `before` and `latest`).
-static READ_HISTORY: LazyLock<redis::Script> = LazyLock::new(|| {
-    redis::Script::new(
-        r"
-local entries
-if ARGV[1] == 'after' then
-  entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[2], '+', 'COUNT', ARGV[3])
-elseif ARGV[1] == 'before' then
-  entries = redis.call('XREVRANGE', KEYS[1], '(' .. ARGV[2], '-', 'COUNT', ARGV[3])
-else
-  entries = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', ARGV[3])
-end
--- The oldest entry still kept: everything after an id at or past it is here.
-local first = 'missing'
-local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
-if #oldest > 0 then first = oldest[1][1] end
-local out = {first}
-for _, e in ipairs(entries) do
-  local fields = e[2]
-  for i = 1, #fields, 2 do
-    if fields[i] == 'm' then
-      out[#out + 1] = e[1]
-      out[#out + 1] = fields[i + 1]
-    end
-  end
-end
-return out
-",
-    )
-});
+/// Reads a range with the oldest position still kept: see the script.
+static READ_HISTORY: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("lua/read_history.lua")));
 
 fn stream_key(prefix: &str, room: &RoomId) -> String {
     format!("{prefix}:history:{room}")
@@ -68,8 +28,7 @@ pub(super) async fn publish_message(
     history_size: usize,
     draft: &Draft,
 ) -> Result<Message, BusError> {
-    let record = serde_json::to_string(&draft.to_record())
-        .map_err(|e| BusError::Config(format!("unencodable message: {e}")))?;
+    let record = serde_json::to_string(&draft.to_record()).map_err(BusError::Encode)?;
     let (head, tail) = draft.frame_parts();
     // `MAXLEN ~ 0` may keep a whole radix node: no history means exactly none.
     let trim = if history_size == 0 { "=" } else { "~" };
@@ -89,9 +48,8 @@ pub(super) async fn publish_message(
                 .await
         })
         .await?;
-    let id = StreamId::parse(&id).ok_or_else(|| {
-        BusError::Config(format!("redis returned a stream id `{id}` of unknown form"))
-    })?;
+    let id = StreamId::parse(&id)
+        .ok_or_else(|| BusError::Unexpected(format!("a stream id of unknown form: `{id}`")))?;
     Ok(draft.stamp(id.to_message_id()))
 }
 

@@ -23,17 +23,18 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use deadpool_redis::{Pool, PoolError, TimeoutType};
-use redis::{IntoConnectionInfo, ProtocolVersion, RedisError};
+use redis::{IntoConnectionInfo, ProtocolVersion};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time;
 
+mod framing;
 mod history;
 mod publisher;
 mod subscriber;
 
 use subscriber::Subscriber;
 
-use crate::history::{Draft, HistoryPage, HistoryQuery};
+use crate::history::{DEFAULT_HISTORY, Draft, HistoryPage, HistoryQuery};
 use crate::{Bus, BusError, BusStatus, INBOX_CAPACITY, Inbox, Topic};
 use banter_protocol::{Message, RoomId};
 
@@ -54,6 +55,9 @@ const REQUEST_QUEUE: usize = 256;
 /// How many probe intervals a probe may take to come back before the
 /// subscriber connection counts as dead.
 const PROBE_MISSES: u32 = 3;
+/// How often the subscriber proves it is alive, unless configured otherwise:
+/// a dead connection is noticed within [`PROBE_MISSES`] of these.
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Where the Redis bus connects and how it names its channels.
 #[derive(Clone, Debug)]
@@ -72,13 +76,14 @@ pub struct RedisBusConfig {
 }
 
 impl RedisBusConfig {
-    /// `url` and `key_prefix` with a 1 s probe interval. Does no I/O.
+    /// `url` and `key_prefix` with a [`DEFAULT_PROBE_INTERVAL`] probe and
+    /// [`DEFAULT_HISTORY`] messages per room. Does no I/O.
     pub fn new(url: impl Into<String>, key_prefix: impl Into<String>) -> RedisBusConfig {
         RedisBusConfig {
             url: url.into(),
             key_prefix: key_prefix.into(),
-            probe_interval: Duration::from_secs(1),
-            history_size: 200,
+            probe_interval: DEFAULT_PROBE_INTERVAL,
+            history_size: DEFAULT_HISTORY,
         }
     }
 }
@@ -123,7 +128,7 @@ impl RedisBus {
         config: RedisBusConfig,
     ) -> Result<(RedisBus, Inbox), BusError> {
         if config.probe_interval.is_zero() {
-            return Err(BusError::Config("probe_interval must be above zero".into()));
+            return Err(BusError::Config("probe_interval must be above zero"));
         }
         let client = subscriber_client(&config.url)?;
         let (inbox_tx, inbox) = mpsc::channel(INBOX_CAPACITY);
@@ -242,8 +247,7 @@ impl Bus for RedisBus {
 /// `TCP_NODELAY` on, and on Linux a TCP user timeout so unacknowledged
 /// writes fail instead of hanging.
 fn subscriber_client(url: &str) -> Result<redis::Client, BusError> {
-    let bad = |e: RedisError| BusError::Config(format!("redis url: {e}"));
-    let info = url.into_connection_info().map_err(bad)?;
+    let info = url.into_connection_info().map_err(BusError::Url)?;
     let tcp = info.tcp_settings().clone().set_nodelay(true);
     #[cfg(target_os = "linux")]
     let tcp = tcp.set_user_timeout(BACKOFF_CAP);
@@ -252,7 +256,7 @@ fn subscriber_client(url: &str) -> Result<redis::Client, BusError> {
         .clone()
         .set_protocol(ProtocolVersion::RESP2);
     let info = info.set_tcp_settings(tcp).set_redis_settings(resp2);
-    redis::Client::open(info).map_err(bad)
+    redis::Client::open(info).map_err(BusError::Url)
 }
 
 /// `PUBLISH channel payload` on a pooled connection, checkout included,

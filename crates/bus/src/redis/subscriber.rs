@@ -16,11 +16,15 @@ use tokio::task::JoinSet;
 use tokio::time::{self, Instant, MissedTickBehavior};
 
 use super::{
-    BACKOFF_BASE, BACKOFF_CAP, COMMAND_TIMEOUT, CONNECT_TIMEOUT, PROBE_MISSES, Request,
+    BACKOFF_BASE, BACKOFF_CAP, COMMAND_TIMEOUT, CONNECT_TIMEOUT, PROBE_MISSES, Request, framing,
     pool_publish,
 };
 use crate::{BusError, BusStatus, Envelope, Topic};
 use bytes::Bytes;
+
+/// While Redis stays unreachable, one failed attempt in this many is logged
+/// as a warning (the others at debug), so an outage is seen but not spammed.
+const WARN_EVERY: u32 = 20;
 
 /// Why [`Subscriber::serve`] stopped.
 enum Ended {
@@ -62,7 +66,7 @@ impl Subscriber {
                 Some(Ok(conn)) => Some(conn),
                 Some(Err(e)) => {
                     // Warn when an outage starts and now and then while it lasts.
-                    if attempt.is_multiple_of(20) {
+                    if attempt.is_multiple_of(WARN_EVERY) {
                         tracing::warn!(error = %e, attempt, "redis bus: cannot connect; retrying");
                     } else {
                         tracing::debug!(error = %e, attempt, "redis bus: reconnect failed");
@@ -204,7 +208,11 @@ impl Subscriber {
                         && self.desired.contains(&topic)
                     {
                         let payload = Bytes::copy_from_slice(message.get_payload_bytes());
-                        match inbox.try_send(Envelope { topic, payload }) {
+                        let Ok((position, payload)) = framing::decode(payload) else {
+                            tracing::warn!(?topic, "a payload with an unreadable header; dropped");
+                            continue;
+                        };
+                        match inbox.try_send(Envelope { topic, position, payload }) {
                             Ok(()) => {}
                             Err(TrySendError::Full(envelope)) => pending = Some(envelope),
                             Err(TrySendError::Closed(_)) => return Ended::Exit,

@@ -1,9 +1,13 @@
 //! Nodes for the bus test suites: several buses on one `MemoryNetwork`, or
-//! on one real `redis-server`.
+//! on one real `redis-server`; and the bounded waits and small builders
+//! their scenarios share.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use banter_bus::{Bus, Inbox, MemoryNetwork, RedisBus, RedisBusConfig};
+use banter_bus::{
+    Bus, BusStatus, Envelope, INBOX_CAPACITY, Inbox, MemoryNetwork, RedisBus, RedisBusConfig, Topic,
+};
 use banter_testkit::RedisServer;
+use bytes::Bytes;
 use deadpool_redis::Runtime;
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,4 +69,72 @@ pub async fn redis_nodes(server: &RedisServer, n: usize, history: usize) -> Vec<
         });
     }
     nodes
+}
+
+/// How long any single expected event may take.
+pub const WITHIN: Duration = Duration::from_secs(5);
+
+pub fn room(name: &str) -> Topic {
+    Topic::Room(name.parse().unwrap())
+}
+
+pub fn user(id: &str) -> Topic {
+    Topic::User(id.parse().unwrap())
+}
+
+pub async fn next(node: &mut Node) -> Envelope {
+    timeout(WITHIN, node.inbox.recv())
+        .await
+        .expect("no envelope in time")
+        .expect("inbox closed")
+}
+
+pub async fn wait_status(node: &Node, wanted: impl FnMut(&BusStatus) -> bool) -> BusStatus {
+    let mut status = node.bus.status();
+    let seen = timeout(WITHIN, status.wait_for(wanted))
+        .await
+        .expect("status not reached in time");
+    *seen.expect("status sender gone")
+}
+
+pub async fn publish(node: &Node, topic: &Topic, text: &str) {
+    node.bus
+        .publish(topic, Bytes::from(text.to_owned()))
+        .await
+        .unwrap();
+}
+
+pub fn envelope(topic: &Topic, text: &str) -> Envelope {
+    Envelope {
+        topic: topic.clone(),
+        position: None,
+        payload: Bytes::from(text.to_owned()),
+    }
+}
+
+/// Publishes past the inbox's capacity, then reads everything back. With a
+/// `hold` (Redis only: its publishes do not wait for subscribers), all is
+/// published first and nothing read for `hold` after that.
+pub async fn full_inbox(nodes: &mut [Node], hold: Option<Duration>) {
+    let total = INBOX_CAPACITY + 100;
+    let topic = room("flood");
+    nodes[0].bus.subscribe(&topic).await.unwrap();
+    let (bus, flood) = (nodes[1].bus.clone(), topic.clone());
+    let mut publisher = tokio::spawn(async move {
+        for i in 0..total {
+            bus.publish(&flood, Bytes::from(i.to_string()))
+                .await
+                .unwrap();
+        }
+    });
+    if let Some(hold) = hold {
+        timeout(WITHIN * 4, &mut publisher).await.unwrap().unwrap();
+        tokio::time::sleep(hold).await;
+    }
+    for i in 0..total {
+        assert_eq!(next(&mut nodes[0]).await, envelope(&topic, &i.to_string()));
+    }
+    if hold.is_none() {
+        timeout(WITHIN, publisher).await.unwrap().unwrap();
+    }
 }

@@ -1,8 +1,9 @@
 //! The room API over HTTP: presence, history, and server publishing.
 
-use crate::Node;
-use crate::commands::{HISTORY_LIMIT, check_text, system_user};
-use crate::server::{Body, json};
+use super::query::pairs;
+use super::reply::{Body, error, json};
+use crate::conn::rules::{HISTORY_LIMIT, RECENT_HISTORY, check_text, system_user};
+use crate::node::Node;
 use banter_bus::{Draft, HistoryQuery, StreamId};
 use banter_protocol::RoomId;
 use http_body_util::{BodyExt, Limited};
@@ -13,14 +14,11 @@ use serde_json::json as j;
 use subtle::ConstantTimeEq;
 
 fn bad_room() -> Response<Body> {
-    json(StatusCode::BAD_REQUEST, &j!({"error": "bad_room"}))
+    error(StatusCode::BAD_REQUEST, "bad_room")
 }
 
 fn unavailable() -> Response<Body> {
-    json(
-        StatusCode::SERVICE_UNAVAILABLE,
-        &j!({"error": "unavailable"}),
-    )
+    error(StatusCode::SERVICE_UNAVAILABLE, "unavailable")
 }
 
 /// `GET /api/rooms/{room}/presence`
@@ -45,30 +43,16 @@ pub(crate) async fn history(node: &Node, room: &str, query: Option<&str>) -> Res
     let Ok(room) = room.parse::<RoomId>() else {
         return bad_room();
     };
-    let (mut limit, mut since) = (50, None);
-    for (key, value) in query
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|p| p.split_once('='))
-    {
+    let (mut limit, mut since) = (RECENT_HISTORY, None);
+    for (key, value) in pairs(query) {
         match key {
             "limit" => match value.parse::<usize>() {
                 Ok(l) => limit = l.min(HISTORY_LIMIT),
-                Err(_) => {
-                    return json(
-                        StatusCode::BAD_REQUEST,
-                        &j!({"error": "limit must be a number"}),
-                    );
-                }
+                Err(_) => return error(StatusCode::BAD_REQUEST, "limit must be a number"),
             },
-            "since" => match StreamId::parse(value) {
+            "since" => match StreamId::parse(&value) {
                 Some(id) => since = Some(id),
-                None => {
-                    return json(
-                        StatusCode::BAD_REQUEST,
-                        &j!({"error": "since must be a message id"}),
-                    );
-                }
+                None => return error(StatusCode::BAD_REQUEST, "since must be a message id"),
             },
             _ => {}
         }
@@ -112,13 +96,10 @@ struct PublishBody {
 pub(crate) async fn publish(node: &Node, room: &str, req: Request<Incoming>) -> Response<Body> {
     let config = node.config();
     if config.auth.api_key.is_empty() {
-        return json(
-            StatusCode::NOT_FOUND,
-            &j!({"error": "the publish API is off"}),
-        );
+        return error(StatusCode::NOT_FOUND, "the publish API is off");
     }
     if !authorized(req.headers(), &config.auth.api_key) {
-        return json(StatusCode::UNAUTHORIZED, &j!({"error": "unauthorized"}));
+        return error(StatusCode::UNAUTHORIZED, "unauthorized");
     }
     let Ok(room) = room.parse::<RoomId>() else {
         return bad_room();
@@ -128,31 +109,31 @@ pub(crate) async fn publish(node: &Node, room: &str, req: Request<Incoming>) -> 
         .await
     {
         Ok(body) => body.to_bytes(),
-        Err(_) => return json(StatusCode::PAYLOAD_TOO_LARGE, &j!({"error": "too_large"})),
+        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
     };
     let Ok(body) = serde_json::from_slice::<PublishBody>(&body) else {
-        return json(
+        return error(
             StatusCode::BAD_REQUEST,
-            &j!({"error": "expected {\"text\": .., \"from\": ..}"}),
+            r#"expected {"text": .., "from": ..}"#,
         );
     };
     let Some(from) = system_user(body.from.as_deref()) else {
-        return json(
+        return error(
             StatusCode::BAD_REQUEST,
-            &j!({"error": "from must be 1-32 characters without control characters"}),
+            "from must be 1-32 characters without control characters",
         );
     };
     if check_text(&body.text, config.limits.max_text_chars).is_err() {
-        return json(
+        return error(
             StatusCode::BAD_REQUEST,
-            &j!({"error": "text must be 1 to limits.max_text_chars characters"}),
+            "text must be 1 to limits.max_text_chars characters",
         );
     }
     let draft = Draft {
         room,
         from,
         text: body.text,
-        ts: crate::now_ms(),
+        ts: crate::clock::now_ms(),
     };
     match node.inner.bus.publish_message(&draft).await {
         Ok(message) => {

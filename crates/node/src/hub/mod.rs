@@ -1,119 +1,33 @@
 //! The local hub: which sockets are on this node and which rooms they are in,
 //! and the one place where joining and leaving a room touches the bus
-//! (subscribe, unsubscribe) and presence (join, leave, their events).
+//! (subscribe, unsubscribe: [`subscriptions`]) and presence (join, leave,
+//! their events: [`crate::presence`]).
 //!
-//! The fan-out reads the hub under a read lock once per envelope and offers
-//! the same encoded frame to each member's [`Outlet`]: written at once when
-//! the socket takes it, else queued; it never waits on a socket. A member
-//! whose queue is full is kicked as a slow consumer.
+//! The fan-out reads the hub under a read lock once per run of envelopes and
+//! offers the same deliveries to each member's [`Outlet`]: written at once
+//! when the socket takes them, else queued; it never waits on a socket. A
+//! member whose queue is full is kicked as a slow consumer.
 
+mod subscriptions;
+
+pub(crate) use subscriptions::UNSUBSCRIBE_DELAY;
+
+use crate::clock::clock_s;
 use crate::metrics::{DropReason, Metrics};
-use crate::outlet::{Offer, Outlet};
+use crate::outlet::{Delivery, Kick, Offer, Outlet};
+use crate::presence;
 use banter_bus::{Bus, BusError, Topic};
 use banter_presence::{Member, Presence, PresenceError};
-use banter_protocol::{CloseReason, ConnId, PresenceEvent, RoomId, ServerFrame, User, UserId};
-use bytes::Bytes;
-use futures_util::task::AtomicWaker;
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU8, Ordering};
+use banter_protocol::{CloseReason, ConnId, PresenceEvent, RoomId, User, UserId};
+use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
-use tokio_tungstenite::tungstenite::Utf8Bytes;
+use subscriptions::Subscriptions;
 
-/// How long a room stays subscribed after its last local member left, so a
-/// member who reconnects or a flapping room does not churn SUBSCRIBE.
-pub(crate) const UNSUBSCRIBE_DELAY: Duration = Duration::from_millis(500);
-
-/// One frame from the bus, shared by every local socket it goes to, with
-/// when the bus delivered it.
-#[derive(Debug)]
-pub(crate) struct Delivery {
-    /// The frame's JSON, serialised once by the publishing node.
-    pub text: Utf8Bytes,
-    /// The same as a WebSocket text frame, encoded once for every socket.
-    pub wire: Bytes,
-    /// When the fan-out received it, as [`clock_us`] (for `banter_fanout_seconds`).
-    pub at: u32,
-}
-
-/// Microseconds since the process started, wrapping every ~71 minutes: a
-/// 4-byte timestamp for latencies far shorter than that.
-pub(crate) fn clock_us() -> u32 {
-    START.elapsed().as_micros() as u32
-}
-
-/// When the process started, for the compact clocks.
-static START: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
-
-/// Seconds elapsed since a [`clock_us`] stamp.
-pub(crate) fn seconds_since(stamp: u32) -> f64 {
-    f64::from(clock_us().wrapping_sub(stamp)) / 1e6
-}
-
-/// A socket's "you must go now". Polled on every wakeup of the socket's
-/// task, so it is an atomic and a waker, not a lock: who kicked first
-/// decides the close code.
-#[derive(Debug, Default)]
-pub(crate) struct Kick {
-    /// 0 while the socket may stay; else the index of the reason in [`KICK_REASONS`].
-    reason: AtomicU8,
-    waker: AtomicWaker,
-}
-
-/// The reasons a socket can be kicked for.
-const KICK_REASONS: [CloseReason; 3] = [
-    CloseReason::ShuttingDown,
-    CloseReason::SlowConsumer,
-    CloseReason::Internal,
-];
-
-impl Kick {
-    /// Asks the socket to close with `reason`, unless it was already asked.
-    pub fn kick(&self, reason: CloseReason) {
-        let index = KICK_REASONS.iter().position(|r| *r == reason).unwrap_or(2) as u8 + 1;
-        if self
-            .reason
-            .compare_exchange(0, index, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
-            self.waker.wake();
-        }
-    }
-
-    /// Whether the socket was kicked.
-    pub fn is_kicked(&self) -> bool {
-        self.reason.load(Ordering::Acquire) != 0
-    }
-
-    /// Resolves once the socket was kicked.
-    pub fn kicked(&self) -> impl Future<Output = ()> + '_ {
-        std::future::poll_fn(move |cx| {
-            if self.is_kicked() {
-                return std::task::Poll::Ready(());
-            }
-            self.waker.register(cx.waker());
-            if self.is_kicked() {
-                std::task::Poll::Ready(())
-            } else {
-                std::task::Poll::Pending
-            }
-        })
-    }
-
-    /// Why: the first kick's reason.
-    pub fn reason(&self) -> CloseReason {
-        let index = self.reason.load(Ordering::Acquire);
-        KICK_REASONS
-            .get(usize::from(index).wrapping_sub(1))
-            .copied()
-            .unwrap_or(CloseReason::ShuttingDown)
-    }
-}
-
-/// Whole seconds since the process started (for the stuck-write check).
-pub(crate) fn clock_s() -> u32 {
-    u32::try_from(START.elapsed().as_secs()).unwrap_or(u32::MAX)
-}
+/// A socket whose queue has not moved for this long is closed as a slow
+/// consumer (it stopped reading while nothing else arrives for it, which
+/// would otherwise never overflow its queue).
+const STUCK_WRITE: Duration = Duration::from_secs(10);
 
 /// How the rest of the node reaches one socket.
 #[derive(Clone, Debug)]
@@ -133,7 +47,7 @@ struct State {
     /// Each user's local connections: where their direct messages go.
     users: HashMap<UserId, HashMap<ConnId, ConnHandle>>,
     /// Topics whose last local member left, and when: unsubscribed after
-    /// [`UNSUBSCRIBE_DELAY`] unless a member came back meanwhile.
+    /// [`subscriptions::UNSUBSCRIBE_DELAY`] unless a member came back meanwhile.
     emptied: HashMap<Topic, Instant>,
 }
 
@@ -152,9 +66,7 @@ pub(crate) enum JoinError {
 #[derive(Debug)]
 pub(crate) struct Hub {
     state: RwLock<State>,
-    /// Topics subscribed on the bus; the async lock orders subscribe and
-    /// unsubscribe calls so a delayed unsubscribe cannot undo a fresh join.
-    subscribed: tokio::sync::Mutex<HashSet<Topic>>,
+    subscriptions: Subscriptions,
     bus: Arc<dyn Bus>,
     presence: Arc<dyn Presence>,
     metrics: Arc<Metrics>,
@@ -164,7 +76,7 @@ impl Hub {
     pub fn new(bus: Arc<dyn Bus>, presence: Arc<dyn Presence>, metrics: Arc<Metrics>) -> Hub {
         Hub {
             state: RwLock::default(),
-            subscribed: tokio::sync::Mutex::default(),
+            subscriptions: Subscriptions::new(bus.clone()),
             bus,
             presence,
             metrics,
@@ -192,7 +104,7 @@ impl Hub {
         };
         self.metrics.connections.inc();
         self.metrics.connections_total.inc();
-        if first && let Err(e) = self.ensure_subscribed(&Topic::User(user)).await {
+        if first && let Err(e) = self.subscriptions.ensure(&Topic::User(user)).await {
             // Kept as wanted: the bus restores it when it reconnects.
             tracing::warn!(error = %e, "user topic not subscribed yet");
         }
@@ -278,12 +190,11 @@ impl Hub {
         }
     }
 
-    /// Closes sockets whose queue has not moved in `limit`: a client that
-    /// stopped reading while nothing else arrives for it (which would
-    /// otherwise overflow its queue). Run every second by housekeeping.
-    pub fn kick_stuck(&self, limit: std::time::Duration) {
+    /// Closes sockets whose queue has not moved in [`STUCK_WRITE`]. Run
+    /// every second by housekeeping.
+    pub fn kick_stuck(&self) {
         let now = clock_s() + 1;
-        let limit = u32::try_from(limit.as_secs()).unwrap_or(u32::MAX);
+        let limit = u32::try_from(STUCK_WRITE.as_secs()).unwrap_or(u32::MAX);
         for handle in self.read().conns.values() {
             let since = handle.outlet.stalled_since();
             if since != 0 && now.saturating_sub(since) > limit {
@@ -311,7 +222,7 @@ impl Hub {
         }
         let topic = Topic::Room(room.clone());
         let result = async {
-            self.ensure_subscribed(&topic).await?;
+            self.subscriptions.ensure(&topic).await?;
             let first = self.presence.join(room, member).await?;
             let users = self.presence.users(room).await?;
             Ok::<_, JoinError>((first, users))
@@ -323,7 +234,7 @@ impl Hub {
                     let event = PresenceEvent::Join {
                         user: member.user.clone(),
                     };
-                    self.announce(room, event, users.len()).await;
+                    presence::announce(&*self.bus, room, event, users.len()).await;
                 }
                 Ok(users)
             }
@@ -358,28 +269,7 @@ impl Hub {
     /// Announces that `user` left `room` (their last connection there went,
     /// or a crashed node's entry was swept), with the room's count after it.
     pub async fn announce_leave(&self, room: &RoomId, user: User) {
-        let count = match self.presence.users(room).await {
-            Ok(users) => users.len(),
-            Err(e) => {
-                tracing::warn!(%room, error = %e, "presence read failed; leave not announced");
-                return;
-            }
-        };
-        self.announce(room, PresenceEvent::Leave { user }, count)
-            .await;
-    }
-
-    /// Publishes a presence event to the room (every node fans it out).
-    pub async fn announce(&self, room: &RoomId, event: PresenceEvent, count: usize) {
-        let frame = ServerFrame::Presence {
-            room: room.clone(),
-            event,
-            count,
-        };
-        let payload = Bytes::from(frame.to_json());
-        if let Err(e) = self.bus.publish(&Topic::Room(room.clone()), payload).await {
-            tracing::warn!(%room, error = %e, "presence event not published");
-        }
+        presence::announce_leave(&*self.bus, &*self.presence, room, user).await;
     }
 
     fn remove_local(self: &Hub, room: &RoomId, conn: &ConnId) {
@@ -405,23 +295,11 @@ impl Hub {
         }
     }
 
-    async fn ensure_subscribed(&self, topic: &Topic) -> Result<(), BusError> {
-        let mut subscribed = self.subscribed.lock().await;
-        if subscribed.contains(topic) {
-            return Ok(());
-        }
-        let result = self.bus.subscribe(topic).await;
-        // Recorded even on failure: a bus that is down keeps the wish and
-        // restores it on reconnect, so it must also be unsubscribed later.
-        subscribed.insert(topic.clone());
-        result
-    }
-
     /// Unsubscribes every topic that has had no local member for
-    /// [`UNSUBSCRIBE_DELAY`]. Run by the node's housekeeping task; it looks
-    /// only at topics that lost their last member, not at every subscription.
+    /// [`subscriptions::UNSUBSCRIBE_DELAY`]. Run by the node's housekeeping
+    /// task; it looks only at topics that lost their last member, not at
+    /// every subscription.
     pub async fn unsubscribe_idle(&self) {
-        let mut subscribed = self.subscribed.lock().await;
         let now = Instant::now();
         let due: Vec<(Topic, Instant)> = {
             let mut state = self.write();
@@ -440,7 +318,7 @@ impl Hub {
                 if local {
                     return false; // someone came back
                 }
-                if now.duration_since(*since) < UNSUBSCRIBE_DELAY {
+                if now.duration_since(*since) < subscriptions::UNSUBSCRIBE_DELAY {
                     return true;
                 }
                 due.push((topic.clone(), *since));
@@ -448,19 +326,9 @@ impl Hub {
             });
             due
         };
-        for (topic, since) in due {
-            if !subscribed.contains(&topic) {
-                continue;
-            }
-            match self.bus.unsubscribe(&topic).await {
-                Ok(()) => {
-                    subscribed.remove(&topic);
-                }
-                Err(e) => {
-                    tracing::warn!(?topic, error = %e, "unsubscribe failed; will retry");
-                    self.write().emptied.entry(topic).or_insert(since);
-                }
-            }
+        for (topic, since) in self.subscriptions.drop_all(due).await {
+            // Not unsubscribed (the bus refused): try again next time.
+            self.write().emptied.entry(topic).or_insert(since);
         }
     }
 }

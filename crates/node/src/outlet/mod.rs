@@ -12,35 +12,29 @@
 //! frames wait unencoded until the answer is queued, and a `join`'s floors
 //! (what its history already holds) are applied to them on release.
 
-use crate::hub::{Delivery, seconds_since};
-use banter_bus::StreamId;
-use banter_protocol::{RoomId, ServerFrame};
+mod delivery;
+mod kick;
+mod socket;
+
+pub(crate) use delivery::{Delivery, Format, text_line};
+pub(crate) use kick::Kick;
+pub(crate) use socket::Socket;
+
+use crate::clock::{clock_s, seconds_since};
+use banter_bus::{StreamId, Topic};
+use banter_protocol::RoomId;
 use bytes::{Buf, Bytes};
 use futures_util::task::AtomicWaker;
 use prometheus::Histogram;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, ready};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::protocol::frame::Frame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
 /// At most this many queued frames go into one (vectored) write.
 const WRITE_BATCH: usize = 64;
-
-/// A bus frame encoded once as a complete WebSocket text frame (a server's
-/// frames are unmasked, so every socket can be sent the same bytes).
-pub(crate) fn encode_text(text: Bytes) -> Bytes {
-    let frame = Frame::message(text, OpCode::Data(Data::Text), true);
-    let mut wire = Vec::with_capacity(frame.len());
-    // Writing into a Vec cannot fail.
-    let _ = frame.format(&mut wire);
-    Bytes::from(wire)
-}
 
 /// What became of a frame offered to an outlet.
 #[derive(Debug, PartialEq, Eq)]
@@ -69,7 +63,7 @@ struct Chunk {
     started: bool,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
     queue: VecDeque<Chunk>,
     /// `Some` while the session task answers a client frame.
@@ -77,8 +71,8 @@ struct State {
     /// Rooms just joined with history: live messages at or before these
     /// positions were already sent in `joined.history` and are skipped once.
     floors: Vec<(RoomId, StreamId)>,
-    /// `/text`: messages go out as `name: text` lines, nothing else does.
-    text_mode: bool,
+    /// The wire format this socket speaks.
+    format: Format,
     /// No more bus frames: the session is closing.
     sealed: bool,
     /// A write failed: the peer is gone.
@@ -94,7 +88,7 @@ pub(crate) struct Outlet {
     waker: AtomicWaker,
     /// At most this many frames queued (`limits.outbound_queue`).
     limit: usize,
-    /// [`clock_s`](crate::hub) + 1 when the queue last stalled, 0 while it is empty.
+    /// [`clock_s`] + 1 when the queue last stalled, 0 while it is empty.
     stalled_since: AtomicU32,
     fanout_seconds: Histogram,
 }
@@ -102,13 +96,16 @@ pub(crate) struct Outlet {
 impl Outlet {
     /// An outlet for a socket. It starts held: live frames wait until the
     /// session has sent its welcome (or its first lines).
-    pub fn new(tcp: TcpStream, limit: usize, text_mode: bool, fanout_seconds: Histogram) -> Outlet {
+    pub fn new(tcp: TcpStream, limit: usize, format: Format, fanout_seconds: Histogram) -> Outlet {
         Outlet {
             tcp,
             state: Mutex::new(State {
+                queue: VecDeque::new(),
                 held: Some(Vec::new()),
-                text_mode,
-                ..State::default()
+                floors: Vec::new(),
+                format,
+                sealed: false,
+                failed: false,
             }),
             waker: AtomicWaker::new(),
             limit: limit.max(1),
@@ -217,8 +214,7 @@ impl Outlet {
         }
         // Stalled: stamp when the stall began, and again on every progress.
         if progressed || self.stalled_since.load(Ordering::Relaxed) == 0 {
-            self.stalled_since
-                .store(crate::hub::clock_s() + 1, Ordering::Relaxed);
+            self.stalled_since.store(clock_s() + 1, Ordering::Relaxed);
         }
         Ok(false)
     }
@@ -265,7 +261,7 @@ impl Outlet {
         state.queue.retain(|c| c.started);
     }
 
-    /// Seconds (as [`clock_s`](crate::hub) + 1) since the queue stopped
+    /// Seconds (as [`clock_s`] + 1) since the queue stopped
     /// draining, or 0: for the stuck-write check.
     pub fn stalled_since(&self) -> u32 {
         self.stalled_since.load(Ordering::Relaxed)
@@ -319,142 +315,20 @@ impl State {
         }
     }
 
-    /// What a bus frame becomes on this socket: itself, nothing (a message
-    /// already sent in a recovery's history), or in `/text` mode a line.
+    /// What a bus frame becomes on this socket: its frame in the socket's
+    /// format, or nothing (a message already sent in a recovery's history,
+    /// or a frame the format has no use for).
     fn filter(&mut self, delivery: &Delivery) -> Option<Bytes> {
-        let text = delivery.text.as_str();
         if !self.floors.is_empty()
-            && let Some((room, id)) = message_position(text)
-            && let Some(i) = self.floors.iter().position(|(r, _)| r.as_str() == room)
+            && let (Some(position), Topic::Room(room)) = (delivery.position, &delivery.topic)
+            && let Some(i) = self.floors.iter().position(|(r, _)| r == room)
         {
-            if id <= self.floors[i].1 {
+            if position <= self.floors[i].1 {
                 return None; // already in the `joined` history
             }
             // The room's order is the stream's: everything from here on is newer.
             self.floors.swap_remove(i);
         }
-        if !self.text_mode {
-            return Some(delivery.wire.clone());
-        }
-        match serde_json::from_str::<ServerFrame>(text) {
-            Ok(ServerFrame::Message(m)) => Some(encode_text(Bytes::from(format!(
-                "{}: {}",
-                m.from.name, m.text
-            )))),
-            _ => None,
-        }
-    }
-}
-
-/// The room and position of a `message` frame, read from its fixed prefix
-/// (`{"type":"message","room":"R","id":"ID",`) without parsing the rest.
-fn message_position(json: &str) -> Option<(&str, StreamId)> {
-    let rest = json.strip_prefix(r#"{"type":"message","room":""#)?;
-    let (room, rest) = rest.split_once('"')?;
-    let rest = rest.strip_prefix(r#","id":""#)?;
-    let (id, _) = rest.split_once('"')?;
-    Some((room, StreamId::parse(id)?))
-}
-
-/// The socket as tungstenite sees it: reads come from the TCP stream, writes
-/// join the outlet's queue (so they interleave with the fan-out's frames
-/// only at frame boundaries), and a flush drains that queue.
-#[derive(Debug)]
-pub(crate) struct Socket {
-    outlet: Arc<Outlet>,
-}
-
-impl Socket {
-    pub fn new(outlet: Arc<Outlet>) -> Socket {
-        Socket { outlet }
-    }
-}
-
-impl AsyncRead for Socket {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let tcp = &self.outlet.tcp;
-        loop {
-            ready!(tcp.poll_read_ready(cx))?;
-            match tcp.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
-    }
-}
-
-impl AsyncWrite for Socket {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let outlet = &self.outlet;
-        // The session's own frames wait for room in the queue too: a client
-        // that asks without reading gets no unbounded backlog.
-        if outlet.lock().queue.len() >= outlet.limit {
-            ready!(outlet.poll_drain(cx))?;
-        }
-        let mut state = outlet.lock();
-        if state.failed {
-            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-        }
-        state.queue.push_back(Chunk {
-            bytes: Bytes::copy_from_slice(buf),
-            at: None,
-            started: false,
-        });
-        // While held, the answer waits for `release`, which sends it with the
-        // live frames that came meanwhile; behind a backlog, for the drain.
-        if state.held.is_none()
-            && state.queue.len() == 1
-            && outlet.write_now(&mut state) == Offer::Closed
-        {
-            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-        }
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.outlet.poll_drain(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.outlet.poll_drain(cx)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn positions_are_read_from_the_prefix() {
-        let m = r#"{"type":"message","room":"lobby","id":"17-3","from":{"id":"u","name":"A"},"text":"x","ts":1}"#;
-        assert_eq!(
-            message_position(m),
-            Some(("lobby", StreamId { ms: 17, seq: 3 }))
-        );
-        assert_eq!(
-            message_position(r#"{"type":"presence","room":"lobby"}"#),
-            None
-        );
-    }
-
-    #[test]
-    fn frames_are_encoded_unmasked_with_their_length() {
-        let wire = encode_text(Bytes::from_static(b"hi"));
-        assert_eq!(&wire[..], &[0x81, 2, b'h', b'i']);
-        let long = encode_text(Bytes::from(vec![b'x'; 300]));
-        assert_eq!(&long[..4], &[0x81, 126, 1, 44]);
-        assert_eq!(long.len(), 304);
+        delivery.wire(self.format).cloned()
     }
 }

@@ -1,0 +1,229 @@
+//! What each client frame does: joining and leaving rooms (with recovery),
+//! sending, direct messages, typing, presence and history reads.
+
+use super::rules::{HISTORY_LIMIT, RECENT_HISTORY, TRIM_SLACK, check_text};
+use super::session::Session;
+use crate::metrics::DropReason;
+use banter_bus::{Draft, HistoryQuery, StreamId, Topic};
+use banter_protocol::{
+    DirectMessage, ErrorCode, MessageId, PresenceEvent, Ref, RoomId, ServerFrame, UserId,
+};
+use bytes::Bytes;
+use tokio::time::Instant;
+
+impl Session {
+    /// Joins `room` (or answers again for a room already joined). With
+    /// `since`, the history holds every message after it that the room still
+    /// keeps, and `recovered` says whether that is all of them. The room is
+    /// subscribed *before* history is read, and live messages already in the
+    /// history are skipped by the floor, so nothing is missed or repeated.
+    pub(crate) async fn join(&mut self, room: RoomId, since: Option<MessageId>) -> ServerFrame {
+        let inner = &self.node.inner;
+        let users = if self.rooms.contains(&room) {
+            inner.presence.users(&room).await
+        } else {
+            if self.rooms.len() >= inner.config.limits.max_rooms {
+                return self.fail(
+                    ErrorCode::TooManyRooms,
+                    "too many rooms: leave one first",
+                    None,
+                );
+            }
+            match inner.hub.join(&room, &self.member).await {
+                Ok(users) => {
+                    self.rooms.insert(room.clone());
+                    Ok(users)
+                }
+                Err(e) => {
+                    tracing::warn!(%room, error = %e, "join failed");
+                    return self.fail(ErrorCode::Unavailable, "cannot join now, try again", None);
+                }
+            }
+        };
+        let Ok(users) = users else {
+            return self.fail(ErrorCode::Unavailable, "presence unavailable", None);
+        };
+        let recovery_limit = inner.config.history.size + TRIM_SLACK;
+        let query = match since.as_ref().map(|s| StreamId::parse(s.as_str())) {
+            Some(Some(since)) => HistoryQuery::After {
+                since,
+                limit: recovery_limit,
+            },
+            // An id of another form (or none): the recent messages, not a recovery.
+            Some(None) | None => HistoryQuery::Latest {
+                limit: RECENT_HISTORY,
+            },
+        };
+        let (history, recovered) = match inner.bus.history(&room, query).await {
+            Ok(page) => (page.messages, since.is_some() && page.complete),
+            Err(e) => {
+                tracing::warn!(%room, error = %e, "history unavailable for join");
+                (Vec::new(), false)
+            }
+        };
+        let last = history.last().and_then(|m| StreamId::parse(m.id.as_str()));
+        self.outlet.set_floor(&room, last);
+        ServerFrame::Joined {
+            room,
+            count: users.len(),
+            users,
+            history,
+            recovered,
+        }
+    }
+
+    pub(super) async fn leave(&mut self, room: RoomId) -> ServerFrame {
+        if !self.rooms.remove(&room) {
+            return self.fail(ErrorCode::NotJoined, "not in this room", None);
+        }
+        self.outlet.set_floor(&room, None);
+        self.node.inner.hub.leave(&room, &self.member).await;
+        ServerFrame::Left { room }
+    }
+
+    /// Checks a chat text against the limits: the refusal, if any.
+    fn refuse_text(&self, text: &str, reference: &Option<Ref>) -> Option<ServerFrame> {
+        let max = self.node.inner.config.limits.max_text_chars;
+        check_text(text, max)
+            .err()
+            .map(|(code, message)| self.fail(code, message, reference.clone()))
+    }
+
+    pub(super) async fn send(
+        &mut self,
+        room: RoomId,
+        text: String,
+        reference: Option<Ref>,
+        received: Instant,
+    ) -> ServerFrame {
+        let inner = &self.node.inner;
+        if !self.rooms.contains(&room) {
+            return self.fail(ErrorCode::NotJoined, "join the room first", reference);
+        }
+        if let Some(refusal) = self.refuse_text(&text, &reference) {
+            return refusal;
+        }
+        let draft = Draft {
+            room,
+            from: self.member.user.clone(),
+            text,
+            ts: crate::clock::now_ms(),
+        };
+        match inner.bus.publish_message(&draft).await {
+            Ok(message) => {
+                inner.metrics.published.inc();
+                inner
+                    .metrics
+                    .publish_seconds
+                    .observe(received.elapsed().as_secs_f64());
+                ServerFrame::Ack {
+                    reference,
+                    id: message.id,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "publish failed");
+                inner.metrics.dropped(DropReason::BusUnavailable);
+                self.fail(
+                    ErrorCode::Unavailable,
+                    "the message was not sent: try again",
+                    reference,
+                )
+            }
+        }
+    }
+
+    /// A direct message goes to the user's topic: every node with one of
+    /// their connections is subscribed, so nobody receiving it means they
+    /// are online nowhere.
+    pub(super) async fn dm(
+        &mut self,
+        to: UserId,
+        text: String,
+        reference: Option<Ref>,
+    ) -> ServerFrame {
+        if let Some(refusal) = self.refuse_text(&text, &reference) {
+            return refusal;
+        }
+        let (id, ts) = self.node.stamp();
+        let frame = ServerFrame::Dm(DirectMessage {
+            id: id.clone(),
+            from: self.member.user.clone(),
+            to: to.clone(),
+            text,
+            ts,
+        });
+        let inner = &self.node.inner;
+        match inner
+            .bus
+            .publish(&Topic::User(to), Bytes::from(frame.to_json()))
+            .await
+        {
+            Ok(0) => self.fail(ErrorCode::NotFound, "that user is not online", reference),
+            Ok(_) => ServerFrame::Ack { reference, id },
+            Err(e) => {
+                tracing::warn!(error = %e, "dm publish failed");
+                inner.metrics.dropped(DropReason::BusUnavailable);
+                self.fail(
+                    ErrorCode::Unavailable,
+                    "the message was not sent: try again",
+                    reference,
+                )
+            }
+        }
+    }
+
+    pub(super) async fn typing(&mut self, room: RoomId) -> Option<ServerFrame> {
+        if !self.rooms.contains(&room) {
+            return Some(self.fail(ErrorCode::NotJoined, "join the room first", None));
+        }
+        let frame = ServerFrame::Typing {
+            room: room.clone(),
+            from: self.member.user.clone(),
+        };
+        // Typing is best effort: a lost indicator is not a lost message.
+        let _ = self
+            .node
+            .inner
+            .bus
+            .publish(&Topic::Room(room), Bytes::from(frame.to_json()))
+            .await;
+        None
+    }
+
+    pub(super) async fn who(&mut self, room: RoomId) -> ServerFrame {
+        match self.node.inner.presence.users(&room).await {
+            Ok(users) => ServerFrame::Presence {
+                room,
+                count: users.len(),
+                event: PresenceEvent::Snapshot { users },
+            },
+            Err(_) => self.fail(ErrorCode::Unavailable, "presence unavailable", None),
+        }
+    }
+
+    pub(super) async fn history(
+        &mut self,
+        room: RoomId,
+        before: Option<MessageId>,
+        limit: Option<u32>,
+    ) -> ServerFrame {
+        let limit = limit.map_or(RECENT_HISTORY, |l| (l as usize).min(HISTORY_LIMIT));
+        let query = match before {
+            Some(before) => match StreamId::parse(before.as_str()) {
+                Some(before) => HistoryQuery::Before { before, limit },
+                None => {
+                    return self.fail(ErrorCode::BadRequest, "before is not a message id", None);
+                }
+            },
+            None => HistoryQuery::Latest { limit },
+        };
+        match self.node.inner.bus.history(&room, query).await {
+            Ok(page) => ServerFrame::History {
+                room,
+                messages: page.messages,
+            },
+            Err(_) => self.fail(ErrorCode::Unavailable, "history unavailable", None),
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! One client socket, from upgrade to close: one task, one `select!`, one
+//! cleanup. The rest of the node reaches it only through its
+//! [`ConnHandle`](crate::hub::ConnHandle): its [`Outlet`] (the write side,
+//! which the fan-out writes to directly) and a [`Kick`] registered in the hub.
+//!
+//! - this file: who the socket is ([`Identity`]), what it speaks ([`Mode`]),
+//!   and its life: register, greet, drive, clean up, close.
+//! - [`drive`]: the socket loop, writes that give up when kicked, the close.
+//! - [`session`]: the conversation's state and the dispatch of each frame;
+//!   [`commands`]: what each frame does.
+//! - [`bucket`]: the rate limit; [`rules`]: what a text and a request may be.
+
+mod bucket;
+mod commands;
+mod drive;
+pub(crate) mod rules;
+mod session;
+
+pub(crate) use drive::ws_config;
+
+use crate::hub::ConnHandle;
+use crate::node::Node;
+use crate::outlet::{Kick, Outlet, text_line};
+use banter_presence::Member;
+use banter_protocol::{
+    ClientFrame, CloseReason, ConnId, FrameError, RoomId, ServerFrame, User, decode,
+};
+use drive::{Ws, close, write};
+use futures_util::StreamExt;
+use session::{Session, json};
+use std::sync::Arc;
+use tokio::time;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+/// Why the loop stopped: a close code to send, or a peer that is already gone.
+pub(crate) enum Stop {
+    Close(CloseReason),
+    Gone,
+}
+
+/// Who the socket belongs to, as far as the upgrade could tell.
+pub(crate) enum Identity {
+    /// A token on the URL, or a guest.
+    Known(User),
+    /// `auth.anonymous = false` and no `?token=`: the first frame must be `auth`.
+    AwaitAuth,
+}
+
+/// Which protocol the socket speaks.
+pub(crate) enum Mode {
+    /// `/ws`: JSON frames; `join` is the `?room=` of the upgrade.
+    Json {
+        join: Option<Result<RoomId, FrameError>>,
+    },
+    /// `/text?room=R`: each text frame is posted to R, each message of R
+    /// arrives as `name: text`.
+    Text { room: RoomId },
+}
+
+/// Drives one client socket until it closes. `outlet` is the write side
+/// under `ws`; it starts held (see [`Outlet::new`]).
+pub(crate) async fn run(
+    mut ws: Ws,
+    outlet: Arc<Outlet>,
+    node: Node,
+    identity: Identity,
+    mode: Mode,
+) {
+    let user = match identity {
+        Identity::Known(user) => user,
+        Identity::AwaitAuth => match Box::pin(await_auth(&mut ws, &node)).await {
+            Some(user) => user,
+            None => return close(&mut ws, CloseReason::Unauthorized).await,
+        },
+    };
+    let (mut session, kick) = register(&node, user, &outlet, &mode).await;
+    let stop = match Box::pin(greet(&mut ws, &kick, &mut session, mode)).await {
+        Ok(()) => {
+            // Live frames held since the registration follow what was just sent.
+            outlet.release();
+            match Box::pin(session.drive(&mut ws, &kick, &outlet)).await {
+                Ok(never) => match never {},
+                Err(stop) => stop,
+            }
+        }
+        Err(stop) => stop,
+    };
+    Box::pin(session.cleanup()).await;
+    outlet.seal();
+    if let Stop::Close(reason) = stop {
+        tracing::debug!(%reason, "closing socket");
+        Box::pin(close(&mut ws, reason)).await;
+    }
+}
+
+/// Makes the socket reachable in the hub (its live frames wait in the held
+/// outlet until [`greet`] is done) and starts its session.
+async fn register(
+    node: &Node,
+    user: User,
+    outlet: &Arc<Outlet>,
+    mode: &Mode,
+) -> (Session, Arc<Kick>) {
+    let member = Member {
+        conn: new_conn_id(),
+        user,
+    };
+    let kick = Arc::new(Kick::default());
+    let handle = ConnHandle {
+        user: member.user.clone(),
+        outlet: outlet.clone(),
+        kick: kick.clone(),
+    };
+    node.inner.hub.register(&member.conn, handle).await;
+    // A drain that began before this socket was registered did not see it.
+    if node.inner.shutdown.is_cancelled() {
+        kick.kick(CloseReason::ShuttingDown);
+    }
+    let text_mode = matches!(mode, Mode::Text { .. });
+    let session = Session::new(node.clone(), member, outlet.clone(), text_mode);
+    (session, kick)
+}
+
+/// The socket's first frames: `welcome` (and the `?room=` join's answer),
+/// or in `/text` mode the room's recent history as lines.
+async fn greet(ws: &mut Ws, kick: &Kick, session: &mut Session, mode: Mode) -> Result<(), Stop> {
+    match mode {
+        Mode::Json { join } => {
+            write(ws, kick, json(&session.welcome())).await?;
+            if let Some(join) = join {
+                let reply = match join {
+                    Ok(room) => Box::pin(session.join(room, None)).await,
+                    Err(e) => session.error(e),
+                };
+                write(ws, kick, json(&reply)).await?;
+            }
+        }
+        Mode::Text { room } => match Box::pin(session.join(room, None)).await {
+            ServerFrame::Joined { history, .. } => {
+                for message in &history {
+                    write(ws, kick, WsMessage::text(text_line(message))).await?;
+                }
+            }
+            _ => return Err(Stop::Close(CloseReason::Internal)),
+        },
+    }
+    Ok(())
+}
+
+/// Waits (within `server.handshake_timeout_ms`) for the `auth` frame.
+async fn await_auth(ws: &mut Ws, node: &Node) -> Option<User> {
+    let first = time::timeout(node.config().handshake_timeout(), async {
+        loop {
+            match ws.next().await? {
+                Ok(WsMessage::Text(text)) => return Some(text),
+                Ok(WsMessage::Ping(_) | WsMessage::Pong(_)) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .ok()??;
+    match decode(first.as_str()) {
+        Ok(ClientFrame::Auth { token }) => match node.inner.verifier.verify(&token) {
+            Ok(user) => Some(user),
+            Err(e) => {
+                tracing::debug!(error = %e, "auth frame refused");
+                None
+            }
+        },
+        _ => None,
+    }
+}
+
+fn new_conn_id() -> ConnId {
+    // Characters of [a-z0-9]: always a valid connection id, unique in the cluster.
+    const CONN_ID_LEN: usize = 16;
+    ConnId::try_from(crate::clock::random_id(CONN_ID_LEN))
+        .unwrap_or_else(|_| unreachable!("random ids are alphanumeric"))
+}

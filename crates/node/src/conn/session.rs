@@ -1,0 +1,173 @@
+//! The state of one connection's conversation, and the dispatch of each
+//! client frame to what it does ([`super::commands`]). Every frame earns at
+//! most one direct reply; everything else reaches the client through the
+//! room or user topics.
+
+use super::Stop;
+use super::bucket::Bucket;
+use crate::metrics::DropReason;
+use crate::node::Node;
+use crate::outlet::Outlet;
+use banter_presence::Member;
+use banter_protocol::{
+    ClientFrame, ErrorCode, FrameError, Limits, Ref, RoomId, ServerFrame, decode,
+};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+/// The state of one connection's conversation.
+pub(crate) struct Session {
+    pub(super) node: Node,
+    pub(super) member: Member,
+    pub(super) rooms: BTreeSet<RoomId>,
+    bucket: Bucket,
+    /// The socket's write side: where a join's history floor goes.
+    pub(super) outlet: Arc<Outlet>,
+    /// `/text`: replies and messages as plain lines.
+    text_mode: bool,
+}
+
+impl Session {
+    pub(crate) fn new(node: Node, member: Member, outlet: Arc<Outlet>, text_mode: bool) -> Session {
+        let limits = &node.inner.config.limits;
+        let bucket = Bucket::new(limits.rate_per_sec, limits.burst);
+        Session {
+            node,
+            member,
+            rooms: BTreeSet::new(),
+            bucket,
+            outlet,
+            text_mode,
+        }
+    }
+
+    /// Leaves every room and forgets the socket: the one cleanup of a session.
+    pub(crate) async fn cleanup(&mut self) {
+        let hub = &self.node.inner.hub;
+        let rooms = std::mem::take(&mut self.rooms);
+        hub.leave_all(&self.member, rooms).await;
+        hub.unregister(&self.member);
+    }
+
+    pub(crate) fn welcome(&self) -> ServerFrame {
+        let config = &self.node.inner.config;
+        ServerFrame::Welcome {
+            user: self.member.user.clone(),
+            node: config.node.id.clone(),
+            heartbeat_ms: config.heartbeat.ping_interval_ms,
+            limits: Limits {
+                max_text_chars: config.limits.max_text_chars,
+                max_rooms: config.limits.max_rooms,
+                rate_per_sec: config.limits.rate_per_sec,
+            },
+        }
+    }
+
+    pub(crate) fn error(&self, e: FrameError) -> ServerFrame {
+        self.node.inner.metrics.error(e.code);
+        tracing::debug!(conn = %self.member.conn, code = %e.code, message = %e.message, "client error");
+        e.into()
+    }
+
+    pub(super) fn fail(
+        &self,
+        code: ErrorCode,
+        message: &str,
+        reference: Option<Ref>,
+    ) -> ServerFrame {
+        self.error(FrameError {
+            code,
+            message: message.to_owned(),
+            reference,
+        })
+    }
+
+    /// Handles one text frame: the reply to write, if any, or why to close.
+    pub(crate) async fn on_frame(&mut self, text: &str) -> Result<Option<WsMessage>, Stop> {
+        let received = Instant::now();
+        let metrics = &self.node.inner.metrics;
+        metrics.frames_received.inc();
+        let allowed = self.bucket.take(received).map_err(Stop::Close)?;
+        if self.text_mode {
+            return Ok(self.on_line(text, allowed, received).await);
+        }
+        let frame = decode(text);
+        if !allowed {
+            metrics.rate_limited.inc();
+            metrics.dropped(DropReason::RateLimited);
+            let reference = match &frame {
+                Ok(f) => frame_ref(f),
+                Err(e) => e.reference.clone(),
+            };
+            return Ok(Some(json(&self.fail(
+                ErrorCode::RateLimited,
+                "slow down",
+                reference,
+            ))));
+        }
+        let reply = match frame {
+            Err(e) => Some(self.error(e)),
+            Ok(ClientFrame::Auth { .. }) => Some(self.fail(
+                ErrorCode::BadRequest,
+                "already authenticated: auth is only valid before welcome",
+                None,
+            )),
+            Ok(ClientFrame::Join { room, since }) => Some(self.join(room, since).await),
+            Ok(ClientFrame::Leave { room }) => Some(self.leave(room).await),
+            Ok(ClientFrame::Send {
+                room,
+                text,
+                reference,
+            }) => Some(self.send(room, text, reference, received).await),
+            Ok(ClientFrame::Dm {
+                to,
+                text,
+                reference,
+            }) => Some(self.dm(to, text, reference).await),
+            Ok(ClientFrame::Typing { room }) => self.typing(room).await,
+            Ok(ClientFrame::Who { room }) => Some(self.who(room).await),
+            Ok(ClientFrame::History {
+                room,
+                before,
+                limit,
+            }) => Some(self.history(room, before, limit).await),
+            Ok(ClientFrame::Ping { reference }) => Some(ServerFrame::Pong { reference }),
+        };
+        Ok(reply.map(|f| json(&f)))
+    }
+
+    /// Plain-text mode: every line is said in the room; only errors answer.
+    async fn on_line(&mut self, text: &str, allowed: bool, received: Instant) -> Option<WsMessage> {
+        let reply = if allowed {
+            let room = self.rooms.first().cloned()?;
+            let line = text.trim_end_matches(['\r', '\n']).to_owned();
+            self.send(room, line, None, received).await
+        } else {
+            self.node.inner.metrics.rate_limited.inc();
+            self.fail(ErrorCode::RateLimited, "slow down", None)
+        };
+        match reply {
+            ServerFrame::Error { code, message, .. } => {
+                Some(WsMessage::text(format!("! {code}: {message}")))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The `ref` of a frame that decoded fine, for replies that refuse it unread.
+fn frame_ref(frame: &ClientFrame) -> Option<Ref> {
+    match frame {
+        ClientFrame::Send { reference, .. }
+        | ClientFrame::Dm { reference, .. }
+        | ClientFrame::Ping { reference } => reference.clone(),
+        _ => None,
+    }
+}
+
+/// A server frame as a WebSocket text message.
+pub(crate) fn json(frame: &ServerFrame) -> WsMessage {
+    WsMessage::text(frame.to_json())
+}

@@ -1,0 +1,220 @@
+//! The WebSocket upgrade of `/ws` and `/text`: who may come in, who they
+//! are, what they speak; then the 101 and the socket's own task.
+
+use super::peer::{client_ip, header_has_token, origin_allowed};
+use super::query::WsQuery;
+use super::reply::{Body, error};
+use crate::auth;
+use crate::conn::{self, Identity, Mode};
+use crate::node::Node;
+use crate::outlet::{Format, Outlet, Socket};
+use banter_protocol::{FrameError, RoomId};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+
+/// A refused upgrade: the status, and what the JSON body tells the client.
+struct Refusal(StatusCode, &'static str);
+
+impl Refusal {
+    fn into_response(self) -> Response<Body> {
+        let Refusal(code, what) = self;
+        let mut res = error(code, what);
+        if code == StatusCode::UPGRADE_REQUIRED {
+            res.headers_mut().insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
+        }
+        res
+    }
+}
+
+/// Upgrades `/ws` (`format` JSON) or `/text` (`format` Text), or says why not.
+pub(crate) fn upgrade(
+    req: Request<Incoming>,
+    node: &Node,
+    peer: SocketAddr,
+    format: Format,
+) -> Response<Body> {
+    try_upgrade(req, node, peer, format).unwrap_or_else(Refusal::into_response)
+}
+
+fn try_upgrade(
+    mut req: Request<Incoming>,
+    node: &Node,
+    peer: SocketAddr,
+    format: Format,
+) -> Result<Response<Body>, Refusal> {
+    admit(node)?;
+    let key = handshake(&req)?;
+    let client = client_ip(peer, req.headers(), &node.config().server.trusted_proxies);
+    check_origin(&req, node, client)?;
+    let query = WsQuery::parse(req.uri().query());
+    let identity = identify(node, &query, format, client)?;
+    let mode = mode(query.room, format)?;
+    // Only the upgrade handle goes into the session: the request's header
+    // values are slices of hyper's 8 KiB read buffer, and holding the request
+    // for the socket's lifetime would keep that buffer alive per socket.
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    drop(req);
+    let session_node = node.clone();
+    node.inner.sessions.spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => open(upgraded, session_node, client, identity, mode, format).await,
+            Err(e) => tracing::debug!(%client, error = %e, "upgrade failed"),
+        }
+    });
+    Ok(switching_protocols(&key))
+}
+
+/// Whether the node takes another socket at all: not while draining, not
+/// past `server.max_connections`.
+fn admit(node: &Node) -> Result<(), Refusal> {
+    if node.draining() {
+        return Err(Refusal(StatusCode::SERVICE_UNAVAILABLE, "draining"));
+    }
+    if node.inner.hub.connection_count() >= node.config().server.max_connections {
+        return Err(Refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many connections",
+        ));
+    }
+    Ok(())
+}
+
+/// The WebSocket handshake headers: an upgrade to `websocket`, a key, and
+/// version 13. Returns the key.
+fn handshake(req: &Request<Incoming>) -> Result<HeaderValue, Refusal> {
+    let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
+    let upgrade = header_has_token(req, header::CONNECTION, "upgrade")
+        && header_has_token(req, header::UPGRADE, "websocket");
+    let (true, Some(key)) = (upgrade, key) else {
+        return Err(Refusal(
+            StatusCode::BAD_REQUEST,
+            "expected a WebSocket upgrade",
+        ));
+    };
+    let version = req.headers().get(header::SEC_WEBSOCKET_VERSION);
+    if version.map(HeaderValue::as_bytes) != Some(b"13") {
+        return Err(Refusal(
+            StatusCode::UPGRADE_REQUIRED,
+            "WebSocket version 13 only",
+        ));
+    }
+    Ok(key)
+}
+
+/// A browser page may open a socket only from an allowed origin
+/// (`server.allowed_origins`).
+fn check_origin(req: &Request<Incoming>, node: &Node, client: IpAddr) -> Result<(), Refusal> {
+    let get = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let origin = get(header::ORIGIN);
+    if origin_allowed(
+        &node.config().server.allowed_origins,
+        origin,
+        get(header::HOST),
+    ) {
+        Ok(())
+    } else {
+        tracing::debug!(%client, ?origin, "origin refused");
+        Err(Refusal(StatusCode::FORBIDDEN, "origin not allowed"))
+    }
+}
+
+/// Who the socket belongs to: the `?token=`'s user, a guest, or (with
+/// `auth.anonymous = false` and no token) whoever its `auth` frame names.
+fn identify(
+    node: &Node,
+    query: &WsQuery,
+    format: Format,
+    client: IpAddr,
+) -> Result<Identity, Refusal> {
+    match (&query.token, node.config().auth.anonymous) {
+        (Some(token), _) => match node.inner.verifier.verify(token) {
+            Ok(user) => Ok(Identity::Known(user)),
+            Err(e) => {
+                tracing::debug!(%client, error = %e, "token refused");
+                Err(Refusal(StatusCode::UNAUTHORIZED, "unauthorized"))
+            }
+        },
+        (None, true) => Ok(Identity::Known(auth::guest(query.name.as_deref()))),
+        // A plain-text client cannot send an `auth` frame.
+        (None, false) if format == Format::Text => {
+            Err(Refusal(StatusCode::UNAUTHORIZED, "a token is required"))
+        }
+        (None, false) => Ok(Identity::AwaitAuth),
+    }
+}
+
+/// What the socket does first: `/text` needs its room; `/ws?room=` joins it.
+fn mode(room: Option<String>, format: Format) -> Result<Mode, Refusal> {
+    let room = room.map(|r| r.parse::<RoomId>());
+    match format {
+        Format::Text => match room {
+            Some(Ok(room)) => Ok(Mode::Text { room }),
+            _ => Err(Refusal(
+                StatusCode::BAD_REQUEST,
+                "/text needs ?room= with a valid room",
+            )),
+        },
+        Format::Json => Ok(Mode::Json {
+            join: room.map(|r| r.map_err(FrameError::from)),
+        }),
+    }
+}
+
+/// The 101 that completes the handshake for `key`.
+fn switching_protocols(key: &HeaderValue) -> Response<Body> {
+    let mut res = Response::new(Full::new(Bytes::new()));
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = res.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(key.as_bytes())) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    res
+}
+
+/// The upgraded connection becomes a socket: its outlet over the bare
+/// `TcpStream` (no hyper wrapper on the hot path: the fan-out writes to it
+/// directly), tungstenite over the outlet, then the socket's own task.
+async fn open(
+    upgraded: hyper::upgrade::Upgraded,
+    node: Node,
+    client: IpAddr,
+    identity: Identity,
+    mode: Mode,
+    format: Format,
+) {
+    let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+        tracing::error!(%client, "upgraded connection is not a TcpStream");
+        return;
+    };
+    let limits = &node.config().limits;
+    let outlet = Arc::new(Outlet::new(
+        parts.io.into_inner(),
+        limits.outbound_queue,
+        format,
+        node.inner.metrics.fanout_seconds.clone(),
+    ));
+    let ws = WebSocketStream::from_partially_read(
+        Socket::new(outlet.clone()),
+        parts.read_buf.to_vec(),
+        Role::Server,
+        Some(conn::ws_config(limits.max_frame_bytes)),
+    )
+    .await;
+    tracing::debug!(%client, "socket open");
+    conn::run(ws, outlet, node, identity, mode).await;
+}

@@ -1,0 +1,129 @@
+//! Nodes in this process on 127.0.0.1:0: a test config, one node, and two
+//! nodes sharing one real Redis or one in-memory network.
+
+use super::{Client, WAIT, http};
+pub use banter_node::config::Config;
+use banter_node::{Node, run};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A config for a test node: loopback, port 0, short timers.
+pub fn config(id: &str, redis_url: Option<&str>) -> Config {
+    let mut c = Config::default();
+    c.server.listen = "127.0.0.1:0".parse().unwrap();
+    c.node.id = id.into();
+    c.redis.url = redis_url.unwrap_or_default().into();
+    c.redis.pool_size = 4;
+    c.presence.ttl_ms = 3_000;
+    // Scenarios send fast; the rate limit has tests of its own.
+    c.limits.rate_per_sec = 10_000;
+    c.limits.burst = 10_000;
+    c
+}
+
+/// A node serving on 127.0.0.1 in this process.
+pub struct TestNode {
+    pub addr: SocketAddr,
+    pub node: Node,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl TestNode {
+    /// A node on the backends its config names (Redis, or in-memory).
+    pub async fn start(config: Config) -> TestNode {
+        let node = Node::connect(config).await.expect("node");
+        TestNode::serve(node).await
+    }
+
+    /// Serves an already built node.
+    pub async fn serve(node: Node) -> TestNode {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn({
+            let (node, shutdown) = (node.clone(), shutdown.clone());
+            async move { run(listener, node, shutdown).await.expect("run") }
+        });
+        let t = TestNode {
+            addr,
+            node,
+            shutdown,
+            task,
+        };
+        t.wait_ready().await;
+        t
+    }
+
+    /// Waits until `/readyz` answers 200.
+    pub async fn wait_ready(&self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Ok((200, _)) = http(self.addr, "GET", "/readyz", &[], "").await {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {} never became ready",
+                self.node.id()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A client on `/ws?{query}`, past its `welcome`.
+    pub async fn client(&self, query: &str) -> Client {
+        Client::connect(self.addr, query).await
+    }
+
+    /// Drains the node and waits for `run` to return.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(15), self.task)
+            .await
+            .expect("drain")
+            .unwrap();
+    }
+}
+
+/// Two nodes that share a bus and presence: either one real Redis or one
+/// in-memory network. Scenarios run against both.
+pub struct Pair {
+    pub a: TestNode,
+    pub b: TestNode,
+    pub redis: Option<banter_testkit::RedisServer>,
+}
+
+impl Pair {
+    pub async fn redis() -> Pair {
+        let redis = banter_testkit::RedisServer::start();
+        let a = TestNode::start(config("node-a", Some(&redis.url()))).await;
+        let b = TestNode::start(config("node-b", Some(&redis.url()))).await;
+        Pair {
+            a,
+            b,
+            redis: Some(redis),
+        }
+    }
+
+    pub async fn memory() -> Pair {
+        let network = banter_bus::MemoryNetwork::new();
+        let presence = Arc::new(banter_presence::MemoryPresence::new(Duration::from_millis(
+            3_000,
+        )));
+        let mut nodes = Vec::new();
+        for id in ["node-a", "node-b"] {
+            let (bus, inbox) = network.connect();
+            let node =
+                Node::with_backends(config(id, None), Arc::new(bus), inbox, presence.clone())
+                    .unwrap();
+            nodes.push(TestNode::serve(node).await);
+        }
+        let b = nodes.pop().unwrap();
+        let a = nodes.pop().unwrap();
+        Pair { a, b, redis: None }
+    }
+}

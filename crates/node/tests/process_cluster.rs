@@ -1,0 +1,266 @@
+//! The process cluster of `scripts/cluster.sh` — Redis, three `banter-node`
+//! processes (the binary cargo built for this package), nginx and
+//! Prometheus, using the same nginx and Prometheus files as docker compose —
+//! works end to end through nginx. The static checks of those files (their
+//! own tools' checks, what they must contain) are in crates/deploy-checks.
+//!
+//! The tools are Debian packages (`nginx`, `prometheus`, `redis-server`);
+//! scripts/test.sh installs them. A missing tool fails the test with the
+//! package to install: it is never a skip.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use banter_testkit::deploy::{Cluster, dashboard};
+use banter_testkit::{run_ok, tool};
+use common::*;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+/// GET over HTTP/1.0 (no chunked bodies): (status, body).
+async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut buf))
+        .await
+        .expect("response in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (code, body.to_owned())
+}
+
+/// A Prometheus HTTP API answer's `data`.
+async fn prom(addr: SocketAddr, path: &str) -> Value {
+    let (code, body) = get(addr, path).await;
+    let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    assert_eq!(
+        (code, v["status"].as_str()),
+        (200, Some("success")),
+        "{path}: {body}"
+    );
+    v["data"].clone()
+}
+
+async fn query(addr: SocketAddr, promql: &str) -> Vec<Value> {
+    let enc: String = promql
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let data = prom(addr, &format!("/api/v1/query?query={enc}")).await;
+    data["result"].as_array().cloned().unwrap_or_default()
+}
+
+/// Polls `check` every 200 ms for at most `secs` seconds.
+async fn within(secs: u64, what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !check().await {
+        assert!(Instant::now() < deadline, "within {secs} s: {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The status line of a WebSocket upgrade through nginx, from a client
+/// behind a proxy at 203.0.113.7, with this Origin.
+async fn upgrade_status(addr: SocketAddr, origin: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nOrigin: {origin}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-Forwarded-For: 203.0.113.7\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0; 512];
+    let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    text.lines().next().unwrap_or_default().to_owned()
+}
+
+/// Waits for a chat message with this text (other frames skipped).
+async fn message(c: &mut Client, text: &str) -> banter_protocol::Message {
+    loop {
+        let m = c.next_message().await;
+        if m.text == text {
+            return m;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn process_cluster_behind_nginx() {
+    let c = Cluster::new(
+        "cluster",
+        &[
+            ("BANTER_BIN", env!("CARGO_BIN_EXE_banter-node")),
+            ("NGINX_READ_TIMEOUT", "2s"),
+            ("BANTER__HEARTBEAT__PING_INTERVAL_MS", "500"),
+            ("BANTER__HEARTBEAT__IDLE_TIMEOUT_MS", "3000"),
+            ("BANTER__SERVER__DRAIN_TIMEOUT_MS", "3000"),
+            ("BANTER__LOG__LEVEL", "info,banter_node=debug"),
+        ],
+    );
+    tool("nginx", "nginx");
+    tool("prometheus", "prometheus");
+    let started = Instant::now();
+    let up = c.sh(&["up"]);
+    assert!(up.contains(&format!("http://{}/", c.nginx)), "{up}");
+    assert!(
+        c.file("nginx/banter.conf")
+            .contains("proxy_read_timeout 2s;")
+    );
+    let lb = c.nginx;
+
+    // The page, health and readiness through nginx; metrics only on the nodes.
+    assert_eq!(get(lb, "/").await.0, 200);
+    assert_eq!(get(lb, "/healthz").await.0, 200);
+    assert_eq!(get(lb, "/readyz").await.0, 200);
+    assert_eq!(get(lb, "/metrics").await.0, 404, "/metrics is not public");
+
+    // Prometheus scrapes the three nodes, with the alert rules loaded, and
+    // every dashboard query is valid PromQL that it answers.
+    let pm = c.prometheus;
+    within(30, "three banter targets up", async || {
+        let data = prom(pm, "/api/v1/targets?state=active").await;
+        let targets = data["activeTargets"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let up = targets
+            .iter()
+            .filter(|t| t["labels"]["job"] == "banter" && t["health"] == "up");
+        up.count() == 3
+    })
+    .await;
+    let nodes = |r: &[Value]| {
+        let mut n: Vec<_> = r.iter().map(|s| s["metric"]["node"].to_string()).collect();
+        n.sort();
+        n.join(",")
+    };
+    let delivered = query(pm, "banter_messages_delivered_total").await;
+    assert_eq!(nodes(&delivered), r#""node1","node2","node3""#);
+    let groups = prom(pm, "/api/v1/rules").await;
+    assert_eq!(groups["groups"][0]["rules"].as_array().unwrap().len(), 4);
+    for (_, exprs) in dashboard() {
+        for e in exprs {
+            let e = e.replace("$node", ".*").replace("$__rate_interval", "1m");
+            query(pm, &e).await;
+        }
+    }
+
+    // An idle socket: nginx gives up on a proxied socket after 2 s without
+    // a byte from the node; the node's 500 ms pings keep this one open. It is
+    // read all along, so the client answers the pings.
+    let mut idle = Client::connect(lb, "name=idle").await;
+    let idle_node = idle.node.clone();
+    let idle_task = tokio::spawn(async move {
+        let since = Instant::now();
+        let mut pings = 0;
+        while since.elapsed() < Duration::from_secs(5) {
+            let left = Duration::from_secs(5).saturating_sub(since.elapsed());
+            match tokio::time::timeout(left, idle.ws.next()).await {
+                Err(_) => break,
+                Ok(Some(Ok(WsMessage::Ping(_)))) => pings += 1,
+                Ok(other) => panic!("idle socket, after {:?}: {other:?}", since.elapsed()),
+            }
+        }
+        idle.send(json!({"type":"ping","ref":"x"})).await;
+        let pong: Value = serde_json::from_str(&idle.recv_raw().await).unwrap();
+        assert_eq!(pong, json!({"type":"pong","ref":"x"}));
+        pings
+    });
+
+    // least_conn: with one socket open on each node so far, the next goes to
+    // a node without one.
+    let mut ann = Client::connect(lb, "name=Ann").await;
+    let mut bob = Client::connect(lb, "name=Bob").await;
+    let mut spread = [&idle_node, &ann.node, &bob.node];
+    spread.sort();
+    assert_eq!(spread, ["node1", "node2", "node3"], "one socket per node");
+    ann.join("lobby").await;
+    bob.join("lobby").await;
+    ann.say("lobby", "hi from Ann").await;
+    assert_eq!(message(&mut bob, "hi from Ann").await.from, ann.user);
+    bob.say("lobby", "hi from Bob").await;
+    assert_eq!(message(&mut ann, "hi from Bob").await.from, bob.user);
+
+    // Ann's node is stopped: she gets 1001, comes back through nginx on a
+    // node that runs (nginx skips the stopped one), and chats on.
+    let gone = ann.node.clone();
+    let n = gone.trim_start_matches("node").to_owned();
+    let stop = tokio::task::spawn_blocking({
+        let mut cmd = c.script(&["stop-node", &n]);
+        move || run_ok(&mut cmd)
+    });
+    assert_eq!(ann.expect_close().await, 1001, "drain closes with 1001");
+    stop.await.unwrap();
+    for _ in 0..3 {
+        let ann = Client::connect(lb, "name=Ann").await;
+        assert_ne!(ann.node, gone, "nginx sent a client to the stopped node");
+        ann.close().await;
+    }
+    let mut ann = Client::connect(lb, "name=Ann").await;
+    ann.join("lobby").await;
+    ann.say("lobby", "Ann again").await;
+    assert_eq!(message(&mut bob, "Ann again").await.from, ann.user);
+    bob.say("lobby", "welcome back").await;
+    message(&mut ann, "welcome back").await;
+
+    // The node's default Origin rule (same host) holds through nginx, which
+    // passes the Host header on with its port.
+    let same = format!("http://{lb}");
+    assert!(upgrade_status(lb, &same).await.contains(" 101 "));
+    assert!(
+        upgrade_status(lb, "http://evil.example")
+            .await
+            .contains(" 403 ")
+    );
+    // nginx adds its peer to X-Forwarded-For, and the nodes trust nginx: their
+    // logs name the client the header names.
+    within(5, "a node log naming 203.0.113.7", async || {
+        (1..=3).any(|n| {
+            let log = std::fs::read_to_string(c.dir.join(format!("logs/node{n}.log")));
+            log.unwrap_or_default().contains("client=203.0.113.7")
+        })
+    })
+    .await;
+
+    // What the chat delivered reaches Prometheus.
+    within(15, "deliveries scraped", async || {
+        let r = query(pm, "sum(banter_messages_delivered_total)").await;
+        r.first()
+            .and_then(|s| s["value"][1].as_str())
+            .is_some_and(|v| v != "0")
+    })
+    .await;
+
+    let pings = idle_task
+        .await
+        .expect("the idle socket outlived nginx's read timeout");
+    assert!(
+        pings >= 4,
+        "the node pinged the idle socket ({pings} pings)"
+    );
+
+    let down = c.sh(&["down"]);
+    assert!(down.contains("down"), "{down}");
+    assert!(c.sh(&["status"]).contains("not running"));
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+}
