@@ -13,6 +13,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
+use hyper::upgrade::Parts;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use std::net::{IpAddr, SocketAddr};
@@ -201,16 +202,21 @@ async fn open(
         tracing::error!(%client, "upgraded connection is not a TcpStream");
         return;
     };
+    let Parts { io, read_buf, .. } = parts;
+    // Copied, then dropped: what hyper read past the request is a slice of
+    // its 8 KiB read buffer, which must not live as long as the socket.
+    let leftover = read_buf.to_vec();
+    drop(read_buf);
     let limits = &node.config().limits;
     let outlet = Arc::new(Outlet::new(
-        parts.io.into_inner(),
+        io.into_inner(),
         limits.outbound_queue,
         format,
         node.inner.metrics.fanout_seconds.clone(),
     ));
     let ws = WebSocketStream::from_partially_read(
         Socket::new(outlet.clone()),
-        parts.read_buf.to_vec(),
+        leftover,
         Role::Server,
         Some(conn::ws_config(limits.max_frame_bytes)),
     )
