@@ -15,18 +15,23 @@
 //!
 //! Traffic arrives on an [`Inbox`] (a bounded channel) that the node's fan-out
 //! task owns, so single-node mode runs the same fan-out path as a cluster.
+//! The bus promises, per subscribed topic, every stored message exactly once
+//! and in order, across reconnects (gap repair from history), or a
+//! [`BusEvent::Gap`] where history cannot fill the hole.
 
 pub mod history;
+mod inbox;
 pub mod memory;
 pub mod redis;
 
-pub use history::{DEFAULT_HISTORY, Draft, HistoryPage, HistoryQuery, StreamId};
+pub use history::{DEFAULT_HISTORY, Draft, Epoch, HistoryPage, HistoryQuery, Position, StreamId};
+pub use inbox::Inbox;
 pub use memory::{MemoryBus, MemoryNetwork};
 pub use redis::{RedisBus, RedisBusConfig};
 
 use banter_protocol::{Message, RoomId, UserId};
 use bytes::Bytes;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 /// Where an envelope goes: one room's channel or one user's channel.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -69,22 +74,43 @@ pub struct Envelope {
     pub topic: Topic,
     /// The message's position in its room's history: set by the bus for
     /// every stored message, `None` for events (presence, typing, DMs).
-    pub position: Option<StreamId>,
+    pub position: Option<Position>,
     /// The frame's JSON.
     pub payload: Bytes,
 }
 
-/// The receiving end of a node's bus traffic, in publish order per topic.
-pub type Inbox = mpsc::Receiver<Envelope>;
+/// What a node's [`Inbox`] receives: per topic, every stored message once
+/// and in order, or word that it cannot be had.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BusEvent {
+    /// A publish.
+    Envelope(Envelope),
+    /// The topic's live delivery had a hole that history could not fill
+    /// (history trimmed past it, lost, or a topic that has none): the
+    /// topic's local members must be told.
+    Gap(Topic),
+    /// The topic's subscription was interrupted, and the `messages` missed
+    /// meanwhile were delivered from history, before newer live ones.
+    Repaired {
+        /// The topic.
+        topic: Topic,
+        /// How many messages came from history.
+        messages: usize,
+    },
+}
 
-/// How many envelopes may wait in an inbox before the bus waits for the fan-out.
+/// How many events may wait in an inbox before the bus waits for the fan-out.
 pub const INBOX_CAPACITY: usize = 8192;
 
 /// The bus's health, published on a watch channel.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct BusStatus {
-    /// True while the bus can take publishes and deliver subscriptions.
+    /// True while the bus delivers subscriptions (readiness).
     pub up: bool,
+    /// True while the bus can store and publish: publishes are tried. It
+    /// stays true while only the subscriber connection is being replaced
+    /// (what is published meanwhile reaches this node by gap repair).
+    pub writable: bool,
     /// How many times the subscriber connection was re-established.
     pub reconnects: u64,
 }

@@ -12,10 +12,13 @@ use std::sync::{Arc, PoisonError};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::sync::{Mutex, mpsc, watch};
+use tokio::sync::{Mutex, watch};
 
-use crate::history::{DEFAULT_HISTORY, Draft, HistoryPage, HistoryQuery, Record, StreamId};
-use crate::{Bus, BusError, BusStatus, Envelope, INBOX_CAPACITY, Inbox, Topic};
+use crate::history::{
+    DEFAULT_HISTORY, Draft, Epoch, HistoryPage, HistoryQuery, Position, Record, StreamId,
+};
+use crate::inbox::{self, InboxSender};
+use crate::{Bus, BusError, BusEvent, BusStatus, Envelope, Inbox, Topic};
 use banter_protocol::{Message, RoomId};
 
 /// One room's history: a ring buffer of stored records.
@@ -41,7 +44,7 @@ struct Shared {
     /// publish: two concurrent publishes cannot interleave differently at
     /// different nodes, so every subscriber sees one order per topic, as
     /// with a single Redis server.
-    subscribers: Mutex<HashMap<Topic, BTreeMap<u64, mpsc::Sender<Envelope>>>>,
+    subscribers: Mutex<HashMap<Topic, BTreeMap<u64, InboxSender>>>,
     /// Hands out node ids.
     next_node: AtomicU64,
     /// Room histories. Written only while `subscribers` is held, so the
@@ -49,6 +52,9 @@ struct Shared {
     histories: std::sync::Mutex<HashMap<RoomId, RoomHistory>>,
     /// Messages kept per room.
     history_size: usize,
+    /// This network's one epoch: drawn when it is made, so a node that
+    /// restarts (a new network) never vouches for ids from before.
+    epoch: Epoch,
     /// Always up: there is nothing to lose. Kept here so every receiver's
     /// sender lives as long as the network.
     status: watch::Sender<BusStatus>,
@@ -64,6 +70,7 @@ impl MemoryNetwork {
     pub fn with_history(history_size: usize) -> MemoryNetwork {
         let up = BusStatus {
             up: true,
+            writable: true,
             reconnects: 0,
         };
         MemoryNetwork {
@@ -72,16 +79,17 @@ impl MemoryNetwork {
                 next_node: AtomicU64::new(0),
                 histories: std::sync::Mutex::default(),
                 history_size,
+                epoch: Epoch::random(),
                 status: watch::channel(up).0,
             }),
         }
     }
 
     /// Adds one node: its bus handle and the inbox its fan-out task reads.
-    /// The inbox is bounded ([`INBOX_CAPACITY`]); a full inbox makes
-    /// publishers wait rather than lose anything.
+    /// The inbox is bounded ([`INBOX_CAPACITY`](crate::INBOX_CAPACITY)); a
+    /// full inbox makes publishers wait rather than lose anything.
     pub fn connect(&self) -> (MemoryBus, Inbox) {
-        let (tx, inbox) = mpsc::channel(INBOX_CAPACITY);
+        let (tx, inbox) = inbox::channel();
         let bus = MemoryBus {
             network: self.clone(),
             node: self.shared.next_node.fetch_add(1, Ordering::Relaxed),
@@ -104,7 +112,7 @@ pub struct MemoryBus {
     /// This node's id on the network.
     node: u64,
     /// Where envelopes for this node go; registered per subscribed topic.
-    inbox: mpsc::Sender<Envelope>,
+    inbox: InboxSender,
 }
 
 impl MemoryBus {
@@ -146,13 +154,18 @@ impl Bus for MemoryBus {
             }
             id
         };
-        let payload = Bytes::from(draft.frame(id));
+        let position = Position {
+            epoch: shared.epoch,
+            id,
+        };
+        let payload = Bytes::from(draft.frame(position));
         let topic = Topic::Room(draft.room.clone());
-        deliver(&mut subscribers, &topic, Some(id), payload).await;
-        Ok(draft.stamp(id.to_message_id()))
+        deliver(&mut subscribers, &topic, Some(position), payload).await;
+        Ok(draft.stamp(position.to_message_id()))
     }
 
     async fn history(&self, room: &RoomId, query: HistoryQuery) -> Result<HistoryPage, BusError> {
+        let epoch = self.network.shared.epoch;
         let histories = self
             .network
             .shared
@@ -160,39 +173,39 @@ impl Bus for MemoryBus {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let Some(h) = histories.get(room) else {
-            return Ok(HistoryPage {
-                messages: Vec::new(),
-                // Nothing is known about this room: recovery cannot vouch for it.
-                complete: false,
-            });
+            // Nothing is known about this room: recovery cannot vouch for it.
+            return Ok(HistoryPage::default());
         };
-        let message = |(id, r): &(StreamId, Record)| r.clone().into_message(room, *id);
-        let page = match query {
+        let at = |id: StreamId| Position { epoch, id };
+        let message = |(id, r): &(StreamId, Record)| r.clone().into_message(room, at(*id));
+        let ours = |p: Position| p.epoch == epoch;
+        let (messages, complete) = match query {
             HistoryQuery::Latest { limit } => {
                 let skip = h.entries.len().saturating_sub(limit);
-                HistoryPage {
-                    messages: h.entries.iter().skip(skip).map(message).collect(),
-                    complete: false,
-                }
+                (h.entries.iter().skip(skip).map(message).collect(), false)
             }
+            HistoryQuery::Before { before, .. } if !ours(before) => (Vec::new(), false),
             HistoryQuery::Before { before, limit } => {
-                let older: Vec<_> = h.entries.iter().filter(|(id, _)| *id < before).collect();
+                let older: Vec<_> = h.entries.iter().filter(|(id, _)| *id < before.id).collect();
                 let skip = older.len().saturating_sub(limit);
-                HistoryPage {
-                    messages: older.into_iter().skip(skip).map(message).collect(),
-                    complete: false,
-                }
+                (older.into_iter().skip(skip).map(message).collect(), false)
             }
+            HistoryQuery::After { since, .. } if !ours(since) => (Vec::new(), false),
             HistoryQuery::After { since, limit } => {
-                let newer: Vec<_> = h.entries.iter().filter(|(id, _)| *id > since).collect();
-                let complete = since >= h.max_deleted && newer.len() <= limit;
-                HistoryPage {
-                    messages: newer.into_iter().take(limit).map(message).collect(),
+                let newer: Vec<_> = h.entries.iter().filter(|(id, _)| *id > since.id).collect();
+                let complete = since.id >= h.max_deleted && newer.len() <= limit;
+                (
+                    newer.into_iter().take(limit).map(message).collect(),
                     complete,
-                }
+                )
             }
         };
-        Ok(page)
+        Ok(HistoryPage {
+            messages,
+            complete,
+            epoch: Some(epoch),
+            newest: h.entries.back().map(|(id, _)| at(*id)),
+        })
     }
 
     async fn subscribe(&self, topic: &Topic) -> Result<(), BusError> {
@@ -223,9 +236,9 @@ impl Bus for MemoryBus {
 /// Hands `payload` (at `position` in the room's history, if stored) to every
 /// node subscribed to `topic`; returns how many got it.
 async fn deliver(
-    subscribers: &mut HashMap<Topic, BTreeMap<u64, mpsc::Sender<Envelope>>>,
+    subscribers: &mut HashMap<Topic, BTreeMap<u64, InboxSender>>,
     topic: &Topic,
-    position: Option<StreamId>,
+    position: Option<Position>,
     payload: Bytes,
 ) -> usize {
     let Some(nodes) = subscribers.get_mut(topic) else {
@@ -239,7 +252,7 @@ async fn deliver(
             payload: payload.clone(),
         };
         // Waits while that inbox is full: backpressure, never a drop.
-        if inbox.send(envelope).await.is_err() {
+        if inbox.send(BusEvent::Envelope(envelope)).await.is_err() {
             gone.push(*node);
         }
     }

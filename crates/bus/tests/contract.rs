@@ -153,6 +153,7 @@ async fn memory_status_is_up() {
         *bus.status().borrow(),
         BusStatus {
             up: true,
+            writable: true,
             reconnects: 0
         }
     );

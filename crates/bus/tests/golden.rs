@@ -6,10 +6,9 @@
 
 mod common;
 
-use banter_bus::{Draft, Envelope, StreamId, Topic};
+use banter_bus::{Draft, Envelope, Position, Topic};
 use banter_protocol::User;
 use common::{memory_nodes, redis_nodes};
-use std::time::Duration;
 
 fn draft() -> Draft {
     Draft {
@@ -35,15 +34,12 @@ async fn check(node: &mut common::Node) {
         topic,
         position,
         payload,
-    } = tokio::time::timeout(Duration::from_secs(5), node.inbox.recv())
-        .await
-        .expect("the message arrives")
-        .unwrap();
+    } = common::next(node).await;
     assert_eq!(topic, room);
     let id = stored.id.as_str();
     assert_eq!(
         position,
-        StreamId::parse(id),
+        Position::parse(id),
         "the position is the ack's id"
     );
     assert_eq!(std::str::from_utf8(&payload).unwrap(), expected(id));

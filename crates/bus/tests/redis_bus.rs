@@ -44,7 +44,7 @@ async fn redis_subscribes_exactly_the_asked_channels() {
     assert_eq!(tokio::task::block_in_place(|| server.numpat()), 0);
 }
 
-/// Redis goes away: status down, publishes refused fast. It comes back on
+/// Redis goes away: status down and not writable, publishes refused fast. It comes back on
 /// the same port: status up with a reconnect counted, and a room subscribed
 /// before the outage delivers again with no new `subscribe`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,7 +56,8 @@ async fn redis_outage_and_recovery() {
 
     tokio::task::block_in_place(|| server.stop());
     for node in &nodes {
-        wait_status(node, |s| !s.up).await;
+        // Down, and known to be unwritable once a reconnect has failed.
+        wait_status(node, |s| !s.up && !s.writable).await;
     }
     let started = Instant::now();
     let refused = nodes[1]
@@ -139,6 +140,7 @@ async fn redis_slow_inbox_is_not_a_dead_connection() {
         *nodes[0].bus.status().borrow(),
         BusStatus {
             up: true,
+            writable: true,
             reconnects: 0
         }
     );

@@ -11,7 +11,9 @@ use crate::clock::clock_us;
 use crate::hub::Hub;
 use crate::metrics::{DropReason, Metrics};
 use crate::outlet::Delivery;
-use banter_bus::{Inbox, Topic};
+use banter_bus::{BusEvent, Envelope, Inbox, Topic};
+use banter_protocol::ServerFrame;
+use bytes::Bytes;
 use std::sync::Arc;
 
 /// At most this many waiting envelopes are taken from the inbox, and fanned
@@ -20,11 +22,33 @@ const BATCH: usize = 32;
 
 /// Runs until the bus closes the inbox.
 pub(crate) async fn run(mut inbox: Inbox, hub: Arc<Hub>, metrics: Arc<Metrics>) {
-    let mut envelopes = Vec::with_capacity(BATCH);
+    let mut events = Vec::with_capacity(BATCH);
     let mut run: Vec<Arc<Delivery>> = Vec::with_capacity(BATCH);
-    while inbox.recv_many(&mut envelopes, BATCH).await > 0 {
+    loop {
+        let (taken, waited) = inbox.recv_many(&mut events, BATCH).await;
+        if taken == 0 {
+            break;
+        }
+        metrics.bus_lag.set(waited.as_secs_f64());
         let at = clock_us();
-        for envelope in envelopes.drain(..) {
+        for event in events.drain(..) {
+            let envelope = match event {
+                BusEvent::Envelope(envelope) => envelope,
+                BusEvent::Gap(topic) => {
+                    metrics.gaps_unrepaired.inc();
+                    tracing::warn!(
+                        ?topic,
+                        "live delivery had a hole history cannot fill; members told"
+                    );
+                    gap(&topic)
+                }
+                BusEvent::Repaired { topic, messages } => {
+                    metrics.gaps_repaired.inc();
+                    metrics.gap_messages.inc_by(messages as u64);
+                    tracing::info!(?topic, messages, "missed messages delivered from history");
+                    continue;
+                }
+            };
             metrics.bus_received.inc();
             if std::str::from_utf8(&envelope.payload).is_err() {
                 metrics.dropped(DropReason::BadPayload);
@@ -39,6 +63,20 @@ pub(crate) async fn run(mut inbox: Inbox, hub: Arc<Hub>, metrics: Arc<Metrics>) 
         flush(&hub, &metrics, &mut run);
     }
     tracing::debug!("bus inbox closed; fan-out stops");
+}
+
+/// The `gap` frame for a topic's members, as an envelope of that topic.
+fn gap(topic: &Topic) -> Envelope {
+    let room = match topic {
+        Topic::Room(room) => Some(room.clone()),
+        Topic::User(_) => None,
+    };
+    let frame = ServerFrame::Gap { room, with: None };
+    Envelope {
+        topic: topic.clone(),
+        position: None,
+        payload: Bytes::from(frame.to_json()),
+    }
 }
 
 /// Fans out a run of deliveries of one topic.

@@ -4,7 +4,8 @@
 
 use banter_protocol::ErrorCode;
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 use std::collections::HashMap;
 
@@ -68,6 +69,16 @@ pub struct Metrics {
     pub bus_up: IntGauge,
     /// `banter_bus_reconnects_total`.
     pub bus_reconnects: IntCounter,
+    /// `banter_bus_gaps_total{outcome="repaired"}`: interruptions of a
+    /// topic's delivery whose missed messages came from history.
+    pub gaps_repaired: IntCounter,
+    /// `banter_bus_gaps_total{outcome="unrepaired"}`: holes announced with `gap`.
+    pub gaps_unrepaired: IntCounter,
+    /// `banter_bus_gap_messages_total`: messages delivered by gap repair.
+    pub gap_messages: IntCounter,
+    /// `banter_bus_lag_seconds`: how long the newest batch the fan-out took
+    /// had waited for it.
+    pub bus_lag: Gauge,
     /// `banter_slow_consumers_total`: clients closed with 4002.
     pub slow_consumers: IntCounter,
     /// `banter_rate_limited_total`: client frames refused by the token bucket.
@@ -124,6 +135,16 @@ impl Metrics {
             .iter()
             .map(|c| (*c, errors_vec.with_label_values(&[c.as_str()])))
             .collect();
+        let gaps = vec(
+            "banter_bus_gaps_total",
+            "Interruptions of a topic's live delivery, by outcome: repaired from history, or announced with gap",
+            "outcome",
+        )?;
+        let bus_lag = prometheus::Gauge::new(
+            "banter_bus_lag_seconds",
+            "How far the fan-out is behind the bus: the wait of the newest batch it took",
+        )?;
+        registry.register(Box::new(bus_lag.clone()))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -160,6 +181,13 @@ impl Metrics {
             rooms_local: gauge("banter_rooms_local", "Rooms with a member on this node")?,
             bus_up: gauge("banter_bus_up", "1 while the bus is connected")?,
             bus_reconnects: counter("banter_bus_reconnects_total", "Bus reconnections")?,
+            gaps_repaired: gaps.with_label_values(&["repaired"]),
+            gaps_unrepaired: gaps.with_label_values(&["unrepaired"]),
+            gap_messages: counter(
+                "banter_bus_gap_messages_total",
+                "Messages delivered from history by gap repair",
+            )?,
+            bus_lag,
             slow_consumers: counter(
                 "banter_slow_consumers_total",
                 "Clients closed because their outbound queue overflowed",

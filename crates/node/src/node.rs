@@ -91,6 +91,7 @@ impl Node {
         let pool = pool_config.create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
         let bus_config = RedisBusConfig {
             history_size: config.history.size,
+            history_ttl: config.history_ttl(),
             ..RedisBusConfig::new(redis.url.clone(), redis.key_prefix.clone())
         };
         let (bus, inbox) = RedisBus::connect(pool.clone(), bus_config).await?;

@@ -192,6 +192,17 @@ pub enum ServerFrame {
         /// Users online in the room after the event.
         count: usize,
     },
+    /// Live delivery had a hole that history could not fill: rejoin the
+    /// room (or reload the dialog) to see what is left. Without `room` or
+    /// `with`: direct messages may have been missed.
+    Gap {
+        /// The room whose messages were missed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        room: Option<RoomId>,
+        /// The other user of the dialog whose messages were missed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        with: Option<UserId>,
+    },
     /// Someone is typing.
     Typing {
         /// The room.

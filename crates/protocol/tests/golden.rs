@@ -254,6 +254,20 @@ fn server_frames() {
         },
         json!({"type":"error","code":"not_joined","message":"join first","ref":"x"}),
     );
+    server_golden(
+        ServerFrame::Gap {
+            room: Some("lobby".parse().unwrap()),
+            with: None,
+        },
+        json!({"type":"gap","room":"lobby"}),
+    );
+    server_golden(
+        ServerFrame::Gap {
+            room: None,
+            with: None,
+        },
+        json!({"type":"gap"}),
+    );
 }
 
 #[test]

@@ -4,6 +4,8 @@
 //!   per test and stopped on drop, with a typed client (the `redis` crate,
 //!   re-exported as [`redis`]) and the faults tests need: kill and restart,
 //!   SIGSTOP/SIGCONT, `CLIENT KILL TYPE pubsub`.
+//! - [`Proxy`]: a loopback TCP proxy a test can cut, for one client's
+//!   connection failing while the server stays up.
 //! - [`repo_root`], [`tool`] and [`run_ok`]: the repository, the external
 //!   tools the deployment checks drive, and running them.
 //! - [`deploy`]: the process cluster of `scripts/cluster.sh` and the Grafana
@@ -16,10 +18,12 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 pub mod deploy;
+mod proxy;
 mod redis_server;
 mod tools;
 
 pub use ::redis;
+pub use proxy::Proxy;
 pub use redis_server::RedisServer;
 pub use tools::{repo_root, run_ok, tool};
 

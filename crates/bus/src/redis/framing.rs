@@ -2,7 +2,7 @@
 //! small header with its history position before it:
 //!
 //! ```text
-//! @1732380000000-0\n{"type":"message","room":"lobby","id":"1732380000000-0",...}
+//! @k3f9a2x1:1732380000000-0\n{"type":"message","room":"lobby","id":"k3f9a2x1:1732380000000-0",...}
 //! ```
 //!
 //! The store-and-publish script writes the header (`lua/publish_message.lua`);
@@ -11,7 +11,7 @@
 //! Everything else (presence, typing, direct messages) is published as bare
 //! JSON, which always starts with `{`.
 
-use crate::history::StreamId;
+use crate::history::Position;
 use bytes::Bytes;
 
 /// The first byte of a positioned payload.
@@ -20,7 +20,7 @@ const HEADER: u8 = b'@';
 /// Splits a published payload into its position (if it has a header) and
 /// the frame. A header that cannot be read yields `None` for the position
 /// and the payload as it came: the caller counts it as a bad payload.
-pub(super) fn decode(payload: Bytes) -> Result<(Option<StreamId>, Bytes), Bytes> {
+pub(super) fn decode(payload: Bytes) -> Result<(Option<Position>, Bytes), Bytes> {
     if payload.first() != Some(&HEADER) {
         return Ok((None, payload));
     }
@@ -29,7 +29,7 @@ pub(super) fn decode(payload: Bytes) -> Result<(Option<StreamId>, Bytes), Bytes>
     };
     let position = std::str::from_utf8(&payload[1..end])
         .ok()
-        .and_then(StreamId::parse);
+        .and_then(Position::parse);
     match position {
         Some(position) => Ok((Some(position), payload.slice(end + 1..))),
         None => Err(payload),
@@ -42,18 +42,21 @@ mod tests {
 
     #[test]
     fn a_header_is_stripped_without_copying() {
-        let payload = Bytes::from_static(b"@17-3\n{\"type\":\"message\"}");
+        let payload = Bytes::from_static(b"@e1:17-3\n{\"type\":\"message\"}");
         let (position, frame) = decode(payload.clone()).unwrap();
-        assert_eq!(position, Some(StreamId { ms: 17, seq: 3 }));
+        assert_eq!(position, Position::parse("e1:17-3"));
         assert_eq!(&frame[..], b"{\"type\":\"message\"}");
-        assert_eq!(frame.as_ptr(), payload[6..].as_ptr(), "a slice, not a copy");
+        assert_eq!(frame.as_ptr(), payload[9..].as_ptr(), "a slice, not a copy");
     }
 
     #[test]
     fn bare_json_has_no_position_and_bad_headers_are_refused() {
         let bare = Bytes::from_static(b"{\"type\":\"typing\"}");
         assert_eq!(decode(bare.clone()), Ok((None, bare)));
-        assert!(decode(Bytes::from_static(b"@17-3{}")).is_err());
-        assert!(decode(Bytes::from_static(b"@x-3\n{}")).is_err());
+        assert!(decode(Bytes::from_static(b"@e1:17-3{}")).is_err());
+        assert!(
+            decode(Bytes::from_static(b"@17-3\n{}")).is_err(),
+            "no epoch"
+        );
     }
 }

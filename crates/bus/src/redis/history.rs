@@ -1,56 +1,156 @@
 //! Room history in Redis: one stream per room, `{prefix}:history:{room}`,
-//! capped with `XADD MAXLEN ~ size`. Storing and publishing a message is one
+//! capped with `XADD MAXLEN ~ size`, and its epoch beside it in
+//! `{prefix}:history:{room}:epoch`. Storing and publishing a message is one
 //! Lua script (`lua/publish_message.lua`), so the stream order is the live
-//! order and the id the ack carries is the stream position.
+//! order and the id the ack carries is the stream position in its epoch.
 
 use super::publisher::Publisher;
-use crate::history::{Draft, HistoryPage, HistoryQuery, Record, StreamId};
+use crate::history::{Draft, Epoch, HistoryPage, HistoryQuery, Position, Record, StreamId};
 use crate::{BusError, Topic};
 use banter_protocol::{Message, RoomId};
 use std::sync::LazyLock;
+use std::time::Duration;
 
 /// Stores and publishes one message: see the script's own comment.
 static PUBLISH_MESSAGE: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("lua/publish_message.lua")));
 
-/// Reads a range with the oldest position still kept: see the script.
+/// Reads a range with what tells whether it is whole: see the script.
 static READ_HISTORY: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("lua/read_history.lua")));
 
-fn stream_key(prefix: &str, room: &RoomId) -> String {
-    format!("{prefix}:history:{room}")
+/// Starts a new epoch if the caller's is still current: see the script.
+static BUMP_EPOCH: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("lua/bump_epoch.lua")));
+
+/// How much history a room keeps.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Retention {
+    /// Messages kept per room (0 = none).
+    pub size: usize,
+    /// A room's history expires this long after its last message (zero: never).
+    pub ttl: Duration,
+}
+
+/// The stream and epoch keys of a room.
+fn keys(prefix: &str, room: &RoomId) -> [String; 2] {
+    let stream = format!("{prefix}:history:{room}");
+    let epoch = format!("{stream}:epoch");
+    [stream, epoch]
 }
 
 /// Stores `draft` in its room's stream and publishes it. See the module docs.
 pub(super) async fn publish_message(
     publisher: &Publisher,
     prefix: &str,
-    history_size: usize,
+    retention: Retention,
     draft: &Draft,
 ) -> Result<Message, BusError> {
     let record = serde_json::to_string(&draft.to_record()).map_err(BusError::Encode)?;
     let (head, tail) = draft.frame_parts();
     // `MAXLEN ~ 0` may keep a whole radix node: no history means exactly none.
-    let trim = if history_size == 0 { "=" } else { "~" };
+    let trim = if retention.size == 0 { "=" } else { "~" };
     let channel = Topic::Room(draft.room.clone()).channel(prefix);
-    let key = stream_key(prefix, &draft.room);
-    let (id, _receivers): (String, i64) = publisher
+    let [stream, epoch] = keys(prefix, &draft.room);
+    let ttl_ms = u64::try_from(retention.ttl.as_millis()).unwrap_or(u64::MAX);
+    let (epoch, id): (String, String) = publisher
         .run(|mut conn| async move {
             PUBLISH_MESSAGE
-                .key(key)
+                .key(stream)
+                .key(epoch)
                 .arg(trim)
-                .arg(history_size)
+                .arg(retention.size)
                 .arg(record)
                 .arg(channel)
                 .arg(head)
                 .arg(tail)
+                .arg(Epoch::random().to_string())
+                .arg(ttl_ms)
                 .invoke_async(&mut conn)
                 .await
         })
         .await?;
-    let id = StreamId::parse(&id)
-        .ok_or_else(|| BusError::Unexpected(format!("a stream id of unknown form: `{id}`")))?;
-    Ok(draft.stamp(id.to_message_id()))
+    let position = match (Epoch::parse(&epoch), StreamId::parse(&id)) {
+        (Some(epoch), Some(id)) => Position { epoch, id },
+        _ => return Err(BusError::Unexpected(format!("a position `{epoch}:{id}`"))),
+    };
+    Ok(draft.stamp(position.to_message_id()))
+}
+
+/// What one read of a room's stream saw.
+#[derive(Debug, Default)]
+pub(crate) struct Raw {
+    /// The history's epoch; `None` when it has none (nothing stored, or lost).
+    pub epoch: Option<Epoch>,
+    /// The oldest and newest entries kept.
+    pub oldest: Option<StreamId>,
+    pub newest: Option<StreamId>,
+    /// How many entries the stream holds.
+    pub len: usize,
+    /// The entries read, in the order the mode reads them.
+    pub entries: Vec<(StreamId, Record)>,
+}
+
+/// Which way a [`read_raw`] reads.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Mode {
+    /// Oldest first, after an id.
+    After(StreamId),
+    /// Newest first, before an id.
+    Before(StreamId),
+    /// Newest first, from the end.
+    Latest,
+}
+
+/// Reads up to `count` entries of `room`'s stream with its epoch and bounds.
+pub(crate) async fn read_raw(
+    publisher: &Publisher,
+    prefix: &str,
+    room: &RoomId,
+    mode: Mode,
+    count: usize,
+) -> Result<Raw, BusError> {
+    let (mode, id) = match mode {
+        Mode::After(id) => ("after", id.to_string()),
+        Mode::Before(id) => ("before", id.to_string()),
+        Mode::Latest => ("latest", String::from("+")),
+    };
+    let [stream, epoch] = keys(prefix, room);
+    let flat: Vec<redis::Value> = publisher
+        .run(|mut conn| async move {
+            READ_HISTORY
+                .key(stream)
+                .key(epoch)
+                .arg(mode)
+                .arg(id)
+                .arg(count)
+                .invoke_async(&mut conn)
+                .await
+        })
+        .await?;
+    let mut items = flat.into_iter();
+    let mut text = || {
+        items
+            .next()
+            .and_then(|v| redis::from_redis_value::<String>(v).ok())
+    };
+    let mut raw = Raw {
+        epoch: text().as_deref().and_then(Epoch::parse),
+        oldest: text().as_deref().and_then(StreamId::parse),
+        newest: text().as_deref().and_then(StreamId::parse),
+        len: text().and_then(|n| n.parse().ok()).unwrap_or(0),
+        entries: Vec::new(),
+    };
+    while let (Some(id), Some(record)) = (text(), text()) {
+        match (
+            StreamId::parse(&id),
+            serde_json::from_str::<Record>(&record),
+        ) {
+            (Some(id), Ok(record)) => raw.entries.push((id, record)),
+            _ => tracing::warn!(%room, %id, "unreadable history entry skipped"),
+        }
+    }
+    Ok(raw)
 }
 
 /// Reads a room's history. See [`HistoryQuery`].
@@ -60,53 +160,61 @@ pub(super) async fn read(
     room: &RoomId,
     query: HistoryQuery,
 ) -> Result<HistoryPage, BusError> {
-    let (mode, id, limit) = match query {
-        HistoryQuery::Latest { limit } => ("latest", String::from("+"), limit),
-        HistoryQuery::Before { before, limit } => ("before", before.to_string(), limit),
+    let (mode, count) = match query {
+        HistoryQuery::Latest { limit } => (Mode::Latest, limit),
+        HistoryQuery::Before { before, limit } => (Mode::Before(before.id), limit),
         // One more than asked, to know whether the limit cut anything.
-        HistoryQuery::After { since, limit } => ("after", since.to_string(), limit + 1),
+        HistoryQuery::After { since, limit } => (Mode::After(since.id), limit + 1),
     };
-    if limit == 0 {
+    let raw = read_raw(publisher, prefix, room, mode, count).await?;
+    let Some(epoch) = raw.epoch else {
         return Ok(HistoryPage::default());
+    };
+    let ours = |p: Position| p.epoch == epoch;
+    let message =
+        |(id, record): (StreamId, Record)| record.into_message(room, Position { epoch, id });
+    let mut page = HistoryPage {
+        messages: Vec::new(),
+        complete: false,
+        epoch: Some(epoch),
+        newest: raw.newest.map(|id| Position { epoch, id }),
+    };
+    match query {
+        HistoryQuery::After { since, .. } | HistoryQuery::Before { before: since, .. }
+            if !ours(since) => {}
+        HistoryQuery::After { since, limit } => {
+            let cut = raw.entries.len() > limit;
+            page.messages = raw.entries.into_iter().take(limit).map(message).collect();
+            // `since` is still kept, so nothing after it was trimmed; and the
+            // limit cut nothing. When `since` itself is gone we cannot tell
+            // whether anything followed it: say incomplete, never wrongly complete.
+            page.complete = raw.oldest.is_some_and(|first| since.id >= first) && !cut;
+        }
+        HistoryQuery::Latest { .. } | HistoryQuery::Before { .. } => {
+            page.messages = raw.entries.into_iter().rev().map(message).collect();
+        }
     }
-    let key = stream_key(prefix, room);
-    let flat: Vec<String> = publisher
+    Ok(page)
+}
+
+/// Starts a new epoch for `room` unless another node already did; returns
+/// the epoch now in force.
+pub(crate) async fn bump_epoch(
+    publisher: &Publisher,
+    prefix: &str,
+    room: &RoomId,
+    seen: Epoch,
+) -> Result<Option<Epoch>, BusError> {
+    let [_, epoch] = keys(prefix, room);
+    let now: Option<String> = publisher
         .run(|mut conn| async move {
-            READ_HISTORY
-                .key(key)
-                .arg(mode)
-                .arg(id)
-                .arg(limit)
+            BUMP_EPOCH
+                .key(epoch)
+                .arg(seen.to_string())
+                .arg(Epoch::random().to_string())
                 .invoke_async(&mut conn)
                 .await
         })
         .await?;
-    let mut items = flat.into_iter();
-    let oldest = items.next().unwrap_or_default();
-    let mut messages = Vec::new();
-    while let (Some(id), Some(record)) = (items.next(), items.next()) {
-        let (Some(id), Ok(record)) = (
-            StreamId::parse(&id),
-            serde_json::from_str::<Record>(&record),
-        ) else {
-            tracing::warn!(%room, %id, "unreadable history entry skipped");
-            continue;
-        };
-        messages.push(record.into_message(room, id));
-    }
-    let complete = match query {
-        HistoryQuery::After { since, limit } => {
-            let cut = messages.len() > limit;
-            messages.truncate(limit);
-            // `since` is still kept, so nothing after it was trimmed; and the
-            // limit cut nothing. When `since` itself is gone we cannot tell
-            // whether anything followed it: say incomplete, never wrongly complete.
-            StreamId::parse(&oldest).is_some_and(|first| since >= first) && !cut
-        }
-        HistoryQuery::Latest { .. } | HistoryQuery::Before { .. } => {
-            messages.reverse();
-            false
-        }
-    };
-    Ok(HistoryPage { messages, complete })
+    Ok(now.as_deref().and_then(Epoch::parse))
 }

@@ -15,7 +15,7 @@
 //!   own health channel every `probe_interval`; a probe that does not come
 //!   back within [`PROBE_MISSES`] intervals drops the connection.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,13 +30,15 @@ use tokio::time;
 mod framing;
 mod history;
 mod publisher;
+mod repair;
 mod subscriber;
 
 use subscriber::Subscriber;
 
 use crate::history::{DEFAULT_HISTORY, Draft, HistoryPage, HistoryQuery};
-use crate::{Bus, BusError, BusStatus, INBOX_CAPACITY, Inbox, Topic};
+use crate::{Bus, BusError, BusStatus, Inbox, Topic, inbox};
 use banter_protocol::{Message, RoomId};
+use history::Retention;
 
 /// The longest a TCP connect plus handshake to Redis may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -58,6 +60,8 @@ const PROBE_MISSES: u32 = 3;
 /// How often the subscriber proves it is alive, unless configured otherwise:
 /// a dead connection is noticed within [`PROBE_MISSES`] of these.
 pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// How far behind the bus a node may fall, unless configured otherwise.
+pub const DEFAULT_MAX_LAG: Duration = Duration::from_secs(5);
 
 /// Where the Redis bus connects and how it names its channels.
 #[derive(Clone, Debug)]
@@ -73,6 +77,12 @@ pub struct RedisBusConfig {
     pub probe_interval: Duration,
     /// Messages kept per room in `{key_prefix}:history:{room}` (0 = none).
     pub history_size: usize,
+    /// A room's history expires this long after its last message (zero: never).
+    pub history_ttl: Duration,
+    /// How far the node may fall behind the bus (blocked on a full inbox)
+    /// before the subscriber connection is dropped and the gap repaired
+    /// from history, instead of buffering without bound.
+    pub max_lag: Duration,
 }
 
 impl RedisBusConfig {
@@ -84,6 +94,8 @@ impl RedisBusConfig {
             key_prefix: key_prefix.into(),
             probe_interval: DEFAULT_PROBE_INTERVAL,
             history_size: DEFAULT_HISTORY,
+            history_ttl: Duration::ZERO,
+            max_lag: DEFAULT_MAX_LAG,
         }
     }
 }
@@ -96,9 +108,9 @@ pub struct RedisBus {
 }
 
 struct Inner {
-    publisher: publisher::Publisher,
+    publisher: Arc<publisher::Publisher>,
     prefix: String,
-    history_size: usize,
+    retention: Retention,
     requests: mpsc::Sender<Request>,
     status: watch::Receiver<BusStatus>,
 }
@@ -131,7 +143,7 @@ impl RedisBus {
             return Err(BusError::Config("probe_interval must be above zero"));
         }
         let client = subscriber_client(&config.url)?;
-        let (inbox_tx, inbox) = mpsc::channel(INBOX_CAPACITY);
+        let (inbox_tx, inbox) = inbox::channel();
         let (requests_tx, requests) = mpsc::channel(REQUEST_QUEUE);
         let (status_tx, status) = watch::channel(BusStatus::default());
         let health = format!(
@@ -139,25 +151,41 @@ impl RedisBus {
             config.key_prefix,
             rand::random::<u64>()
         );
+        let retention = Retention {
+            size: config.history_size,
+            ttl: config.history_ttl,
+        };
+        let publisher = Arc::new(publisher::Publisher::new(pool.clone(), status.clone()));
+        let subscriber_pool = pool.clone();
         let subscriber = Subscriber {
             client,
-            pool: pool.clone(),
+            pool,
+            publisher: publisher.clone(),
             prefix: config.key_prefix.clone(),
-            health,
+            health: health.clone(),
             probe_interval: config.probe_interval,
+            max_lag: config.max_lag,
+            retention,
             requests,
-            desired: BTreeSet::new(),
+            topics: BTreeMap::new(),
+            out: VecDeque::new(),
             inbox: inbox_tx,
-            status: status_tx,
+            status: status_tx.clone(),
         };
         let (first_tx, first_rx) = oneshot::channel();
         tokio::spawn(subscriber.run(first_tx));
+        tokio::spawn(watch_writable(
+            subscriber_pool,
+            health.clone(),
+            config.probe_interval,
+            status_tx,
+        ));
         // Either outcome of the first attempt is fine; the wait is bounded anyway.
         let _ = time::timeout(CONNECT_TIMEOUT + COMMAND_TIMEOUT, first_rx).await;
         let inner = Inner {
-            publisher: publisher::Publisher::new(pool, status.clone()),
+            publisher,
             prefix: config.key_prefix,
-            history_size: config.history_size,
+            retention,
             requests: requests_tx,
             status,
         };
@@ -169,10 +197,11 @@ impl RedisBus {
         ))
     }
 
-    /// Fails fast while the subscriber sees Redis down, rather than wait
-    /// out a pool timeout per client message.
+    /// Fails fast while Redis cannot be reached, rather than wait out a
+    /// timeout per client message. A subscriber connection that is only
+    /// being replaced does not count: publishes go on.
     fn check_up(&self) -> Result<(), BusError> {
-        if self.inner.status.borrow().up {
+        if self.inner.status.borrow().writable {
             Ok(())
         } else {
             Err(BusError::Down)
@@ -220,7 +249,7 @@ impl Bus for RedisBus {
     async fn publish_message(&self, draft: &Draft) -> Result<Message, BusError> {
         self.check_up()?;
         let inner = &self.inner;
-        history::publish_message(&inner.publisher, &inner.prefix, inner.history_size, draft).await
+        history::publish_message(&inner.publisher, &inner.prefix, inner.retention, draft).await
     }
 
     async fn history(&self, room: &RoomId, query: HistoryQuery) -> Result<HistoryPage, BusError> {
@@ -257,6 +286,29 @@ fn subscriber_client(url: &str) -> Result<redis::Client, BusError> {
         .set_protocol(ProtocolVersion::RESP2);
     let info = info.set_tcp_settings(tcp).set_redis_settings(resp2);
     redis::Client::open(info).map_err(BusError::Url)
+}
+
+/// Keeps `writable` in the bus status true while Redis takes a publish
+/// through the pool (every `interval`, within [`COMMAND_TIMEOUT`]),
+/// whatever becomes of the subscriber connection: a node whose subscriber
+/// is being replaced goes on storing and publishing. Ends when every status
+/// receiver is gone.
+async fn watch_writable(
+    pool: Pool,
+    channel: String,
+    interval: Duration,
+    status: watch::Sender<BusStatus>,
+) {
+    let mut tick = time::interval(interval);
+    tick.set_missed_tick_behavior(time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = status.closed() => return,
+            _ = tick.tick() => {}
+        }
+        let writable = pool_publish(&pool, &channel, b"w").await.is_ok();
+        status.send_if_modified(|s| std::mem::replace(&mut s.writable, writable) != writable);
+    }
 }
 
 /// `PUBLISH channel payload` on a pooled connection, checkout included,

@@ -1,8 +1,10 @@
 //! The bus's one subscriber connection and the task that owns it: the
-//! desired topics, (re)subscribing, the health probe, reconnecting with
-//! jittered backoff, and handing envelopes to the inbox.
+//! wanted topics and where each one's delivery stands, (re)subscribing, the
+//! health probe, reconnecting with jittered backoff, handing events to the
+//! inbox, and gap repair ([`super::repair`]) after every interruption.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_redis::Pool;
@@ -10,16 +12,19 @@ use futures_util::StreamExt;
 use rand::RngExt;
 use redis::RedisError;
 use redis::aio::{PubSubSink, PubSubStream};
-use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::{self, Instant, MissedTickBehavior};
 
+use super::history::{self, Mode, Retention};
+use super::publisher::Publisher;
+use super::repair::{Cursor, Repairs};
 use super::{
     BACKOFF_BASE, BACKOFF_CAP, COMMAND_TIMEOUT, CONNECT_TIMEOUT, PROBE_MISSES, Request, framing,
     pool_publish,
 };
-use crate::{BusError, BusStatus, Envelope, Topic};
+use crate::inbox::InboxSender;
+use crate::{BusError, BusEvent, BusStatus, Envelope, Topic};
 use bytes::Bytes;
 
 /// While Redis stays unreachable, one failed attempt in this many is logged
@@ -30,7 +35,7 @@ const WARN_EVERY: u32 = 20;
 enum Ended {
     /// Every bus handle, or the inbox, is gone: nobody needs the task.
     Exit,
-    /// The connection failed; reconnect.
+    /// The connection failed or was given up; reconnect.
     Lost(String),
 }
 
@@ -39,17 +44,30 @@ enum Ended {
 pub(super) struct Subscriber {
     pub(super) client: redis::Client,
     pub(super) pool: Pool,
+    /// Reads history for baselines and repairs.
+    pub(super) publisher: Arc<Publisher>,
     pub(super) prefix: String,
     /// `{prefix}:health:{random}`: this bus's own probe channel. Its
     /// messages never reach the inbox.
     pub(super) health: String,
     pub(super) probe_interval: Duration,
+    /// Blocked on a full inbox for longer than this, the node is too far
+    /// behind the bus: the connection is dropped (Redis would otherwise be
+    /// read into memory without bound) and the gap repaired from history.
+    pub(super) max_lag: Duration,
+    pub(super) retention: Retention,
     pub(super) requests: mpsc::Receiver<Request>,
-    /// Everything the node subscribed and did not unsubscribe: what a new
-    /// connection subscribes, and the filter on delivery (an envelope still
-    /// in flight for a topic just unsubscribed is not delivered).
-    pub(super) desired: BTreeSet<Topic>,
-    pub(super) inbox: mpsc::Sender<Envelope>,
+    /// Everything the node subscribed and did not unsubscribe, with where
+    /// each topic's delivery stands: what a new connection subscribes, what
+    /// it repairs, and the filter on delivery (an envelope still in flight
+    /// for a topic just unsubscribed is not delivered).
+    pub(super) topics: BTreeMap<Topic, Cursor>,
+    /// Events waiting for room in a full inbox, kept across connections
+    /// (their topics' cursors already count them as delivered). While any
+    /// wait, the stream is not read: backpressure, not a drop. Bounded by
+    /// one repair page plus what repairs held, plus one live envelope.
+    pub(super) out: VecDeque<BusEvent>,
+    pub(super) inbox: InboxSender,
     pub(super) status: watch::Sender<BusStatus>,
 }
 
@@ -65,7 +83,6 @@ impl Subscriber {
                 None => return,
                 Some(Ok(conn)) => Some(conn),
                 Some(Err(e)) => {
-                    // Warn when an outage starts and now and then while it lasts.
                     if attempt.is_multiple_of(WARN_EVERY) {
                         tracing::warn!(error = %e, attempt, "redis bus: cannot connect; retrying");
                     } else {
@@ -74,16 +91,18 @@ impl Subscriber {
                     None
                 }
             };
-            if let Some(conn) = conn {
+            if let Some((conn, resumed)) = conn {
                 self.status.send_modify(|s| {
                     s.up = true;
+                    s.writable = true;
                     if ever_up {
                         s.reconnects += 1;
                     }
                 });
                 if ever_up {
                     tracing::info!(
-                        topics = self.desired.len(),
+                        topics = self.topics.len(),
+                        repairing = resumed.len(),
                         "redis bus: reconnected and resubscribed"
                     );
                 } else {
@@ -94,7 +113,7 @@ impl Subscriber {
                     let _ = first.send(());
                 }
                 let since = Instant::now();
-                let ended = self.serve(conn).await;
+                let ended = self.serve(conn, resumed).await;
                 self.status.send_modify(|s| s.up = false);
                 match ended {
                     Ended::Exit => return,
@@ -118,9 +137,14 @@ impl Subscriber {
         }
     }
 
-    /// One connection attempt: connect, then SUBSCRIBE the health channel and
-    /// every desired topic in one command. `None`: nobody needs the task.
-    async fn establish(&mut self) -> Option<Result<(PubSubSink, PubSubStream), RedisError>> {
+    /// One connection attempt: connect, take a baseline of every room that
+    /// has none yet, then SUBSCRIBE the health channel and every wanted
+    /// topic in one command. Returns the connection and the topics whose
+    /// delivery was interrupted (to repair). `None`: nobody needs the task.
+    #[allow(clippy::type_complexity)]
+    async fn establish(
+        &mut self,
+    ) -> Option<Result<((PubSubSink, PubSubStream), Vec<Topic>), RedisError>> {
         let client = self.client.clone();
         let connect =
             async move { time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub()).await };
@@ -129,14 +153,63 @@ impl Subscriber {
             Ok(Err(e)) => return Some(Err(e)),
             Err(_) => return Some(Err(timed_out("connect"))),
         };
+        let pending: Vec<Topic> = self
+            .topics
+            .iter()
+            .filter(|(_, c)| matches!(c, Cursor::Pending))
+            .map(|(t, _)| t.clone())
+            .collect();
+        let resumed: Vec<Topic> = self
+            .topics
+            .iter()
+            .filter(|(_, c)| !matches!(c, Cursor::Pending))
+            .map(|(t, _)| t.clone())
+            .collect();
+        for (topic, cursor) in self.baselines(pending).await {
+            self.topics.insert(topic, cursor);
+        }
         let (mut sink, stream) = pubsub.split();
         let mut channels = vec![self.health.clone()];
-        channels.extend(self.desired.iter().map(|t| t.channel(&self.prefix)));
+        channels.extend(self.topics.keys().map(|t| t.channel(&self.prefix)));
         match time::timeout(COMMAND_TIMEOUT, sink.subscribe(channels)).await {
-            Ok(Ok(())) => Some(Ok((sink, stream))),
+            Ok(Ok(())) => Some(Ok(((sink, stream), resumed))),
             Ok(Err(e)) => Some(Err(e)),
             Err(_) => Some(Err(timed_out("SUBSCRIBE"))),
         }
+    }
+
+    /// Where delivery starts for topics about to be subscribed: for a room,
+    /// its history's newest position before the SUBSCRIBE (everything after
+    /// it arrives live, or is in the history a joining member reads);
+    /// nothing to know for a user's topic. A room whose history cannot be
+    /// read now gets no baseline: an interruption before its first live
+    /// message is then announced as a gap rather than repaired.
+    async fn baselines(&self, topics: Vec<Topic>) -> Vec<(Topic, Cursor)> {
+        let mut reads = JoinSet::new();
+        let mut out = Vec::new();
+        for topic in topics {
+            let Topic::Room(room) = &topic else {
+                out.push((topic, Cursor::live_without_history()));
+                continue;
+            };
+            let (publisher, prefix, room) =
+                (self.publisher.clone(), self.prefix.clone(), room.clone());
+            reads.spawn(async move {
+                let raw = history::read_raw(&publisher, &prefix, &room, Mode::Latest, 0).await;
+                (topic, raw)
+            });
+        }
+        while let Some(done) = reads.join_next().await {
+            match done {
+                Ok((topic, Ok(raw))) => out.push((topic, Cursor::at_newest(&raw))),
+                Ok((topic, Err(e))) => {
+                    tracing::warn!(?topic, error = %e, "redis bus: no history baseline; repair starts from what arrives");
+                    out.push((topic, Cursor::live_without_history()));
+                }
+                Err(e) => tracing::warn!(error = %e, "redis bus: baseline task failed"),
+            }
+        }
+        out
     }
 
     /// Runs `fut` while answering requests as a bus that is down: subscribe
@@ -150,11 +223,11 @@ impl Subscriber {
                 () = self.inbox.closed() => return None,
                 request = self.requests.recv() => match request? {
                     Request::Subscribe(topic, reply) => {
-                        self.desired.insert(topic);
+                        self.topics.entry(topic).or_insert(Cursor::Pending);
                         let _ = reply.send(Err(BusError::Down));
                     }
                     Request::Unsubscribe(topic, reply) => {
-                        self.desired.remove(&topic);
+                        self.topics.remove(&topic);
                         let _ = reply.send(Ok(()));
                     }
                 },
@@ -162,8 +235,22 @@ impl Subscriber {
         }
     }
 
-    /// Reads one live connection: requests, messages into the inbox, probes.
-    async fn serve(&mut self, (mut sink, mut stream): (PubSubSink, PubSubStream)) -> Ended {
+    /// Reads one live connection: requests, messages into the inbox, probes,
+    /// and the repair of `resumed` topics. What waits for the inbox when it
+    /// ends is kept for the next connection.
+    async fn serve(&mut self, conn: (PubSubSink, PubSubStream), resumed: Vec<Topic>) -> Ended {
+        let mut out = std::mem::take(&mut self.out);
+        let ended = self.serve_with(conn, resumed, &mut out).await;
+        self.out = out;
+        ended
+    }
+
+    async fn serve_with(
+        &mut self,
+        (mut sink, mut stream): (PubSubSink, PubSubStream),
+        resumed: Vec<Topic>,
+        out: &mut VecDeque<BusEvent>,
+    ) -> Ended {
         let mut tick = time::interval(self.probe_interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let window = self.probe_interval * PROBE_MISSES;
@@ -171,28 +258,41 @@ impl Subscriber {
         let mut sequence: u64 = 0;
         // The probe in flight and when it must be back.
         let mut awaiting: Option<(u64, Instant)> = None;
-        // An envelope waiting for room in a full inbox. While it waits the
-        // stream is not read: backpressure, not a drop.
-        let mut pending: Option<Envelope> = None;
+        // Since when `out` has been waiting: the node's lag behind the bus.
+        let mut blocked_since: Option<Instant> = None;
+        let mut repairs = Repairs::new(self.publisher.clone(), self.prefix.clone(), self.retention);
+        for topic in resumed {
+            if let Some(cursor) = self.topics.get(&topic) {
+                repairs.start(topic, *cursor, out);
+            }
+        }
         // A local handle, so a reserved permit does not borrow `self`.
         let inbox = self.inbox.clone();
         loop {
+            if out.is_empty() {
+                blocked_since = None;
+            } else if blocked_since.is_none() {
+                blocked_since = Some(Instant::now());
+            }
             tokio::select! {
                 biased;
                 request = self.requests.recv() => match request {
                     None => return Ended::Exit,
                     Some(request) => {
-                        if let Err(reason) = self.answer(&mut sink, request).await {
+                        if let Err(reason) = self.answer(&mut sink, request, &mut repairs).await {
                             return Ended::Lost(reason);
                         }
                     }
                 },
-                permit = inbox.reserve(), if pending.is_some() => match (permit, pending.take()) {
-                    (Ok(permit), Some(envelope)) => permit.send(envelope),
-                    (Ok(_), None) => {}
-                    (Err(_), _) => return Ended::Exit,
+                permit = inbox.reserve(), if !out.is_empty() => match (permit, out.pop_front()) {
+                    (Some(permit), Some(event)) => permit.send(event),
+                    (Some(_), None) => {}
+                    (None, _) => return Ended::Exit,
                 },
-                message = stream.next(), if pending.is_none() => {
+                Some(done) = repairs.next() => {
+                    repairs.finish_step(done, &mut self.topics, out);
+                }
+                message = stream.next(), if out.is_empty() => {
                     let Some(message) = message else {
                         return Ended::Lost("connection closed".into());
                     };
@@ -204,18 +304,28 @@ impl Subscriber {
                         {
                             awaiting = None;
                         }
-                    } else if let Some(topic) = Topic::from_channel(&self.prefix, channel)
-                        && self.desired.contains(&topic)
-                    {
-                        let payload = Bytes::copy_from_slice(message.get_payload_bytes());
-                        let Ok((position, payload)) = framing::decode(payload) else {
-                            tracing::warn!(?topic, "a payload with an unreadable header; dropped");
-                            continue;
-                        };
-                        match inbox.try_send(Envelope { topic, position, payload }) {
-                            Ok(()) => {}
-                            Err(TrySendError::Full(envelope)) => pending = Some(envelope),
-                            Err(TrySendError::Closed(_)) => return Ended::Exit,
+                        continue;
+                    }
+                    let Some(topic) = Topic::from_channel(&self.prefix, channel) else {
+                        continue;
+                    };
+                    let Some(cursor) = self.topics.get_mut(&topic) else {
+                        continue; // unsubscribed meanwhile
+                    };
+                    let payload = Bytes::copy_from_slice(message.get_payload_bytes());
+                    let Ok((position, payload)) = framing::decode(payload) else {
+                        tracing::warn!(?topic, "a payload with an unreadable header; dropped");
+                        continue;
+                    };
+                    let envelope = Envelope { topic, position, payload };
+                    if let Some(envelope) = repairs.hold(envelope) {
+                        // Not under repair: delivered now, once.
+                        if cursor.advance(envelope.position) {
+                            match inbox.try_send(BusEvent::Envelope(envelope)) {
+                                Ok(None) => {}
+                                Ok(Some(event)) => out.push_back(event),
+                                Err(()) => return Ended::Exit,
+                            }
                         }
                     }
                 },
@@ -226,10 +336,16 @@ impl Subscriber {
                 },
                 _ = tick.tick() => {
                     let now = Instant::now();
+                    if blocked_since.is_some_and(|since| now.duration_since(since) > self.max_lag) {
+                        return Ended::Lost(format!(
+                            "the node fell more than {:?} behind the bus; repairing from history",
+                            self.max_lag
+                        ));
+                    }
                     match awaiting {
                         // Stalled by our own full inbox, not by Redis: the
                         // probe waits in the stream behind the envelopes.
-                        Some((wanted, due)) if pending.is_some() => {
+                        Some((wanted, due)) if !out.is_empty() => {
                             awaiting = Some((wanted, due.max(now + window)));
                         }
                         Some((_, due)) if now >= due => {
@@ -252,16 +368,26 @@ impl Subscriber {
     }
 
     /// Answers one request on a live connection. `Err`: the connection
-    /// failed and must be replaced (the desired set is already updated).
-    async fn answer(&mut self, sink: &mut PubSubSink, request: Request) -> Result<(), String> {
+    /// failed and must be replaced (the wanted set is already updated).
+    async fn answer(
+        &mut self,
+        sink: &mut PubSubSink,
+        request: Request,
+        repairs: &mut Repairs,
+    ) -> Result<(), String> {
         match request {
             Request::Subscribe(topic, reply) => {
-                if self.desired.contains(&topic) {
+                if self.topics.contains_key(&topic) {
                     let _ = reply.send(Ok(()));
                     return Ok(());
                 }
+                let baseline = self.baselines(vec![topic.clone()]).await;
+                let cursor = baseline
+                    .into_iter()
+                    .next()
+                    .map_or(Cursor::live_without_history(), |(_, c)| c);
                 let channel = topic.channel(&self.prefix);
-                self.desired.insert(topic.clone());
+                self.topics.insert(topic.clone(), cursor);
                 match time::timeout(COMMAND_TIMEOUT, sink.subscribe(&channel)).await {
                     Ok(Ok(())) => {
                         let _ = reply.send(Ok(()));
@@ -270,27 +396,31 @@ impl Subscriber {
                     // Redis refused it (ACL, ...): the connection is fine,
                     // the topic cannot be had.
                     Ok(Err(e)) if matches!(e.kind(), redis::ErrorKind::Server(_)) => {
-                        self.desired.remove(&topic);
+                        self.topics.remove(&topic);
                         let _ = reply.send(Err(BusError::Redis(e)));
                         Ok(())
                     }
-                    // Kept in the desired set: the next connection restores it.
+                    // Kept as wanted: the next connection restores it.
                     Ok(Err(e)) => {
+                        self.topics.insert(topic, Cursor::Pending);
                         let reason = format!("SUBSCRIBE failed: {e}");
                         let _ = reply.send(Err(BusError::Redis(e)));
                         Err(reason)
                     }
                     Err(_) => {
+                        self.topics.insert(topic, Cursor::Pending);
                         let _ = reply.send(Err(BusError::Down));
                         Err("SUBSCRIBE timed out".into())
                     }
                 }
             }
             Request::Unsubscribe(topic, reply) => {
-                // Delivery stops now whatever Redis says (`desired` filters
-                // the stream), so the answer is always Ok; it is sent once
-                // Redis confirmed, or once the connection is condemned.
-                if !self.desired.remove(&topic) {
+                // Delivery stops now whatever Redis says (the wanted set
+                // filters the stream), so the answer is always Ok; it is
+                // sent once Redis confirmed, or once the connection is
+                // condemned.
+                repairs.forget(&topic);
+                if self.topics.remove(&topic).is_none() {
                     let _ = reply.send(Ok(()));
                     return Ok(());
                 }

@@ -4,7 +4,8 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use banter_bus::{
-    Bus, BusStatus, Envelope, INBOX_CAPACITY, Inbox, MemoryNetwork, RedisBus, RedisBusConfig, Topic,
+    Bus, BusEvent, BusStatus, Envelope, INBOX_CAPACITY, Inbox, MemoryNetwork, RedisBus,
+    RedisBusConfig, Topic,
 };
 use banter_testkit::RedisServer;
 use bytes::Bytes;
@@ -83,10 +84,14 @@ pub fn user(id: &str) -> Topic {
 }
 
 pub async fn next(node: &mut Node) -> Envelope {
-    timeout(WITHIN, node.inbox.recv())
+    match timeout(WITHIN, node.inbox.recv())
         .await
         .expect("no envelope in time")
         .expect("inbox closed")
+    {
+        BusEvent::Envelope(envelope) => envelope,
+        other => panic!("an envelope was expected, not {other:?}"),
+    }
 }
 
 pub async fn wait_status(node: &Node, wanted: impl FnMut(&BusStatus) -> bool) -> BusStatus {

@@ -130,6 +130,7 @@ impl Config {
             ),
             ("heartbeat.idle_timeout_ms", self.heartbeat.idle_timeout_ms),
             ("presence.ttl_ms", self.presence.ttl_ms),
+            ("history.ttl_ms", self.history.ttl_ms),
         ] {
             if value < 10 {
                 return invalid(key, "must be at least 10 ms");

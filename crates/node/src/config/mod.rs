@@ -187,11 +187,17 @@ impl Default for PresenceConfig {
 pub struct HistoryConfig {
     /// Messages kept per room (0 = none).
     pub size: usize,
+    /// A room's history expires this long after its last message, so rooms
+    /// nobody uses any more do not stay in Redis forever.
+    pub ttl_ms: u64,
 }
 
 impl Default for HistoryConfig {
     fn default() -> Self {
-        Self { size: 200 }
+        Self {
+            size: 200,
+            ttl_ms: 86_400_000,
+        }
     }
 }
 
@@ -265,6 +271,11 @@ impl Config {
     /// `heartbeat.idle_timeout_ms`
     pub fn idle_timeout(&self) -> Duration {
         Duration::from_millis(self.heartbeat.idle_timeout_ms)
+    }
+
+    /// `history.ttl_ms`
+    pub fn history_ttl(&self) -> Duration {
+        Duration::from_millis(self.history.ttl_ms)
     }
 
     /// `presence.ttl_ms`

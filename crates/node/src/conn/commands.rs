@@ -4,9 +4,9 @@
 use super::rules::{HISTORY_LIMIT, RECENT_HISTORY, TRIM_SLACK, check_text};
 use super::session::Session;
 use crate::metrics::DropReason;
-use banter_bus::{Draft, HistoryQuery, StreamId, Topic};
+use banter_bus::{Draft, HistoryQuery, Position, Topic};
 use banter_protocol::{
-    DirectMessage, ErrorCode, MessageId, PresenceEvent, Ref, RoomId, ServerFrame, UserId,
+    DirectMessage, ErrorCode, Message, MessageId, PresenceEvent, Ref, RoomId, ServerFrame, UserId,
 };
 use bytes::Bytes;
 use tokio::time::Instant;
@@ -43,25 +43,8 @@ impl Session {
         let Ok(users) = users else {
             return self.fail(ErrorCode::Unavailable, "presence unavailable", None);
         };
-        let recovery_limit = inner.config.history.size + TRIM_SLACK;
-        let query = match since.as_ref().map(|s| StreamId::parse(s.as_str())) {
-            Some(Some(since)) => HistoryQuery::After {
-                since,
-                limit: recovery_limit,
-            },
-            // An id of another form (or none): the recent messages, not a recovery.
-            Some(None) | None => HistoryQuery::Latest {
-                limit: RECENT_HISTORY,
-            },
-        };
-        let (history, recovered) = match inner.bus.history(&room, query).await {
-            Ok(page) => (page.messages, since.is_some() && page.complete),
-            Err(e) => {
-                tracing::warn!(%room, error = %e, "history unavailable for join");
-                (Vec::new(), false)
-            }
-        };
-        let last = history.last().and_then(|m| StreamId::parse(m.id.as_str()));
+        let (history, recovered) = self.recover(&room, since).await;
+        let last = history.last().and_then(|m| Position::parse(m.id.as_str()));
         self.outlet.set_floor(&room, last);
         ServerFrame::Joined {
             room,
@@ -70,6 +53,42 @@ impl Session {
             history,
             recovered,
         }
+    }
+
+    /// The history a `join` answers with, and whether it is a recovery:
+    /// with a `since` of this history (same epoch, a position it has
+    /// reached), every message after it that the room still keeps, and
+    /// `true` when that is all of them. Otherwise (no `since`, one of another
+    /// form, from a history since lost, or from the future) the recent
+    /// messages and `false`.
+    async fn recover(&self, room: &RoomId, since: Option<MessageId>) -> (Vec<Message>, bool) {
+        let inner = &self.node.inner;
+        let read = |query| async move {
+            match inner.bus.history(room, query).await {
+                Ok(page) => Some(page),
+                Err(e) => {
+                    tracing::warn!(%room, error = %e, "history unavailable for join");
+                    None
+                }
+            }
+        };
+        let recent = HistoryQuery::Latest {
+            limit: RECENT_HISTORY,
+        };
+        if let Some(since) = since.as_ref().and_then(|s| Position::parse(s.as_str())) {
+            let limit = inner.config.history.size + TRIM_SLACK;
+            let Some(page) = read(HistoryQuery::After { since, limit }).await else {
+                return (Vec::new(), false);
+            };
+            let reached = page
+                .newest
+                .is_some_and(|n| n == since || n.after(since) == Some(true));
+            if page.epoch == Some(since.epoch) && reached {
+                return (page.messages, page.complete);
+            }
+        }
+        let messages = read(recent).await.map(|p| p.messages).unwrap_or_default();
+        (messages, false)
     }
 
     pub(super) async fn leave(&mut self, room: RoomId) -> ServerFrame {
@@ -210,7 +229,7 @@ impl Session {
     ) -> ServerFrame {
         let limit = limit.map_or(RECENT_HISTORY, |l| (l as usize).min(HISTORY_LIMIT));
         let query = match before {
-            Some(before) => match StreamId::parse(before.as_str()) {
+            Some(before) => match Position::parse(before.as_str()) {
                 Some(before) => HistoryQuery::Before { before, limit },
                 None => {
                     return self.fail(ErrorCode::BadRequest, "before is not a message id", None);

@@ -48,7 +48,7 @@ impl Session {
         let hub = &self.node.inner.hub;
         let rooms = std::mem::take(&mut self.rooms);
         hub.leave_all(&self.member, rooms).await;
-        hub.unregister(&self.member);
+        hub.unregister(&self.member).await;
     }
 
     pub(crate) fn welcome(&self) -> ServerFrame {

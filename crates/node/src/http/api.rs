@@ -4,7 +4,7 @@ use super::query::pairs;
 use super::reply::{Body, error, json};
 use crate::conn::rules::{HISTORY_LIMIT, RECENT_HISTORY, check_text, system_user};
 use crate::node::Node;
-use banter_bus::{Draft, HistoryQuery, StreamId};
+use banter_bus::{Draft, HistoryQuery, Position};
 use banter_protocol::RoomId;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -50,7 +50,7 @@ pub(crate) async fn history(node: &Node, room: &str, query: Option<&str>) -> Res
                 Ok(l) => limit = l.min(HISTORY_LIMIT),
                 Err(_) => return error(StatusCode::BAD_REQUEST, "limit must be a number"),
             },
-            "since" => match StreamId::parse(&value) {
+            "since" => match Position::parse(&value) {
                 Some(id) => since = Some(id),
                 None => return error(StatusCode::BAD_REQUEST, "since must be a message id"),
             },

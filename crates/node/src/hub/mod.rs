@@ -110,19 +110,53 @@ impl Hub {
         }
     }
 
-    /// Forgets a socket; call after [`leave_all`](Self::leave_all). The
-    /// user's topic is unsubscribed later, with the idle rooms.
-    pub fn unregister(&self, member: &Member) {
-        let mut state = self.write();
-        if state.conns.remove(&member.conn).is_some() {
-            self.metrics.connections.dec();
+    /// Forgets a socket; call after [`leave_all`](Self::leave_all). When it
+    /// was its user's last connection here, the user's topic is
+    /// unsubscribed at once: a direct message sent from now on finds nobody
+    /// listening and its sender is told (`not_found`), rather than being
+    /// acked into a node that has no one to give it to.
+    pub async fn unregister(&self, member: &Member) {
+        let last = {
+            let mut state = self.write();
+            if state.conns.remove(&member.conn).is_some() {
+                self.metrics.connections.dec();
+            }
+            match state.users.get_mut(&member.user.id) {
+                Some(conns) => {
+                    conns.remove(&member.conn);
+                    let last = conns.is_empty();
+                    if last {
+                        state.users.remove(&member.user.id);
+                    }
+                    last
+                }
+                None => false,
+            }
+        };
+        if last {
+            let topic = Topic::User(member.user.id.clone());
+            self.unsubscribe(vec![(topic, Instant::now())]).await;
         }
-        if let Some(conns) = state.users.get_mut(&member.user.id) {
-            conns.remove(&member.conn);
-            if conns.is_empty() {
-                state.users.remove(&member.user.id);
-                let topic = Topic::User(member.user.id.clone());
-                state.emptied.insert(topic, Instant::now());
+    }
+
+    /// Whether `topic` has no local member (any more).
+    fn idle(&self, topic: &Topic) -> bool {
+        let state = self.read();
+        match topic {
+            Topic::Room(room) => !state.rooms.contains_key(room),
+            Topic::User(user) => !state.users.contains_key(user),
+        }
+    }
+
+    /// Unsubscribes those of `due` that are still without a local member
+    /// (checked in the subscriptions' order, so a join that came meanwhile
+    /// keeps its topic); those the bus refused are tried again later.
+    async fn unsubscribe(&self, due: Vec<(Topic, Instant)>) {
+        let refused = self.subscriptions.drop_idle(due, |t| self.idle(t)).await;
+        if !refused.is_empty() {
+            let mut state = self.write();
+            for (topic, since) in refused {
+                state.emptied.entry(topic).or_insert(since);
             }
         }
     }
@@ -326,9 +360,6 @@ impl Hub {
             });
             due
         };
-        for (topic, since) in self.subscriptions.drop_all(due).await {
-            // Not unsubscribed (the bus refused): try again next time.
-            self.write().emptied.entry(topic).or_insert(since);
-        }
+        self.unsubscribe(due).await;
     }
 }

@@ -42,13 +42,19 @@ impl Subscriptions {
         result
     }
 
-    /// Unsubscribes each of `due` (topics, with when they emptied). Returns
-    /// those the bus refused, to be tried again.
-    pub async fn drop_all(&self, due: Vec<(Topic, Instant)>) -> Vec<(Topic, Instant)> {
+    /// Unsubscribes each of `due` (topics, with when they emptied) that is
+    /// still `idle` once this holds the subscriptions' lock: a join that
+    /// subscribed (or found subscribed) its topic meanwhile keeps it.
+    /// Returns those the bus refused, to be tried again.
+    pub async fn drop_idle(
+        &self,
+        due: Vec<(Topic, Instant)>,
+        idle: impl Fn(&Topic) -> bool,
+    ) -> Vec<(Topic, Instant)> {
         let mut subscribed = self.subscribed.lock().await;
         let mut refused = Vec::new();
         for (topic, since) in due {
-            if !subscribed.contains(&topic) {
+            if !subscribed.contains(&topic) || !idle(&topic) {
                 continue;
             }
             match self.bus.unsubscribe(&topic).await {

@@ -2,7 +2,7 @@
 //! shared by every socket it goes to, encoded at most once per wire
 //! [`Format`] that a member speaks, and only when one does.
 
-use banter_bus::{Envelope, StreamId, Topic};
+use banter_bus::{Envelope, Position, Topic};
 use banter_protocol::{Message, ServerFrame};
 use bytes::Bytes;
 use std::sync::OnceLock;
@@ -45,7 +45,7 @@ pub(crate) struct Delivery {
     /// Where it was published.
     pub topic: Topic,
     /// Its position in the room's history, for stored messages.
-    pub position: Option<StreamId>,
+    pub position: Option<Position>,
     /// The frame's JSON, as published (valid UTF-8: checked by the fan-out).
     json: Bytes,
     /// The wire frames, per [`Format`], made on first use.

@@ -21,7 +21,7 @@ pub(crate) use kick::Kick;
 pub(crate) use socket::Socket;
 
 use crate::clock::{clock_s, seconds_since};
-use banter_bus::{StreamId, Topic};
+use banter_bus::{Position, Topic};
 use banter_protocol::RoomId;
 use bytes::{Buf, Bytes};
 use futures_util::task::AtomicWaker;
@@ -70,7 +70,7 @@ struct State {
     held: Option<Vec<Arc<Delivery>>>,
     /// Rooms just joined with history: live messages at or before these
     /// positions were already sent in `joined.history` and are skipped once.
-    floors: Vec<(RoomId, StreamId)>,
+    floors: Vec<(RoomId, Position)>,
     /// The wire format this socket speaks.
     format: Format,
     /// No more bus frames: the session is closing.
@@ -244,7 +244,7 @@ impl Outlet {
     }
 
     /// Records what a `join`'s history already holds of `room` (`None`: nothing).
-    pub fn set_floor(&self, room: &RoomId, last: Option<StreamId>) {
+    pub fn set_floor(&self, room: &RoomId, last: Option<Position>) {
         let mut state = self.lock();
         state.floors.retain(|(r, _)| r != room);
         if let Some(last) = last {
@@ -323,7 +323,7 @@ impl State {
             && let (Some(position), Topic::Room(room)) = (delivery.position, &delivery.topic)
             && let Some(i) = self.floors.iter().position(|(r, _)| r == room)
         {
-            if position <= self.floors[i].1 {
+            if position.after(self.floors[i].1) == Some(false) {
                 return None; // already in the `joined` history
             }
             // The room's order is the stream's: everything from here on is newer.
