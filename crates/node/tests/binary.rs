@@ -46,6 +46,23 @@ fn print_config_shows_the_defaults() {
     );
 }
 
+/// docs/configuration.md lists every key with its default as
+/// `--print-config` prints them: the two must not drift apart.
+#[test]
+fn the_documented_defaults_are_the_printed_ones() {
+    let mut printed = printed(&node(&["--print-config"], &[]));
+    let doc = std::fs::read_to_string(banter_testkit::repo_root().join("docs/configuration.md"))
+        .expect("docs/configuration.md");
+    let marker = "with no\nfile and no `BANTER__` variables:\n\n```toml\n";
+    let start = doc.find(marker).expect("the defaults block") + marker.len();
+    let block = &doc[start..start + doc[start..].find("```").expect("its end")];
+    let mut documented: toml::Table = block.parse().expect("the block is TOML");
+    for t in [&mut printed, &mut documented] {
+        t["node"].as_table_mut().unwrap().remove("id"); // random on every run
+    }
+    assert_eq!(documented, printed, "docs/configuration.md's defaults block is out of date");
+}
+
 #[test]
 fn defaults_then_file_then_env_then_flags() {
     let dir = std::env::temp_dir().join(format!("banter-cfg-{}", std::process::id()));
