@@ -7,8 +7,14 @@ const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const {
   launch, openChat, openChatElsewhere, waitOnline, nodeOf, say, waitForText, shownMessages,
-  duplicates, nodePid, artifact, assertClean, unique,
+  onlineList, waitOnlineList, openBots, duplicates, nodePid, artifact, assertClean, unique,
 } = require('./helpers');
+
+// The cluster's presence settings (e2e/run.sh): the first page of who is
+// online holds LIST_LIMIT users, and rooms over EVENTS_MAX members get diffs
+// with the count only.
+const LIST_LIMIT = Number(process.env.E2E_LIST_LIMIT) || 0;
+const EVENTS_MAX = Number(process.env.E2E_EVENTS_MAX_MEMBERS) || 0;
 
 let browser;
 const open = [];
@@ -25,9 +31,13 @@ async function chatElsewhere(notOn, opts) {
 async function closeAll() {
   while (open.length) await open.pop().context.close().catch(() => {});
 }
-// Names in the online list of a page.
+// Names in the online list of a page (you first, then by name).
 function onlineNames(page) {
   return page.$$eval('#users li .name', (ns) => ns.map((n) => n.textContent));
+}
+// The presence frames a page received for a room.
+function presenceFrames(rec, room) {
+  return rec.received.filter((f) => f.type === 'presence' && f.room === room);
 }
 
 describe('the chat page on the cluster', { timeout: 120_000 }, () => {
@@ -46,7 +56,8 @@ describe('the chat page on the cluster', { timeout: 120_000 }, () => {
     await a.page.waitForFunction(() => document.getElementById('count').textContent === '2');
     await b.page.waitForFunction(() => document.getElementById('count').textContent === '2');
     assert.deepEqual(await onlineNames(a.page), ['Ann', 'Bob']);
-    assert.deepEqual(await onlineNames(b.page), ['Ann', 'Bob']);
+    assert.deepEqual(await onlineNames(b.page), ['Bob', 'Ann'], 'you are listed first');
+    assert.equal((await onlineList(b.page)).others, '', 'everyone is listed: no "others"');
 
     // Typing shows on the other page.
     await a.page.fill('#input', 'Hello');
@@ -68,9 +79,10 @@ describe('the chat page on the cluster', { timeout: 120_000 }, () => {
     ]);
     assert.deepEqual(onB.map((m) => m.id), onA.map((m) => m.id));
     for (const m of onA) {
-      assert.match(m.id, /^\d+-\d+$/, 'server ids are stream positions');
+      assert.ok(typeof m.id === 'string' && m.id.length > 0, 'server ids are (opaque) strings');
       assert.ok(m.hasTime, 'each message shows its time');
     }
+    assert.deepEqual(duplicates(onA.map((m) => m.id)), []);
     assert.equal(await a.page.textContent('#typing'), '');
     assertClean(a.rec, 'page A');
     assertClean(b.rec, 'page B');
@@ -248,6 +260,185 @@ describe('the chat page on the cluster', { timeout: 120_000 }, () => {
     for (const s of shots) assert.ok(fs.statSync(s).size > 10_000, `${s} is a real screenshot`);
     assertClean(ann.rec, 'Ann');
     assertClean(bob.rec, 'Bob');
+    await closeAll();
+  });
+
+  it('the online list follows joins and leaves on other nodes, one entry at a time', async () => {
+    const room = unique('e2e-presence');
+    const mia = await chat({ name: 'Mia', room });
+    const nodeM = await nodeOf(mia.page);
+    await waitOnlineList(mia.page, ['Mia'], 1);
+    const zed = await chatElsewhere(nodeM, { name: 'Zed', room });
+    await waitOnlineList(mia.page, ['Mia', 'Zed'], 2);
+    const abe = await chatElsewhere(nodeM, { name: 'Abe', room });
+    // Inserted in order (you first, then by name), on every page.
+    await waitOnlineList(mia.page, ['Mia', 'Abe', 'Zed'], 3);
+    await waitOnlineList(abe.page, ['Abe', 'Mia', 'Zed'], 3);
+
+    // Mark the entries shown now: a change must insert or remove entries, not
+    // rebuild the list.
+    await mia.page.$$eval('#users li', (lis) => lis.forEach((li) => { li.__kept = true; }));
+    const kim = await chat({ name: 'Kim', room });
+    await waitOnlineList(mia.page, ['Mia', 'Abe', 'Kim', 'Zed'], 4);
+    await zed.context.close();
+    await waitOnlineList(mia.page, ['Mia', 'Abe', 'Kim'], 3);
+    // Kim came when four were online: the first page (LIST_LIMIT, 3 here) may
+    // have left someone out, whom the count still counts.
+    await kim.page.waitForFunction(() => document.getElementById('count').textContent === '3');
+    const onKim = await onlineList(kim.page);
+    assert.equal(onKim.names[0], 'Kim');
+    assert.ok(onKim.names.every((n) => ['Kim', 'Abe', 'Mia'].includes(n)), JSON.stringify(onKim));
+    const unlisted = 3 - onKim.names.length;
+    assert.equal(onKim.others, unlisted ? `and ${unlisted} other${unlisted === 1 ? '' : 's'}` : '');
+    assert.deepEqual(await mia.page.$$eval('#users li', (lis) => lis.map((li) => !!li.__kept)), [true, true, false],
+      'Mia and Abe keep their elements; Kim was inserted');
+    assert.equal((await onlineList(mia.page)).others, '');
+
+    // The page learnt all this from diffs (never the old one-user events),
+    // each with the exact count.
+    const frames = presenceFrames(mia.rec, room);
+    assert.ok(frames.some((f) => f.event === 'diff' && f.left.some((u) => u.name === 'Zed')), 'a diff with Zed leaving');
+    assert.deepEqual(frames.filter((f) => f.event !== 'diff'), [], 'only diffs');
+    assert.equal(frames[frames.length - 1].count, 3);
+    for (const [who, c] of [['Mia', mia], ['Abe', abe], ['Kim', kim]]) assertClean(c.rec, who);
+    await closeAll();
+  });
+
+  it('a room bigger than the first page: the exact count, "and N others", the rest on demand, count-only diffs past the threshold', async () => {
+    assert.ok(LIST_LIMIT > 0 && EVENTS_MAX > LIST_LIMIT,
+      'e2e/run.sh sets small presence.list_limit and events_max_members (the node does not know them?)');
+    const room = unique('e2e-many');
+    const bots = await openBots(browser);
+    open.push(bots);
+    // EVENTS_MAX members in all: diffs still name who joins and leaves.
+    const botNames = Array.from({ length: EVENTS_MAX - 1 }, (_, i) => `Bot-${String(i + 1).padStart(2, '0')}`);
+    for (const n of botNames) await bots.join(room, n);
+    // Their joins announced, so that no diff naming them comes after Pat's
+    // first page (it would list them: fine, but not a first page).
+    await bots.settled(room, botNames.length);
+    const pat = await chat({ name: 'Pat', room });
+    const total = EVENTS_MAX;
+    await pat.page.waitForFunction((n) => document.getElementById('count').textContent === n, String(total));
+    const joined = pat.rec.received.find((f) => f.type === 'joined' && f.room === room);
+    assert.equal(joined.users.length, LIST_LIMIT, 'joined lists the first page only');
+    assert.equal(joined.count, total, 'joined counts everyone');
+
+    // The first page, you on it whether or not the server put you there, and
+    // the others counted.
+    let shown = await onlineList(pat.page);
+    assert.equal(shown.names[0], 'Pat', 'you are listed first');
+    assert.ok(shown.names.length === LIST_LIMIT || shown.names.length === LIST_LIMIT + 1, JSON.stringify(shown));
+    assert.equal(shown.others, `and ${total - shown.names.length} others`);
+    assert.deepEqual(shown.names.slice(1), [...shown.names.slice(1)].sort(), 'the rest by name');
+
+    // "Show more" appends pages until everyone is listed, each user once.
+    for (let clicks = 0; shown.others; clicks++) {
+      assert.ok(clicks < Math.ceil(total / LIST_LIMIT) + 1, `too many clicks: ${JSON.stringify(shown)}`);
+      const before = shown.names.length;
+      await pat.page.click('#show-more');
+      await pat.page.waitForFunction((n) => document.querySelectorAll('#users li').length > n, before);
+      await pat.page.waitForFunction(() => document.getElementById('show-more').getAttribute('aria-busy') === 'false');
+      shown = await onlineList(pat.page);
+      assert.deepEqual(duplicates(shown.ids), [], 'no user listed twice');
+      assert.equal(shown.others, shown.names.length < total ? `and ${total - shown.names.length} other${total - shown.names.length === 1 ? '' : 's'}` : '');
+    }
+    assert.deepEqual(shown.names, ['Pat', ...botNames]);
+    assert.equal(shown.count, String(total));
+    assert.ok(await pat.page.isHidden('#users-more'), 'nothing more to show');
+    // Each `who` after the first carries the cursor of the page before; the last page has none.
+    const whos = pat.rec.sent.filter((f) => f.type === 'who' && f.room === room);
+    const pages = presenceFrames(pat.rec, room).filter((f) => f.event === 'snapshot');
+    assert.equal(pages.length, whos.length, 'one page per who');
+    assert.equal(whos[0].cursor, undefined);
+    for (let i = 1; i < whos.length; i++) assert.equal(whos[i].cursor, pages[i - 1].cursor);
+    assert.equal(pages[pages.length - 1].cursor, undefined, 'the last page has no cursor');
+    for (const p of pages) assert.ok(p.users.length <= LIST_LIMIT);
+
+    // Past events_max_members the diffs carry only the count: the listed
+    // users stay as a sample and the count leads.
+    const sample = shown.names;
+    const extra = ['Bot-90', 'Bot-91', 'Bot-92'];
+    for (const n of extra) await bots.join(room, n);
+    const big = total + extra.length;
+    await pat.page.waitForFunction((n) => document.getElementById('count').textContent === n, String(big));
+    shown = await onlineList(pat.page);
+    for (const n of sample) assert.ok(shown.names.includes(n), `${n} still listed`);
+    assert.equal(shown.others, big > shown.names.length ? `and ${big - shown.names.length} other${big - shown.names.length === 1 ? '' : 's'}` : '');
+    const countOnly = presenceFrames(pat.rec, room).find((f) => f.event === 'diff' && f.count === big);
+    assert.ok(countOnly, 'a diff with the big count');
+    assert.deepEqual([countOnly.joined, countOnly.left], [[], []], 'no names in a big room');
+    assert.ok(!shown.names.includes('Bot-92'), 'Bot-92 came in a count-only diff');
+    for (const n of extra) await bots.leave(n);
+    await pat.page.waitForFunction((n) => document.getElementById('count').textContent === n, String(total));
+    assertClean(pat.rec, 'Pat');
+    await closeAll();
+  });
+
+  it('a name or message with a right-to-left override cannot reorder the page around it', async () => {
+    const room = unique('e2e-bidi');
+    const EVIL = '\u202Eevil';
+    const TEXT = '\u202Ebackwards?';
+    const e = await chat({ name: EVIL, room });
+    const o = await chatElsewhere(await nodeOf(e.page), { name: 'Olga', room });
+    await waitOnlineList(o.page, ['Olga', EVIL], 2);
+    await e.page.fill('#input', 'x');
+    await o.page.waitForFunction((n) => document.getElementById('typing').textContent === `${n} is typing…`, EVIL);
+    // Typing line: "is typing…" stays to the right of the name, as in any
+    // left-to-right line (an override that leaks would put it on the left).
+    const typing = await o.page.evaluate(() => {
+      const t = document.getElementById('typing');
+      const name = t.firstElementChild;
+      const range = document.createRange();
+      range.selectNodeContents(t.lastChild);
+      return {
+        name: name.textContent, tail: t.lastChild.textContent,
+        isolated: name.tagName === 'BDI' || getComputedStyle(name).unicodeBidi === 'isolate',
+        nameRight: name.getBoundingClientRect().right, tailLeft: range.getBoundingClientRect().left,
+      };
+    });
+    assert.deepEqual([typing.name, typing.tail], [EVIL, ' is typing…']);
+    assert.ok(typing.tailLeft >= typing.nameRight - 1, `the tail follows the name: ${JSON.stringify(typing)}`);
+    assert.ok(typing.isolated, 'the name in the typing line is isolated');
+    await say(e.page, TEXT);
+    await waitForText(o.page, TEXT);
+    // A direct message to the user with that name: the DM label and the tag.
+    await o.page.click('#users li:not(.self) button');
+    assert.equal(await o.page.textContent('#dm-name'), EVIL);
+    await say(o.page, 'hi there');
+    await o.page.waitForFunction(() => Array.from(document.querySelectorAll('#messages li.msg.dm .text')).some((n) => n.textContent === 'hi there'));
+    await e.page.waitForFunction(() => Array.from(document.querySelectorAll('#messages li.msg.dm .text')).some((n) => n.textContent === 'hi there'));
+
+    // Every text that holds user text with the override is exactly that user
+    // text, alone in a <bdi> or an element with unicode-bidi: isolate; every
+    // attribute that holds it wraps it in FSI ... PDI.
+    for (const [who, c, want] of [['other', o, ['users', 'from', 'text', 'dm-name', 'tag']], ['self', e, ['me', 'users', 'from', 'text']]]) {
+      const found = await c.page.evaluate(([name, msg]) => {
+        const out = { places: [], bad: [], attrs: [] };
+        const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+        for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+          if (!n.textContent.includes('\u202E')) continue;
+          const p = n.parentElement;
+          const isolated = p.tagName === 'BDI' || getComputedStyle(p).unicodeBidi === 'isolate';
+          const place = p.id || ['users', 'typing', 'notice'].find((id) => p.closest(`#${id}`)) ||
+            (p.closest('.tag') ? 'tag' : p.className);
+          out.places.push(place);
+          if (!isolated || (n.textContent !== name && n.textContent !== msg) || p.childNodes.length !== 1) {
+            out.bad.push({ place, tag: p.tagName, bidi: getComputedStyle(p).unicodeBidi, text: p.textContent });
+          }
+        }
+        for (const x of document.querySelectorAll('[title], [placeholder], [aria-label]')) {
+          for (const a of ['title', 'placeholder', 'aria-label']) {
+            const v = x.getAttribute(a);
+            if (v && v.includes('\u202E')) out.attrs.push(v.includes('\u2068' + name + '\u2069') ? 'ok' : v);
+          }
+        }
+        return out;
+      }, [EVIL, TEXT]);
+      assert.deepEqual(found.bad, [], `${who}: user text not isolated`);
+      for (const w of want) assert.ok(found.places.includes(w), `${who}: user text shown in ${w} (${found.places.join(', ')})`);
+      assert.ok(found.attrs.every((a) => a === 'ok'), `${who}: attributes ${JSON.stringify(found.attrs)}`);
+      assertClean(c.rec, who);
+    }
     await closeAll();
   });
 

@@ -102,6 +102,87 @@ async function shownMessages(page) {
   })));
 }
 
+// The online list of a page: names and ids in page order, the count in the
+// header, and the "and N others" line ('' when hidden).
+async function onlineList(page) {
+  return page.evaluate(() => {
+    const more = document.getElementById('users-more');
+    return {
+      names: Array.from(document.querySelectorAll('#users li .name')).map((n) => n.textContent),
+      ids: Array.from(document.querySelectorAll('#users li')).map((li) => li.getAttribute('data-id')),
+      count: document.getElementById('count').textContent,
+      others: more.hidden ? '' : document.getElementById('others').textContent,
+    };
+  });
+}
+
+// Waits until the online list shows exactly `names` (in this order) and the
+// header `count`; says what it shows when it does not.
+async function waitOnlineList(page, names, count, timeout = STEP_MS) {
+  try {
+    await page.waitForFunction(([want, n]) => {
+      const got = Array.from(document.querySelectorAll('#users li .name')).map((x) => x.textContent);
+      return document.getElementById('count').textContent === n && got.length === want.length &&
+        got.every((g, i) => g === want[i]);
+    }, [names, String(count)], { timeout });
+  } catch (e) {
+    throw new Error(`online list: want ${JSON.stringify(names)} (${count}), shows ${JSON.stringify(await onlineList(page))}`);
+  }
+}
+
+// Extra members of rooms without a page each: plain WebSockets (the chat's
+// JSON protocol) opened from one browser page on the chat's own origin, each
+// one user, on whichever node nginx picks.
+async function openBots(browser) {
+  const context = await browser.newContext();
+  context.setDefaultTimeout(STEP_MS);
+  const page = await context.newPage();
+  await page.goto(BASE_URL + 'healthz');
+  await page.evaluate(() => { window.bots = new Map(); window.botDiffs = []; });
+  return {
+    context,
+    // Connects a user named `name` into `room`; resolves with its {id, name, node}.
+    join(room, name) {
+      return page.evaluate(([room, name, wait]) => new Promise((resolve, reject) => {
+        const ws = new WebSocket(`${location.origin.replace(/^http/, 'ws')}/ws?name=${encodeURIComponent(name)}`);
+        let me = null;
+        const fail = (why) => { clearTimeout(timer); reject(new Error(`bot ${name}: ${why}`)); };
+        const timer = setTimeout(() => fail('no joined'), wait);
+        ws.onmessage = (ev) => {
+          const f = JSON.parse(ev.data);
+          if (f.type === 'welcome') {
+            me = { id: f.user.id, name: f.user.name, node: f.node };
+            ws.send(JSON.stringify({ type: 'join', room }));
+          } else if (f.type === 'presence' && f.event === 'diff') {
+            window.botDiffs.push(f);
+          } else if (f.type === 'joined' && f.room === room && me) {
+            clearTimeout(timer);
+            window.bots.set(name, ws);
+            resolve(me);
+          } else if (f.type === 'error') {
+            fail(`${f.code}: ${f.message}`);
+          }
+        };
+        ws.onclose = (ev) => fail(`closed ${ev.code}`);
+      }), [room, name, STEP_MS]);
+    },
+    // Waits until a bot got a diff of `room` with this count: the changes
+    // before it are announced, none is still held back by the diff interval.
+    async settled(room, count) {
+      await page.waitForFunction(([room, n]) => window.botDiffs.some((f) => f.room === room && f.count === n), [room, count]);
+    },
+    // Closes that user's socket: it leaves every room.
+    leave(name) {
+      return page.evaluate((name) => {
+        const ws = window.bots.get(name);
+        window.bots.delete(name);
+        if (ws) { ws.onclose = null; ws.close(1000); }
+      }, name);
+    },
+    close() { return context.close().catch(() => {}); },
+  };
+}
+
 function duplicates(values) {
   const seen = new Set(), dup = [];
   for (const v of values) { if (seen.has(v)) dup.push(v); seen.add(v); }
@@ -131,5 +212,5 @@ function unique(prefix) {
 
 module.exports = {
   BASE_URL, STEP_MS, launch, openChat, openChatElsewhere, waitOnline, nodeOf, say, waitForText,
-  shownMessages, duplicates, nodePid, artifact, assertClean, unique,
+  shownMessages, onlineList, waitOnlineList, openBots, duplicates, nodePid, artifact, assertClean, unique,
 };

@@ -75,6 +75,10 @@ pub struct Envelope {
     /// The message's position in its room's history: set by the bus for
     /// every stored message, `None` for events (presence, typing, DMs).
     pub position: Option<Position>,
+    /// A presence change (in `banter-presence`'s own encoding), published
+    /// by the presence store atomically with the change itself, in the
+    /// room's order: the node merges these into `diff` frames.
+    pub presence: bool,
     /// The frame's JSON.
     pub payload: Bytes,
 }
@@ -161,13 +165,20 @@ pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
     /// Reads a room's history.
     async fn history(&self, room: &RoomId, query: HistoryQuery) -> Result<HistoryPage, BusError>;
 
-    /// Starts delivering `topic` to this node's inbox. Returns once the
-    /// subscription is in place, so nothing published afterwards is missed.
-    /// The subscription is kept (and restored after reconnects) until
-    /// [`unsubscribe`](Self::unsubscribe).
+    /// Takes a reference on `topic` for this node (a local member joined):
+    /// the topic is delivered to this node's inbox while it holds any.
+    /// Returns once the subscription is in place, so nothing published
+    /// afterwards is missed. The reference is taken whatever the result (a
+    /// bus that is down restores the subscription when it reconnects): give
+    /// each one back with [`unsubscribe`](Self::unsubscribe).
     async fn subscribe(&self, topic: &Topic) -> Result<(), BusError>;
 
-    /// Stops delivering `topic` to this node.
+    /// Gives back a reference taken by [`subscribe`](Self::subscribe). With
+    /// the last one, delivery of `topic` stops: at once for a user's topic
+    /// (so a direct message finds nobody listening), a moment later for a
+    /// room (so a flapping room does not churn subscriptions). Because the
+    /// bus counts, a join and a leave racing on two sessions can never leave
+    /// a room with local members unsubscribed.
     async fn unsubscribe(&self, topic: &Topic) -> Result<(), BusError>;
 
     /// The bus's health, updated as it changes.

@@ -31,6 +31,14 @@ struct RoomHistory {
     max_deleted: StreamId,
 }
 
+/// One node's subscription to a topic: where it goes, and how many
+/// references the node holds on it.
+#[derive(Debug)]
+struct Subscriber {
+    inbox: InboxSender,
+    refs: usize,
+}
+
 /// An in-process stand-in for Redis that several [`MemoryBus`] nodes share.
 /// Cloning it gives another handle to the same network.
 #[derive(Clone, Debug)]
@@ -44,7 +52,7 @@ struct Shared {
     /// publish: two concurrent publishes cannot interleave differently at
     /// different nodes, so every subscriber sees one order per topic, as
     /// with a single Redis server.
-    subscribers: Mutex<HashMap<Topic, BTreeMap<u64, InboxSender>>>,
+    subscribers: Mutex<HashMap<Topic, BTreeMap<u64, Subscriber>>>,
     /// Hands out node ids.
     next_node: AtomicU64,
     /// Room histories. Written only while `subscribers` is held, so the
@@ -99,6 +107,27 @@ impl MemoryNetwork {
     }
 }
 
+impl MemoryNetwork {
+    /// Makes a presence change and publishes what it returns on the room's
+    /// topic, as one step (the memory twin of Redis running a presence
+    /// script that publishes): every node sees a room's presence changes in
+    /// the order they were made. `change` runs under the network's delivery
+    /// lock and must not block.
+    pub async fn publish_presence<T>(
+        &self,
+        room: &RoomId,
+        change: impl FnOnce() -> (T, Vec<Bytes>),
+    ) -> T {
+        let mut subscribers = self.shared.subscribers.lock().await;
+        let (out, payloads) = change();
+        let topic = Topic::Room(room.clone());
+        for payload in payloads {
+            deliver(&mut subscribers, &topic, None, true, payload).await;
+        }
+        out
+    }
+}
+
 impl Default for MemoryNetwork {
     fn default() -> Self {
         MemoryNetwork::new()
@@ -131,7 +160,7 @@ impl MemoryBus {
 impl Bus for MemoryBus {
     async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<usize, BusError> {
         let mut subscribers = self.network.shared.subscribers.lock().await;
-        Ok(deliver(&mut subscribers, topic, None, payload).await)
+        Ok(deliver(&mut subscribers, topic, None, false, payload).await)
     }
 
     async fn publish_message(&self, draft: &Draft) -> Result<Message, BusError> {
@@ -160,7 +189,7 @@ impl Bus for MemoryBus {
         };
         let payload = Bytes::from(draft.frame(position));
         let topic = Topic::Room(draft.room.clone());
-        deliver(&mut subscribers, &topic, Some(position), payload).await;
+        deliver(&mut subscribers, &topic, Some(position), false, payload).await;
         Ok(draft.stamp(position.to_message_id()))
     }
 
@@ -213,14 +242,24 @@ impl Bus for MemoryBus {
         subscribers
             .entry(topic.clone())
             .or_default()
-            .insert(self.node, self.inbox.clone());
+            .entry(self.node)
+            .or_insert_with(|| Subscriber {
+                inbox: self.inbox.clone(),
+                refs: 0,
+            })
+            .refs += 1;
         Ok(())
     }
 
     async fn unsubscribe(&self, topic: &Topic) -> Result<(), BusError> {
         let mut subscribers = self.network.shared.subscribers.lock().await;
         if let Some(nodes) = subscribers.get_mut(topic) {
-            nodes.remove(&self.node);
+            if let Some(sub) = nodes.get_mut(&self.node) {
+                sub.refs = sub.refs.saturating_sub(1);
+                if sub.refs == 0 {
+                    nodes.remove(&self.node);
+                }
+            }
             if nodes.is_empty() {
                 subscribers.remove(topic);
             }
@@ -236,23 +275,25 @@ impl Bus for MemoryBus {
 /// Hands `payload` (at `position` in the room's history, if stored) to every
 /// node subscribed to `topic`; returns how many got it.
 async fn deliver(
-    subscribers: &mut HashMap<Topic, BTreeMap<u64, InboxSender>>,
+    subscribers: &mut HashMap<Topic, BTreeMap<u64, Subscriber>>,
     topic: &Topic,
     position: Option<Position>,
+    presence: bool,
     payload: Bytes,
 ) -> usize {
     let Some(nodes) = subscribers.get_mut(topic) else {
         return 0;
     };
     let mut gone = Vec::new();
-    for (node, inbox) in nodes.iter() {
+    for (node, sub) in nodes.iter() {
         let envelope = Envelope {
             topic: topic.clone(),
             position,
+            presence,
             payload: payload.clone(),
         };
         // Waits while that inbox is full: backpressure, never a drop.
-        if inbox.send(BusEvent::Envelope(envelope)).await.is_err() {
+        if sub.inbox.send(BusEvent::Envelope(envelope)).await.is_err() {
             gone.push(*node);
         }
     }

@@ -33,8 +33,10 @@ async fn check(node: &mut common::Node) {
     let Envelope {
         topic,
         position,
+        presence,
         payload,
     } = common::next(node).await;
+    assert!(!presence);
     assert_eq!(topic, room);
     let id = stored.id.as_str();
     assert_eq!(

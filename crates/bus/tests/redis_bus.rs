@@ -196,3 +196,84 @@ async fn redis_bad_url_is_a_config_error() {
     let result = RedisBus::connect(pool, RedisBusConfig::new("not a url", "banter")).await;
     assert!(matches!(result, Err(BusError::Url(_))), "{result:?}");
 }
+
+/// A bus with the production unsubscribe delay (short here) on `server`.
+async fn delayed_bus(server: &RedisServer, delay: Duration) -> Node {
+    let pool = deadpool_redis::Config::from_url(server.url())
+        .builder()
+        .unwrap()
+        .max_size(4)
+        .runtime(Runtime::Tokio1)
+        .build()
+        .unwrap();
+    let config = RedisBusConfig {
+        probe_interval: PROBE,
+        unsubscribe_delay: delay,
+        ..RedisBusConfig::new(server.url(), "banter")
+    };
+    let (bus, inbox) = RedisBus::connect(pool, config).await.unwrap();
+    let node = Node {
+        bus: Arc::new(bus),
+        inbox,
+    };
+    wait_status(&node, |s| s.up).await;
+    node
+}
+
+fn calls(server: &RedisServer, command: &str) -> u64 {
+    let info: String = tokio::task::block_in_place(|| server.query(&["INFO", "commandstats"]));
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The bus counts references: a room stays subscribed while any is held
+/// (two members, one leaves), goes a moment after the last (so a member who
+/// comes right back causes no churn), and rooms that go together go in one
+/// UNSUBSCRIBE. A user's topic goes at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_references_keep_topics_and_idle_rooms_go_together() {
+    let server = RedisServer::start();
+    let node = delayed_bus(&server, Duration::from_millis(300)).await;
+    let channels = |server: &RedisServer| {
+        tokio::task::block_in_place(|| server.pubsub_channels("banter:*:*"))
+            .into_iter()
+            .filter(|c| !c.starts_with("banter:health:"))
+            .collect::<Vec<_>>()
+    };
+    let rooms: Vec<_> = (0..50).map(|i| room(&format!("r{i:02}"))).collect();
+    for r in &rooms {
+        node.bus.subscribe(r).await.unwrap();
+    }
+    node.bus.subscribe(&rooms[0]).await.unwrap(); // a second member of r00
+    node.bus.subscribe(&user("u1")).await.unwrap();
+    assert_eq!(channels(&server).len(), 51);
+
+    node.bus.unsubscribe(&user("u1")).await.unwrap();
+    assert_eq!(channels(&server).len(), 50, "a user's topic goes at once");
+
+    for r in &rooms {
+        node.bus.unsubscribe(r).await.unwrap();
+    }
+    node.bus.subscribe(&rooms[1]).await.unwrap(); // back within the delay
+    assert_eq!(channels(&server).len(), 50, "rooms go a moment later");
+    let before = calls(&server, "unsubscribe");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while channels(&server).len() > 2 {
+        assert!(Instant::now() < deadline, "{:?}", channels(&server));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        channels(&server),
+        ["banter:room:r00", "banter:room:r01"],
+        "still referenced"
+    );
+    // Rooms that went idle together go in one UNSUBSCRIBE (two, when a
+    // check falls between them), never one command each.
+    let unsubscribes = calls(&server, "unsubscribe") - before;
+    assert!(
+        (1..=2).contains(&unsubscribes),
+        "48 idle rooms, {unsubscribes} UNSUBSCRIBEs"
+    );
+}

@@ -152,7 +152,10 @@ async fn a_hole_history_cannot_fill_is_announced() {
     let topic = room("fix");
     b.bus.subscribe(&topic).await.unwrap();
     let first = say(&a, 0).await;
-    assert_eq!(next(&mut b).await.position, Position::parse(first.id.as_str()));
+    assert_eq!(
+        next(&mut b).await.position,
+        Position::parse(first.id.as_str())
+    );
     proxy.cut();
     wait_status(&b, |s| !s.up).await;
     let mut missed = Vec::new();

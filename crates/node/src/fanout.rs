@@ -1,68 +1,183 @@
-//! The node's one subscriber task: takes every envelope the bus delivers,
-//! wraps it in one [`Delivery`] shared by every local socket of its topic
-//! (each wire format encoded at most once, for the sockets that speak it),
-//! and offers it to each local member. It never awaits a socket.
+//! The node's one subscriber task: takes every event the bus delivers,
+//! wraps each envelope in one [`Delivery`] shared by every local socket of
+//! its topic (each wire format encoded at most once, for the sockets that
+//! speak it), and offers it to each local member. It never awaits a socket.
 //!
 //! When it falls behind (envelopes wait in the inbox), consecutive envelopes
 //! of one topic go to each socket together, in one syscall: the node batches
 //! exactly when it is loaded, and adds no latency when it is not.
+//!
+//! Presence changes are merged into `diff` frames ([`Diffs`]) instead of
+//! going out one by one; `gap` frames tell members of holes the bus could
+//! not fill, and after any interruption of a room's subscription its
+//! members get a fresh presence snapshot (changes published meanwhile were
+//! not stored anywhere).
 
 use crate::clock::clock_us;
 use crate::hub::Hub;
 use crate::metrics::{DropReason, Metrics};
 use crate::outlet::Delivery;
+use crate::presence::{Diffs, snapshot};
 use banter_bus::{BusEvent, Envelope, Inbox, Topic};
+use banter_presence::{Change, Presence};
 use banter_protocol::ServerFrame;
 use bytes::Bytes;
 use std::sync::Arc;
+use tokio::time::Instant;
 
-/// At most this many waiting envelopes are taken from the inbox, and fanned
+/// At most this many waiting events are taken from the inbox, and fanned
 /// out, together.
 const BATCH: usize = 32;
 
+/// What the fan-out works with.
+pub(crate) struct Fanout {
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+    pub presence: Arc<dyn Presence>,
+    pub diffs: Diffs,
+    /// `presence.list_limit`: the size of a snapshot after an interruption.
+    pub list_limit: usize,
+}
+
 /// Runs until the bus closes the inbox.
-pub(crate) async fn run(mut inbox: Inbox, hub: Arc<Hub>, metrics: Arc<Metrics>) {
+pub(crate) async fn run(mut inbox: Inbox, mut f: Fanout) {
     let mut events = Vec::with_capacity(BATCH);
     let mut run: Vec<Arc<Delivery>> = Vec::with_capacity(BATCH);
     loop {
-        let (taken, waited) = inbox.recv_many(&mut events, BATCH).await;
-        if taken == 0 {
-            break;
+        let due = f.diffs.next_due();
+        let taken = tokio::select! {
+            (taken, waited) = inbox.recv_many(&mut events, BATCH) => {
+                if taken == 0 {
+                    break;
+                }
+                f.metrics.bus_lag.set(waited.as_secs_f64());
+                taken
+            }
+            () = sleep_until(due) => 0,
+        };
+        let (at, now) = (clock_us(), Instant::now());
+        for (room, frame) in f.diffs.take_due(now) {
+            f.send(&mut run, &Topic::Room(room), &frame, at);
         }
-        metrics.bus_lag.set(waited.as_secs_f64());
-        let at = clock_us();
+        if taken == 0 {
+            continue;
+        }
         for event in events.drain(..) {
             let envelope = match event {
+                BusEvent::Envelope(envelope) if envelope.presence => {
+                    f.presence_change(&mut run, envelope, at, now);
+                    continue;
+                }
                 BusEvent::Envelope(envelope) => envelope,
                 BusEvent::Gap(topic) => {
-                    metrics.gaps_unrepaired.inc();
+                    f.metrics.gaps_unrepaired.inc();
                     tracing::warn!(
                         ?topic,
                         "live delivery had a hole history cannot fill; members told"
                     );
+                    f.resync(&topic);
                     gap(&topic)
                 }
                 BusEvent::Repaired { topic, messages } => {
-                    metrics.gaps_repaired.inc();
-                    metrics.gap_messages.inc_by(messages as u64);
-                    tracing::info!(?topic, messages, "missed messages delivered from history");
+                    if messages > 0 {
+                        f.metrics.gaps_repaired.inc();
+                        f.metrics.gap_messages.inc_by(messages as u64);
+                        tracing::info!(?topic, messages, "missed messages delivered from history");
+                    }
+                    f.resync(&topic);
                     continue;
                 }
             };
-            metrics.bus_received.inc();
+            f.metrics.bus_received.inc();
             if std::str::from_utf8(&envelope.payload).is_err() {
-                metrics.dropped(DropReason::BadPayload);
+                f.metrics.dropped(DropReason::BadPayload);
                 tracing::warn!(topic = ?envelope.topic, "bus payload is not UTF-8; dropped");
                 continue;
             }
             if run.last().is_some_and(|d| d.topic != envelope.topic) {
-                flush(&hub, &metrics, &mut run);
+                flush(&f.hub, &f.metrics, &mut run);
             }
             run.push(Arc::new(Delivery::new(envelope, at)));
         }
-        flush(&hub, &metrics, &mut run);
+        flush(&f.hub, &f.metrics, &mut run);
     }
     tracing::debug!("bus inbox closed; fan-out stops");
+}
+
+async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Fanout {
+    /// A presence change: merged into the room's next diff, or out at once.
+    fn presence_change(
+        &mut self,
+        run: &mut Vec<Arc<Delivery>>,
+        envelope: Envelope,
+        at: u32,
+        now: Instant,
+    ) {
+        let Topic::Room(room) = &envelope.topic else {
+            return;
+        };
+        let Some(change) = Change::decode(&envelope.payload) else {
+            self.metrics.dropped(DropReason::BadPayload);
+            tracing::warn!(%room, "an unreadable presence change; dropped");
+            return;
+        };
+        if let Some(frame) = self.diffs.add(room, change, now) {
+            self.send(run, &envelope.topic, &frame, at);
+        }
+    }
+
+    /// Sends one frame the node made to `topic`'s local members, in order
+    /// after what is already gathered.
+    fn send(&self, run: &mut Vec<Arc<Delivery>>, topic: &Topic, frame: &ServerFrame, at: u32) {
+        flush(&self.hub, &self.metrics, run);
+        let envelope = Envelope {
+            topic: topic.clone(),
+            position: None,
+            presence: false,
+            payload: Bytes::from(frame.to_json()),
+        };
+        run.push(Arc::new(Delivery::new(envelope, at)));
+        flush(&self.hub, &self.metrics, run);
+    }
+
+    /// After an interruption of a room's subscription, its local members
+    /// get the first page of who is there now.
+    fn resync(&self, topic: &Topic) {
+        let Topic::Room(room) = topic else {
+            return;
+        };
+        let (hub, metrics, presence) = (
+            self.hub.clone(),
+            self.metrics.clone(),
+            self.presence.clone(),
+        );
+        let (room, limit) = (room.clone(), self.list_limit);
+        tokio::spawn(async move {
+            match presence.page(&room, None, limit).await {
+                Ok(page) => {
+                    let frame = snapshot(&room, page);
+                    let envelope = Envelope {
+                        topic: Topic::Room(room),
+                        position: None,
+                        presence: false,
+                        payload: Bytes::from(frame.to_json()),
+                    };
+                    let mut run = vec![Arc::new(Delivery::new(envelope, clock_us()))];
+                    flush(&hub, &metrics, &mut run);
+                }
+                Err(e) => {
+                    tracing::warn!(%room, error = %e, "no presence snapshot after the interruption")
+                }
+            }
+        });
+    }
 }
 
 /// The `gap` frame for a topic's members, as an envelope of that topic.
@@ -75,6 +190,7 @@ fn gap(topic: &Topic) -> Envelope {
     Envelope {
         topic: topic.clone(),
         position: None,
+        presence: false,
         payload: Bytes::from(frame.to_json()),
     }
 }

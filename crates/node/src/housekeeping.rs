@@ -1,11 +1,9 @@
-//! The node's periodic work, one task: presence refresh (every ttl/3) with
-//! the departures it sweeps, delayed unsubscribes, closing sockets stuck in
-//! a write, the bus health metrics, and re-registering presence after the
-//! bus reconnected.
+//! The node's periodic work, one task: presence refresh (every ttl/3, and
+//! at once after the bus reconnected, since Redis may have lost
+//! everything), closing sockets stuck in a write, and the bus health
+//! metrics.
 
-use crate::hub::UNSUBSCRIBE_DELAY;
 use crate::node::Node;
-use crate::presence;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -16,7 +14,6 @@ const STUCK_CHECK: Duration = Duration::from_secs(1);
 pub(crate) async fn run(node: Node, stop: CancellationToken) {
     let inner = &node.inner;
     let mut refresh = tokio::time::interval(inner.config.presence_ttl() / 3);
-    let mut unsubscribe = tokio::time::interval(UNSUBSCRIBE_DELAY / 2);
     let mut stuck = tokio::time::interval(STUCK_CHECK);
     let mut status = inner.bus_status.clone();
     let mut reconnects_seen = 0;
@@ -30,18 +27,25 @@ pub(crate) async fn run(node: Node, stop: CancellationToken) {
                 .inc_by(bus.reconnects - reconnects_seen);
             reconnects_seen = bus.reconnects;
             // Redis may have lost everything (a restart without persistence):
-            // put this node's members back before anyone reads presence.
-            presence::reregister(&*inner.presence, inner.hub.local_members()).await;
+            // put this node's members back, with their joins.
+            refresh_presence(&node).await;
         }
         tokio::select! {
             () = stop.cancelled() => return,
             _ = status.changed() => {}
-            _ = refresh.tick() => {
-                let local = inner.hub.local_members();
-                presence::refresh(&*inner.bus, &*inner.presence, local).await;
-            }
-            _ = unsubscribe.tick() => inner.hub.unsubscribe_idle().await,
+            _ = refresh.tick() => refresh_presence(&node).await,
             _ = stuck.tick() => inner.hub.kick_stuck(),
         }
+    }
+}
+
+/// Keeps this node's presence entries alive and restores any that were
+/// swept (a stall past the ttl); sweeps what crashed nodes left. A failure
+/// is tried again at the next tick.
+async fn refresh_presence(node: &Node) {
+    let inner = &node.inner;
+    let local = inner.hub.local_members();
+    if let Err(e) = inner.presence.refresh(&local).await {
+        tracing::warn!(error = %e, entries = local.len(), "presence refresh failed; retried at the next");
     }
 }

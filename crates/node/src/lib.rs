@@ -19,9 +19,10 @@
 //!   delivery per message → the hub's sockets.
 //! - `outlet/`: one socket's write side: the bounded queue, the hold during a
 //!   reply, the recovery floors, the kick, each wire format encoded once.
-//! - `presence`: how joins and leaves become events, refresh and re-register.
-//! - `housekeeping`: the periodic task (presence refresh, unsubscribes,
-//!   stuck writes, bus metrics).
+//! - `presence`: presence as members see it: changes merged into diffs,
+//!   snapshots.
+//! - `housekeeping`: the periodic task (presence refresh, stuck writes,
+//!   bus metrics).
 //! - [`config`]: the configuration (defaults < TOML < env < flags), validated.
 //! - [`metrics`]: every metric, one place. `auth`: tokens and guests.
 //!   `clock`: timestamps and random ids.
@@ -73,7 +74,15 @@ pub async fn run(
         .ok_or(NodeError::AlreadyRunning)?;
     let inner = &node.inner;
     let background = CancellationToken::new();
-    let fanout = tokio::spawn(fanout::run(inbox, inner.hub.clone(), inner.metrics.clone()));
+    let config = node.config();
+    let fanout = fanout::Fanout {
+        hub: inner.hub.clone(),
+        metrics: inner.metrics.clone(),
+        presence: inner.presence.clone(),
+        diffs: presence::Diffs::new(config.diff_interval(), config.presence.events_max_members),
+        list_limit: config.presence.list_limit,
+    };
+    let fanout = tokio::spawn(fanout::run(inbox, fanout));
     let housekeeping = tokio::spawn(housekeeping::run(node.clone(), background.clone()));
     tracing::info!(node = %node.id(), addr = %listener.local_addr()?, "serving");
 

@@ -6,9 +6,9 @@ use crate::auth::Verifier;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use banter_bus::{Bus, BusError, BusStatus, Inbox, MemoryNetwork, RedisBus, RedisBusConfig};
+use banter_bus::{Bus, BusError, BusStatus, Inbox, MemoryNetwork, RedisBus, RedisBusConfig, Topic};
 use banter_presence::{MemoryPresence, Presence, RedisPresence};
-use banter_protocol::MessageId;
+use banter_protocol::{MessageId, RoomId};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -73,8 +73,9 @@ impl Node {
     /// starts unready and keeps reconnecting.
     pub async fn connect(config: Config) -> Result<Node, NodeError> {
         if config.redis.url.is_empty() {
-            let (bus, inbox) = MemoryNetwork::with_history(config.history.size).connect();
-            let presence = MemoryPresence::new(config.presence_ttl());
+            let network = MemoryNetwork::with_history(config.history.size);
+            let (bus, inbox) = network.connect();
+            let presence = MemoryPresence::on(network, config.presence_ttl());
             return Node::with_backends(config, Arc::new(bus), inbox, Arc::new(presence));
         }
         let redis = &config.redis;
@@ -95,7 +96,14 @@ impl Node {
             ..RedisBusConfig::new(redis.url.clone(), redis.key_prefix.clone())
         };
         let (bus, inbox) = RedisBus::connect(pool.clone(), bus_config).await?;
-        let presence = RedisPresence::new(pool, redis.key_prefix.clone(), config.presence_ttl());
+        let prefix = redis.key_prefix.clone();
+        let channel_of = Arc::new(move |room: &RoomId| Topic::Room(room.clone()).channel(&prefix));
+        let presence = RedisPresence::new(
+            pool,
+            redis.key_prefix.clone(),
+            channel_of,
+            config.presence_ttl(),
+        );
         Node::with_backends(config, Arc::new(bus), inbox, Arc::new(presence))
     }
 

@@ -60,7 +60,10 @@ fn the_documented_defaults_are_the_printed_ones() {
     for t in [&mut printed, &mut documented] {
         t["node"].as_table_mut().unwrap().remove("id"); // random on every run
     }
-    assert_eq!(documented, printed, "docs/configuration.md's defaults block is out of date");
+    assert_eq!(
+        documented, printed,
+        "docs/configuration.md's defaults block is out of date"
+    );
 }
 
 #[test]

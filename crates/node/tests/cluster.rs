@@ -121,23 +121,27 @@ async fn presence_across_nodes(p: Pair) {
     assert_eq!((users, count), (vec![ann.user.clone()], 1));
 
     let mut bob = p.b.client("name=Bob").await;
-    let (users, count) = bob.join("hall").await;
+    let (mut users, count) = bob.join("hall").await;
     assert_eq!(count, 2);
+    users.sort_by(|a, b| a.name.as_str().cmp(b.name.as_str()));
     assert_eq!(
         users,
         vec![ann.user.clone(), bob.user.clone()],
-        "snapshot sorted by name"
+        "each user once"
     );
 
     let bob_id = bob.user.id.clone();
-    let bob_joined = |f: &ServerFrame| matches!(f, ServerFrame::Presence { event: PresenceEvent::Join { user }, .. } if user.id == bob_id);
+    let bob_joined = |f: &ServerFrame| matches!(f, ServerFrame::Presence { event: PresenceEvent::Diff { joined, .. }, .. } if joined.iter().any(|u| u.id == bob_id));
     match ann.recv_until(bob_joined).await {
         ServerFrame::Presence {
-            event: PresenceEvent::Join { user },
+            event: PresenceEvent::Diff { joined, left },
             count,
             room,
         } => {
-            assert_eq!((user, count, room.as_str()), (bob.user.clone(), 2, "hall"));
+            assert_eq!(
+                (joined, left, count, room.as_str()),
+                (vec![bob.user.clone()], vec![], 2, "hall")
+            );
         }
         other => panic!("{other:?}"),
     }

@@ -42,17 +42,18 @@ async fn two_clients_chat_on_one_node_without_redis() {
 
     let (users, count) = ann.join("lobby").await;
     assert_eq!(count, 2);
-    let names: Vec<_> = users.iter().map(|u| u.name.as_str()).collect();
+    let mut names: Vec<_> = users.iter().map(|u| u.name.as_str()).collect();
+    names.sort();
     assert_eq!(names, ["Ann", "Bob"]);
     let ann_id = ann.user.id.clone();
-    let ann_joined = |f: &ServerFrame| matches!(f, ServerFrame::Presence { event: PresenceEvent::Join { user }, .. } if user.id == ann_id);
+    let ann_joined = |f: &ServerFrame| matches!(f, ServerFrame::Presence { event: PresenceEvent::Diff { joined, .. }, .. } if joined.iter().any(|u| u.id == ann_id));
     match bob.recv_until(ann_joined).await {
         ServerFrame::Presence {
-            event: PresenceEvent::Join { user },
+            event: PresenceEvent::Diff { joined, .. },
             count,
             ..
         } => {
-            assert_eq!(user, ann.user);
+            assert_eq!(joined, vec![ann.user.clone()]);
             assert_eq!(count, 2);
         }
         other => panic!("{other:?}"),

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use banter_protocol::{ErrorCode, ServerFrame};
+use banter_protocol::{ErrorCode, PresenceEvent, ServerFrame};
 use common::*;
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -134,13 +134,32 @@ async fn a_sigkilled_nodes_users_leave_within_the_ttl() {
 
     a.signal("KILL");
     let killed = Instant::now();
-    for g in &ghosts {
-        tokio::time::timeout(
+    let mut gone = std::collections::HashSet::new();
+    while gone.len() < ghosts.len() {
+        let diff = tokio::time::timeout(
             Duration::from_millis(TTL_MS + 2_000),
-            survivor.leave_of(&g.user.id),
+            survivor.recv_until(|f| {
+                matches!(
+                    f,
+                    ServerFrame::Presence {
+                        event: PresenceEvent::Diff { .. },
+                        ..
+                    }
+                )
+            }),
         )
         .await
-        .expect("the leave arrives within the ttl plus a margin");
+        .expect("the leaves arrive within the ttl plus a margin");
+        if let ServerFrame::Presence {
+            event: PresenceEvent::Diff { left, .. },
+            ..
+        } = diff
+        {
+            gone.extend(left.into_iter().map(|u| u.id));
+        }
+    }
+    for g in &ghosts {
+        assert!(gone.contains(&g.user.id), "each ghost left");
     }
     assert!(
         killed.elapsed() < Duration::from_millis(TTL_MS + 2_000),

@@ -2,20 +2,26 @@
 //!
 //! # Layout
 //!
-//! - this file: the [`Presence`] trait, [`Member`], [`PresenceError`].
+//! - this file: the [`Presence`] trait, [`Member`], [`Page`], [`PresenceError`].
+//! - [`change`]: a presence change as it is published on the room's topic.
 //! - [`memory`]: `MemoryPresence`, for a lone node (or several nodes of one test).
-//! - [`redis`]: `RedisPresence`: per room a sorted set `{prefix}:presence:{room}`
-//!   (member = connection id, score = expiry in ms) and a hash
-//!   `{prefix}:presence:{room}:users` (connection id → user JSON). A node
+//! - [`redis`]: `RedisPresence`: per room a sorted set of connections scored
+//!   by expiry and the hashes and roster beside it (see the module). A node
 //!   refreshes its own entries every ttl/3, so the users of a crashed node
 //!   age out after the ttl.
 //!
 //! Presence counts *users*: a user with two connections in a room is listed
-//! once, joins with the first connection and leaves with the last.
+//! once, joins with the first connection and leaves with the last. Every
+//! change is published on the room's topic by the store itself, atomically
+//! with the change, so every node sees one room's changes in one order (a
+//! leave on one node and a join on another can never arrive reversed), and
+//! nodes merge them into `diff` frames for their members.
 
+pub mod change;
 pub mod memory;
 pub mod redis;
 
+pub use change::Change;
 pub use memory::MemoryPresence;
 pub use redis::RedisPresence;
 
@@ -28,6 +34,17 @@ pub struct Member {
     pub conn: ConnId,
     /// Whose connection it is.
     pub user: User,
+}
+
+/// One page of a room's users.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Page {
+    /// Each user once, in id order.
+    pub users: Vec<User>,
+    /// How many users the room has: exact.
+    pub count: usize,
+    /// Where the next page starts, if more users follow.
+    pub next: Option<String>,
 }
 
 /// Why presence could not be read or written.
@@ -44,30 +61,35 @@ pub enum PresenceError {
     Corrupt(String),
 }
 
-/// Who is online where. Entries expire `ttl` after their last join or refresh.
+/// Who is online where. Entries expire `ttl` after their last join or
+/// refresh; every change is published on the room's topic (see the crate
+/// docs).
 #[async_trait::async_trait]
 pub trait Presence: Send + Sync + std::fmt::Debug + 'static {
-    /// Records `member` in `room` until now + ttl. Returns `true` when this is
-    /// the user's first live connection in the room (announce a join).
-    async fn join(&self, room: &RoomId, member: &Member) -> Result<bool, PresenceError>;
+    /// Records `member` in `room` until now + ttl. The user's first live
+    /// connection in the room publishes their join.
+    async fn join(&self, room: &RoomId, member: &Member) -> Result<(), PresenceError>;
 
-    /// Removes `member` from `room`. Returns `true` when it was the user's
-    /// last live connection in the room (announce a leave). Removing an
-    /// absent member returns `false`.
-    async fn leave(&self, room: &RoomId, member: &Member) -> Result<bool, PresenceError>;
+    /// Removes `member` from `room`, for good: a refresh that still lists it
+    /// (a snapshot taken before the leave) does not bring it back. The
+    /// user's last connection publishes their leave. Removing an absent
+    /// member is fine.
+    async fn leave(&self, room: &RoomId, member: &Member) -> Result<(), PresenceError>;
 
-    /// Everyone with a live (unexpired) connection in `room`, each user once,
-    /// sorted by name then id.
-    async fn users(&self, room: &RoomId) -> Result<Vec<User>, PresenceError>;
-
-    /// Pushes the expiry of these entries to now + ttl (a node calls it for
-    /// its own entries every ttl/3), then removes expired entries of these
-    /// rooms — left by crashed nodes — and returns the users who thereby left
-    /// (no live connection remains), each once per room, so the caller can
-    /// announce the leaves. Two nodes sweeping the same room never both get
-    /// the same departure.
-    async fn refresh(
+    /// Up to `limit` of `room`'s users after the cursor `after` (from a
+    /// previous page's `next`), in id order, with the room's exact count.
+    /// Costs the page, not the room.
+    async fn page(
         &self,
-        entries: &[(RoomId, ConnId)],
-    ) -> Result<Vec<(RoomId, User)>, PresenceError>;
+        room: &RoomId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, PresenceError>;
+
+    /// Keeps these entries (a node's own live members) alive until now +
+    /// ttl, puts back any that were swept meanwhile (a node that stalled past
+    /// the ttl: its users come back, with their joins), then sweeps the
+    /// expired entries of these rooms (left by crashed nodes), publishing
+    /// each user's leave once, however many nodes sweep the same room.
+    async fn refresh(&self, entries: &[(RoomId, Member)]) -> Result<(), PresenceError>;
 }

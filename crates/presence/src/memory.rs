@@ -1,18 +1,21 @@
 //! [`MemoryPresence`]: presence kept in this process.
 //!
 //! It follows the Redis implementation rule for rule (wall-clock expiry in
-//! ms, entries counted per user until they are left or swept, a room
-//! forgotten `2 × ttl` after its last join or refresh), so that the contract
-//! tests hold for both and a lone node behaves like a cluster of one.
+//! ms, entries counted per user until they are left or swept, tombstones
+//! for left connections, a room forgotten `2 × ttl` after its last join or
+//! refresh, changes published on the room's topic as they are made), so that
+//! the contract tests hold for both and a lone node behaves like a cluster
+//! of one.
 
-use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use banter_bus::MemoryNetwork;
 use banter_protocol::{ConnId, RoomId, User, UserId};
+use bytes::Bytes;
 
-use crate::{Member, Presence, PresenceError};
+use crate::{Change, Member, Page, Presence, PresenceError};
 
 /// Presence for a lone node, or for several nodes of one test: clones share
 /// one store, so each simulated node can hold its own handle.
@@ -23,9 +26,12 @@ pub struct MemoryPresence {
     state: Arc<Mutex<HashMap<RoomId, Room>>>,
     /// How long an entry lives after its last join or refresh, in ms.
     ttl_ms: u64,
+    /// Where changes are published (the rooms' topics), in the order they
+    /// are made; without one they are not published (a store on its own).
+    network: Option<MemoryNetwork>,
 }
 
-/// One room: the same three things the Redis implementation keeps in keys.
+/// One room: the same things the Redis implementation keeps in keys.
 #[derive(Debug, Default)]
 struct Room {
     /// Connection → whose it is and when it expires (ms since epoch).
@@ -34,6 +40,11 @@ struct Room {
     /// 0 → 1 and leaves when it goes back to 0, by `leave` or by a sweep,
     /// so every announced join is paired with exactly one announced leave.
     counts: HashMap<UserId, usize>,
+    /// The users present, in id order: what pages are read from.
+    roster: BTreeMap<UserId, User>,
+    /// Connections that left, and when: a refresh from a snapshot taken
+    /// before the leave must not bring them back. Kept for a ttl.
+    left: HashMap<ConnId, u64>,
     /// When the whole room is forgotten (ms since epoch), like the Redis
     /// keys' PEXPIRE: a room whose nodes all died must not live forever.
     forget_at: u64,
@@ -47,11 +58,21 @@ struct Conn {
 
 impl MemoryPresence {
     /// An empty store whose entries expire `ttl` after their last join or
-    /// refresh (`presence.ttl_ms`; nodes refresh every ttl/3).
+    /// refresh (`presence.ttl_ms`; nodes refresh every ttl/3), publishing
+    /// nothing.
     pub fn new(ttl: Duration) -> MemoryPresence {
         MemoryPresence {
             state: Arc::default(),
             ttl_ms: duration_ms(ttl),
+            network: None,
+        }
+    }
+
+    /// The same, publishing every change on `network`'s room topics.
+    pub fn on(network: MemoryNetwork, ttl: Duration) -> MemoryPresence {
+        MemoryPresence {
+            network: Some(network),
+            ..MemoryPresence::new(ttl)
         }
     }
 
@@ -59,6 +80,26 @@ impl MemoryPresence {
         // A panic while holding the lock leaves the maps consistent (every
         // operation validates as it goes), so a poisoned lock is still usable.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `change` on the store and publishes the changes it made on
+    /// `room`'s topic, as one step.
+    async fn changing<T>(
+        &self,
+        room: &RoomId,
+        change: impl FnOnce(&mut HashMap<RoomId, Room>) -> (T, Vec<Change>),
+    ) -> T {
+        let apply = || {
+            let (out, changes) = change(&mut self.lock());
+            (
+                out,
+                changes.iter().map(Change::encode).collect::<Vec<Bytes>>(),
+            )
+        };
+        match &self.network {
+            Some(network) => network.publish_presence(room, apply).await,
+            None => apply().0,
+        }
     }
 }
 
@@ -68,35 +109,42 @@ fn live_room<'a>(
     room: &RoomId,
     now: u64,
 ) -> Option<&'a mut Room> {
-    forget_if_due(rooms, room, now);
-    rooms.get_mut(room)
-}
-
-/// Drops the room if it is past its `forget_at`, as Redis expires keys.
-fn forget_if_due(rooms: &mut HashMap<RoomId, Room>, room: &RoomId, now: u64) {
     if rooms.get(room).is_some_and(|r| r.forget_at <= now) {
         rooms.remove(room);
     }
-}
-
-/// Drops the room once nothing is left in it, as Redis drops empty keys.
-fn drop_if_empty(rooms: &mut HashMap<RoomId, Room>, room: &RoomId) {
-    if rooms.get(room).is_some_and(|r| r.conns.is_empty()) {
-        rooms.remove(room);
-    }
+    rooms.get_mut(room)
 }
 
 impl Room {
-    /// Takes one connection of `user` away; true when it was their last.
-    fn uncount(&mut self, user: &UserId) -> bool {
-        match self.counts.get_mut(user) {
+    /// Counts one more connection of `user`; a change when it is their first.
+    fn count(&mut self, user: &User) -> Option<Change> {
+        let n = self.counts.entry(user.id.clone()).or_default();
+        *n += 1;
+        (*n == 1).then(|| {
+            self.roster.insert(user.id.clone(), user.clone());
+            Change {
+                joined: true,
+                user: user.clone(),
+                count: self.roster.len(),
+            }
+        })
+    }
+
+    /// Takes one connection of `user` away; a change when it was their last.
+    fn uncount(&mut self, user: &User) -> Option<Change> {
+        match self.counts.get_mut(&user.id) {
             Some(n) if *n > 1 => {
                 *n -= 1;
-                false
+                None
             }
             _ => {
-                self.counts.remove(user);
-                true
+                self.counts.remove(&user.id);
+                self.roster.remove(&user.id);
+                Some(Change {
+                    joined: false,
+                    user: user.clone(),
+                    count: self.roster.len(),
+                })
             }
         }
     }
@@ -104,124 +152,148 @@ impl Room {
 
 #[async_trait::async_trait]
 impl Presence for MemoryPresence {
-    async fn join(&self, room: &RoomId, member: &Member) -> Result<bool, PresenceError> {
-        let now = now_ms();
-        let mut rooms = self.lock();
-        forget_if_due(&mut rooms, room, now);
-        let r = rooms.entry(room.clone()).or_default();
-        r.forget_at = now.saturating_add(self.ttl_ms.saturating_mul(2));
-        let expires = now.saturating_add(self.ttl_ms);
-        match r.conns.entry(member.conn.clone()) {
-            Entry::Occupied(mut e) => {
+    async fn join(&self, room: &RoomId, member: &Member) -> Result<(), PresenceError> {
+        let (now, ttl) = (now_ms(), self.ttl_ms);
+        self.changing(room, |rooms| {
+            live_room(rooms, room, now);
+            let r = rooms.entry(room.clone()).or_default();
+            r.forget_at = now.saturating_add(ttl.saturating_mul(2));
+            r.left.remove(&member.conn);
+            let expires = now.saturating_add(ttl);
+            if let Some(c) = r.conns.get_mut(&member.conn) {
                 // The same connection again: only its expiry moves.
-                e.get_mut().expires = expires;
-                Ok(false)
+                c.expires = expires;
+                return ((), Vec::new());
             }
-            Entry::Vacant(e) => {
-                e.insert(Conn {
+            r.conns.insert(
+                member.conn.clone(),
+                Conn {
                     user: member.user.clone(),
                     expires,
-                });
-                let n = r.counts.entry(member.user.id.clone()).or_default();
-                *n += 1;
-                Ok(*n == 1)
-            }
-        }
+                },
+            );
+            ((), r.count(&member.user).into_iter().collect())
+        })
+        .await;
+        Ok(())
     }
 
-    async fn leave(&self, room: &RoomId, member: &Member) -> Result<bool, PresenceError> {
-        let now = now_ms();
-        let mut rooms = self.lock();
-        let Some(r) = live_room(&mut rooms, room, now) else {
-            return Ok(false);
-        };
-        let Some(gone) = r.conns.remove(&member.conn) else {
-            return Ok(false);
-        };
-        let last = r.uncount(&gone.user.id);
-        drop_if_empty(&mut rooms, room);
-        Ok(last)
-    }
-
-    async fn users(&self, room: &RoomId) -> Result<Vec<User>, PresenceError> {
-        let now = now_ms();
-        let mut rooms = self.lock();
-        let Some(r) = live_room(&mut rooms, room, now) else {
-            return Ok(Vec::new());
-        };
-        let live = r
-            .conns
-            .values()
-            .filter(|c| c.expires > now)
-            .map(|c| c.user.clone())
-            .collect();
-        Ok(sorted_unique(live))
-    }
-
-    async fn refresh(
-        &self,
-        entries: &[(RoomId, ConnId)],
-    ) -> Result<Vec<(RoomId, User)>, PresenceError> {
-        let now = now_ms();
-        let expires = now.saturating_add(self.ttl_ms);
-        let mut rooms = self.lock();
-        let mut departed = Vec::new();
-        for (room, conns) in group_by_room(entries) {
-            let Some(r) = live_room(&mut rooms, room, now) else {
-                continue;
+    async fn leave(&self, room: &RoomId, member: &Member) -> Result<(), PresenceError> {
+        let (now, ttl) = (now_ms(), self.ttl_ms);
+        self.changing(room, |rooms| {
+            let Some(r) = live_room(rooms, room, now) else {
+                return ((), Vec::new());
             };
-            r.forget_at = now.saturating_add(self.ttl_ms.saturating_mul(2));
-            for conn in conns {
-                // Only entries still present: one swept by another node
-                // (its leave already announced) is not brought back.
-                if let Some(c) = r.conns.get_mut(conn) {
-                    c.expires = expires;
+            r.left.insert(member.conn.clone(), now);
+            r.left.retain(|_, at| now.saturating_sub(*at) < ttl);
+            let Some(gone) = r.conns.remove(&member.conn) else {
+                return ((), Vec::new());
+            };
+            ((), r.uncount(&gone.user).into_iter().collect())
+        })
+        .await;
+        Ok(())
+    }
+
+    async fn page(
+        &self,
+        room: &RoomId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, PresenceError> {
+        let now = now_ms();
+        let mut rooms = self.lock();
+        let Some(r) = live_room(&mut rooms, room, now) else {
+            return Ok(Page::default());
+        };
+        let rest: Box<dyn Iterator<Item = (&UserId, &User)>> = match after {
+            Some(after) => Box::new(
+                r.roster
+                    .iter()
+                    .skip_while(move |(id, _)| id.as_str() <= after),
+            ),
+            None => Box::new(r.roster.iter()),
+        };
+        let mut users: Vec<User> = rest
+            .take(limit.saturating_add(1))
+            .map(|(_, u)| u.clone())
+            .collect();
+        let next = if users.len() > limit {
+            users.truncate(limit);
+            users.last().map(|u| u.id.to_string())
+        } else {
+            None
+        };
+        Ok(Page {
+            users,
+            count: r.roster.len(),
+            next,
+        })
+    }
+
+    async fn refresh(&self, entries: &[(RoomId, Member)]) -> Result<(), PresenceError> {
+        let (now, ttl) = (now_ms(), self.ttl_ms);
+        let expires = now.saturating_add(ttl);
+        for (room, members) in group_by_room(entries) {
+            self.changing(room, |rooms| {
+                let r = rooms.entry(room.clone()).or_default();
+                if r.forget_at <= now {
+                    *r = Room::default();
                 }
-            }
-            let dead: Vec<ConnId> = r
-                .conns
-                .iter()
-                .filter(|(_, c)| c.expires <= now)
-                .map(|(id, _)| id.clone())
-                .collect();
-            let mut gone = Vec::new();
-            for conn in dead {
-                if let Some(c) = r.conns.remove(&conn)
-                    && r.uncount(&c.user.id)
-                {
-                    gone.push(c.user);
+                r.forget_at = now.saturating_add(ttl.saturating_mul(2));
+                r.left.retain(|_, at| now.saturating_sub(*at) < ttl);
+                let mut changes = Vec::new();
+                for member in members {
+                    if r.left.contains_key(&member.conn) {
+                        continue; // it left after the snapshot was taken
+                    }
+                    if let Some(c) = r.conns.get_mut(&member.conn) {
+                        c.expires = expires;
+                        continue;
+                    }
+                    // Swept while its node stalled: it is back.
+                    r.conns.insert(
+                        member.conn.clone(),
+                        Conn {
+                            user: member.user.clone(),
+                            expires,
+                        },
+                    );
+                    changes.extend(r.count(&member.user));
                 }
-            }
-            drop_if_empty(&mut rooms, room);
-            departed.extend(sorted_unique(gone).into_iter().map(|u| (room.clone(), u)));
+                let dead: Vec<ConnId> = r
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| c.expires <= now)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for conn in dead {
+                    if let Some(c) = r.conns.remove(&conn) {
+                        changes.extend(r.uncount(&c.user));
+                    }
+                }
+                ((), changes)
+            })
+            .await;
         }
-        Ok(departed)
+        Ok(())
     }
 }
 
-/// The entries' rooms in order of first appearance, each with its conns.
-pub(crate) fn group_by_room(entries: &[(RoomId, ConnId)]) -> Vec<(&RoomId, Vec<&ConnId>)> {
+/// The entries' rooms in order of first appearance, each with its members.
+pub(crate) fn group_by_room(entries: &[(RoomId, Member)]) -> Vec<(&RoomId, Vec<&Member>)> {
     let mut index: HashMap<&RoomId, usize> = HashMap::new();
-    let mut groups: Vec<(&RoomId, Vec<&ConnId>)> = Vec::new();
-    for (room, conn) in entries {
+    let mut groups: Vec<(&RoomId, Vec<&Member>)> = Vec::new();
+    for (room, member) in entries {
         let i = *index.entry(room).or_insert_with(|| {
             groups.push((room, Vec::new()));
             groups.len() - 1
         });
-        if let Some((_, conns)) = groups.get_mut(i) {
-            conns.push(conn);
+        if let Some((_, members)) = groups.get_mut(i) {
+            members.push(member);
         }
     }
     groups
-}
-
-/// Users sorted by name then id, each id once (the first name in that order
-/// wins if one user's connections carry different names).
-pub(crate) fn sorted_unique(mut users: Vec<User>) -> Vec<User> {
-    users.sort_by(|a, b| (a.name.as_str(), a.id.as_str()).cmp(&(b.name.as_str(), b.id.as_str())));
-    let mut seen = HashSet::new();
-    users.retain(|u| seen.insert(u.id.clone()));
-    users
 }
 
 /// Wall-clock ms since the Unix epoch: the clock entry expiries are kept in,

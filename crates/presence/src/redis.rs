@@ -1,23 +1,26 @@
 //! [`RedisPresence`]: presence shared by every node of a cluster.
 //!
-//! Per room, three keys (all under `{prefix}:presence:{room}`):
+//! Per room, six keys, all under `{prefix}:presence:{room}`:
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
 //! | `{prefix}:presence:{room}` | sorted set | conn id, score = expiry (ms since epoch) |
-//! | `{prefix}:presence:{room}:users` | hash | conn id → user JSON `{"id":..,"name":..}` |
-//! | `{prefix}:presence:{room}:counts` | hash | user id → how many of the set's conns are theirs |
+//! | `…:users` | hash | conn id → user JSON |
+//! | `…:counts` | hash | user id → how many of the set's conns are theirs |
+//! | `…:roster` | sorted set (score 0) | the user ids present, read in pages by id |
+//! | `…:names` | hash | user id → user JSON, for the pages |
+//! | `…:left` | sorted set | conns that left, and when: a refresh must not bring them back |
 //!
-//! Every change is one Lua script (`lua/*.lua`), so it is atomic. The per-user count makes
-//! `join` and `leave` O(1) instead of a scan of the room, and pairs events:
-//! a user joins when the count goes 0 → 1 and leaves when it returns to 0,
-//! by `leave` or by a sweep, whichever removes their last entry — so each
-//! announced join has exactly one announced leave, even when a user's dead
-//! connection (on a crashed node) and live one overlap. An entry that has
-//! expired but is not swept yet still counts; `users` hides it already.
+//! Every change is one Lua script (`lua/*.lua`), so it is atomic, and it
+//! publishes the change on the room's channel itself (`lua/announce.lua`),
+//! so every node sees one room's changes in one order. The per-user count
+//! makes `join` and `leave` O(1) instead of a scan of the room, and pairs
+//! events: a user joins when the count goes 0 → 1 and leaves when it
+//! returns to 0, by `leave` or by a sweep, whichever removes their last
+//! entry. An entry that has expired but is not swept yet still counts.
 //!
-//! All three keys get a PEXPIRE of 2 × ttl on every join and refresh, so a
-//! room whose nodes all died (nobody left to sweep it) vanishes from Redis.
+//! All keys get a PEXPIRE of 2 × ttl on every join and refresh, so a room
+//! whose nodes all died (nobody left to sweep it) vanishes from Redis.
 //!
 //! Expiry uses each node's wall clock: nodes whose clocks disagree by more
 //! than the ttl would sweep each other's live entries.
@@ -25,16 +28,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use banter_protocol::{ConnId, RoomId, User};
+use banter_protocol::{RoomId, User};
 use deadpool_redis::Pool;
 use redis::{FromRedisValue, Script, Value};
 
-use crate::memory::{duration_ms, group_by_room, now_ms, sorted_unique};
-use crate::{Member, Presence, PresenceError};
+use crate::memory::{duration_ms, group_by_room, now_ms};
+use crate::{Member, Page, Presence, PresenceError};
+
+/// How a room's channel is named: the bus owns the naming, the node hands
+/// it over (so presence changes go where the room's messages go).
+pub type ChannelOf = Arc<dyn Fn(&RoomId) -> String + Send + Sync>;
 
 /// Presence in Redis, shared by every node that uses the same Redis and key
 /// prefix. Cheap to clone: the pool and the scripts are shared.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RedisPresence {
     /// Command connections. Presence calls are a few per connection
     /// lifetime plus one refresh per node every ttl/3, so a pooled
@@ -42,6 +49,8 @@ pub struct RedisPresence {
     pool: Pool,
     /// `redis.key_prefix`: every key starts with `{prefix}:`.
     prefix: Arc<str>,
+    /// Where a room's changes are published.
+    channel_of: ChannelOf,
     /// How long an entry lives after its last join or refresh, in ms.
     ttl_ms: u64,
     /// Built once; each is sent by hash (EVALSHA) and loaded on NOSCRIPT,
@@ -49,11 +58,20 @@ pub struct RedisPresence {
     scripts: Arc<Scripts>,
 }
 
+impl std::fmt::Debug for RedisPresence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisPresence")
+            .field("prefix", &self.prefix)
+            .field("ttl_ms", &self.ttl_ms)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug)]
 struct Scripts {
     join: Script,
     leave: Script,
-    users: Script,
+    page: Script,
     refresh: Script,
 }
 
@@ -61,31 +79,49 @@ struct Scripts {
 const REFRESH_CHUNK: usize = 64;
 
 impl RedisPresence {
-    /// Presence over `pool` with keys under `{key_prefix}:presence:` and
-    /// entries that expire `ttl` after their last join or refresh
+    /// Presence over `pool` with keys under `{key_prefix}:presence:`,
+    /// publishing each room's changes on `channel_of(room)`, with entries
+    /// that expire `ttl` after their last join or refresh
     /// (`presence.ttl_ms`). Does no I/O.
-    pub fn new(pool: Pool, key_prefix: impl Into<String>, ttl: Duration) -> RedisPresence {
-        let user_id = include_str!("lua/user_id.lua");
-        let with_user_id = |body: &str| Script::new(&format!("{user_id}{body}"));
+    pub fn new(
+        pool: Pool,
+        key_prefix: impl Into<String>,
+        channel_of: ChannelOf,
+        ttl: Duration,
+    ) -> RedisPresence {
+        let shared = [
+            include_str!("lua/user_id.lua"),
+            include_str!("lua/announce.lua"),
+        ]
+        .concat();
+        let script = |body: &str| Script::new(&format!("{shared}{body}"));
         RedisPresence {
             pool,
             prefix: Arc::from(key_prefix.into()),
+            channel_of,
             ttl_ms: duration_ms(ttl),
             scripts: Arc::new(Scripts {
-                join: Script::new(include_str!("lua/join.lua")),
-                leave: with_user_id(include_str!("lua/leave.lua")),
-                users: Script::new(include_str!("lua/users.lua")),
-                refresh: with_user_id(include_str!("lua/refresh.lua")),
+                join: script(include_str!("lua/join.lua")),
+                leave: script(include_str!("lua/leave.lua")),
+                page: Script::new(include_str!("lua/page.lua")),
+                refresh: script(include_str!("lua/refresh.lua")),
             }),
         }
     }
 
-    /// The room's sorted set, user hash and count hash.
-    fn keys(&self, room: &RoomId) -> [String; 3] {
+    /// The room's six keys, in the scripts' order: set, users, counts,
+    /// roster, names, left (see the module docs).
+    fn keys(&self, room: &RoomId) -> [String; 6] {
         let set = format!("{}:presence:{}", self.prefix, room);
-        let users = format!("{set}:users");
-        let counts = format!("{set}:counts");
-        [set, users, counts]
+        let more = |k: &str| format!("{set}:{k}");
+        [
+            set.clone(),
+            more("users"),
+            more("counts"),
+            more("roster"),
+            more("names"),
+            more("left"),
+        ]
     }
 
     async fn connection(&self) -> Result<deadpool_redis::Connection, PresenceError> {
@@ -99,6 +135,11 @@ impl RedisPresence {
     }
 }
 
+fn user_json(user: &User) -> Result<String, PresenceError> {
+    serde_json::to_string(user)
+        .map_err(|e| PresenceError::Corrupt(format!("cannot encode user: {e}")))
+}
+
 fn parse_user(json: &str, key: &str) -> Result<User, PresenceError> {
     serde_json::from_str(json)
         .map_err(|e| PresenceError::Corrupt(format!("user entry in {key}: {e}")))
@@ -106,95 +147,114 @@ fn parse_user(json: &str, key: &str) -> Result<User, PresenceError> {
 
 #[async_trait::async_trait]
 impl Presence for RedisPresence {
-    async fn join(&self, room: &RoomId, member: &Member) -> Result<bool, PresenceError> {
-        let json = serde_json::to_string(&member.user)
-            .map_err(|e| PresenceError::Corrupt(format!("cannot encode user: {e}")))?;
-        let [set, users, counts] = self.keys(room);
-        let mut con = self.connection().await?;
-        let first: i64 = self
-            .scripts
-            .join
-            .key(&set)
-            .key(&users)
-            .key(&counts)
+    async fn join(&self, room: &RoomId, member: &Member) -> Result<(), PresenceError> {
+        let json = user_json(&member.user)?;
+        let mut invocation = self.scripts.join.prepare_invoke();
+        for key in self.keys(room) {
+            invocation.key(key);
+        }
+        invocation
             .arg(member.conn.as_str())
             .arg(now_ms().saturating_add(self.ttl_ms))
             .arg(json)
             .arg(member.user.id.as_str())
             .arg(self.key_ttl_ms())
+            .arg((self.channel_of)(room));
+        let mut con = self.connection().await?;
+        let _: i64 = invocation
             .invoke_async(&mut con)
             .await
             .map_err(PresenceError::Redis)?;
-        Ok(first == 1)
+        Ok(())
     }
 
-    async fn leave(&self, room: &RoomId, member: &Member) -> Result<bool, PresenceError> {
-        let [set, users, counts] = self.keys(room);
-        let mut con = self.connection().await?;
-        let last: i64 = self
-            .scripts
-            .leave
-            .key(&set)
-            .key(&users)
-            .key(&counts)
+    async fn leave(&self, room: &RoomId, member: &Member) -> Result<(), PresenceError> {
+        let mut invocation = self.scripts.leave.prepare_invoke();
+        let keys = self.keys(room);
+        for key in &keys {
+            invocation.key(key);
+        }
+        invocation
             .arg(member.conn.as_str())
+            .arg(now_ms())
+            .arg(self.ttl_ms)
+            .arg((self.channel_of)(room));
+        let mut con = self.connection().await?;
+        let last: i64 = invocation
             .invoke_async(&mut con)
             .await
             .map_err(PresenceError::Redis)?;
         if last < 0 {
             return Err(PresenceError::Corrupt(format!(
-                "{users} held no readable user for {}",
-                member.conn
+                "{} held no readable user for {}",
+                keys[1], member.conn
             )));
         }
-        Ok(last == 1)
+        Ok(())
     }
 
-    async fn users(&self, room: &RoomId) -> Result<Vec<User>, PresenceError> {
-        let [set, users, _] = self.keys(room);
+    async fn page(
+        &self,
+        room: &RoomId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, PresenceError> {
+        let keys = self.keys(room);
         let mut con = self.connection().await?;
-        let jsons: Vec<String> = self
+        // One more than asked, to know whether another page follows.
+        let reply: Vec<Value> = self
             .scripts
-            .users
-            .key(&set)
-            .key(&users)
-            .arg(now_ms())
+            .page
+            .key(&keys[3])
+            .key(&keys[4])
+            .arg(after.unwrap_or(""))
+            .arg(limit.saturating_add(1))
             .invoke_async(&mut con)
             .await
             .map_err(PresenceError::Redis)?;
-        let list = jsons
-            .iter()
-            .map(|j| parse_user(j, &users))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(sorted_unique(list))
+        let mut items = reply.into_iter();
+        let count = items
+            .next()
+            .and_then(|v| usize::from_redis_value(v).ok())
+            .unwrap_or(0);
+        let mut users = Vec::new();
+        for item in items {
+            let json =
+                String::from_redis_value(item).map_err(|e| PresenceError::Redis(e.into()))?;
+            users.push(parse_user(&json, &keys[4])?);
+        }
+        let next = if users.len() > limit {
+            users.truncate(limit);
+            users.last().map(|u| u.id.to_string())
+        } else {
+            None
+        };
+        Ok(Page { users, count, next })
     }
 
-    async fn refresh(
-        &self,
-        entries: &[(RoomId, ConnId)],
-    ) -> Result<Vec<(RoomId, User)>, PresenceError> {
+    async fn refresh(&self, entries: &[(RoomId, Member)]) -> Result<(), PresenceError> {
         if entries.is_empty() {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let now = now_ms();
         let groups = group_by_room(entries);
-        let keys: Vec<[String; 3]> = groups.iter().map(|(room, _)| self.keys(room)).collect();
-        let invocations: Vec<_> = groups
-            .iter()
-            .zip(&keys)
-            .map(|((_, conns), [set, users, counts])| {
-                let mut inv = self.scripts.refresh.key(set);
-                inv.key(users)
-                    .key(counts)
-                    .arg(now)
-                    .arg(now.saturating_add(self.ttl_ms))
-                    .arg(self.key_ttl_ms());
-                for conn in conns {
-                    inv.arg(conn.as_str());
-                }
-                inv
-            })
-            .collect();
+        let mut invocations = Vec::with_capacity(groups.len());
+        for (room, members) in &groups {
+            let mut inv = self.scripts.refresh.prepare_invoke();
+            for key in self.keys(room) {
+                inv.key(key);
+            }
+            inv.arg(now)
+                .arg(now.saturating_add(self.ttl_ms))
+                .arg(self.key_ttl_ms())
+                .arg((self.channel_of)(room));
+            for member in members {
+                inv.arg(member.conn.as_str())
+                    .arg(user_json(&member.user)?)
+                    .arg(member.user.id.as_str());
+            }
+            invocations.push(inv);
+        }
         // A few rooms per round trip, not all of them in one: Redis runs a
         // client's whole pipeline before serving anyone else, and one
         // pipeline of thousands of scripts stalled every publish behind it
@@ -202,10 +262,8 @@ impl Presence for RedisPresence {
         // NOSCRIPT by itself, so each starts with SCRIPT LOAD (a no-op when
         // the script is cached).
         let mut con = self.connection().await?;
-        let mut departed = Vec::new();
-        for ((groups, keys), invocations) in groups
+        for (rooms, invocations) in groups
             .chunks(REFRESH_CHUNK)
-            .zip(keys.chunks(REFRESH_CHUNK))
             .zip(invocations.chunks(REFRESH_CHUNK))
         {
             let mut pipe = redis::pipe();
@@ -217,35 +275,20 @@ impl Presence for RedisPresence {
                 .query_async(&mut con)
                 .await
                 .map_err(PresenceError::Redis)?;
-            if replies.len() != groups.len() {
-                return Err(PresenceError::Corrupt(format!(
-                    "{} sweep replies for {} rooms",
-                    replies.len(),
-                    groups.len()
-                )));
-            }
-            for (((room, _), [_, users, _]), reply) in groups.iter().zip(keys).zip(replies) {
-                let (corrupt, gone) = <(i64, Vec<String>)>::from_redis_value(reply)
+            for ((room, _), reply) in rooms.iter().zip(replies) {
+                let (corrupt, restored, departed) = <(i64, i64, i64)>::from_redis_value(reply)
                     .map_err(|e| PresenceError::Redis(e.into()))?;
                 if corrupt > 0 {
-                    tracing::warn!(key = %users, corrupt, "swept presence entries without a readable user");
+                    tracing::warn!(%room, corrupt, "swept presence entries without a readable user");
                 }
-                // The entries are already swept: a user that cannot be read is
-                // logged and skipped rather than failing everyone else's leave.
-                let mut left = Vec::with_capacity(gone.len());
-                for json in &gone {
-                    match parse_user(json, users) {
-                        Ok(user) => left.push(user),
-                        Err(e) => tracing::warn!(error = %e, "departed user not announced"),
-                    }
+                if restored > 0 {
+                    tracing::info!(%room, restored, "presence entries swept while this node stalled are back");
                 }
-                departed.extend(
-                    sorted_unique(left)
-                        .into_iter()
-                        .map(|u| ((*room).clone(), u)),
-                );
+                if departed > 0 {
+                    tracing::info!(%room, departed, "swept users of a node that stopped refreshing");
+                }
             }
         }
-        Ok(departed)
+        Ok(())
     }
 }

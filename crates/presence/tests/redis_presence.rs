@@ -1,6 +1,6 @@
 //! What only `RedisPresence` promises, on a real `redis-server`: its keys
-//! (prefixed, expiring, cleaned up), a room nobody sweeps vanishing, and an
-//! outage that is an error, then recovers.
+//! (prefixed, expiring), a room nobody sweeps vanishing, an outage that is
+//! an error and then recovers, and a leave that costs O(1), not O(room).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,16 +9,9 @@ use common::*;
 
 use std::time::Duration;
 
-use banter_presence::{Presence, RedisPresence};
+use banter_presence::Presence;
 use banter_testkit::RedisServer;
 use tokio::time::{Instant, sleep};
-
-async fn redis_node(server: &RedisServer, prefix: &str, ttl: Duration) -> RedisPresence {
-    let pool = deadpool_redis::Config::from_url(server.url())
-        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-        .expect("pool");
-    RedisPresence::new(pool, prefix, ttl)
-}
 
 fn keys(server: &RedisServer) -> Vec<String> {
     let mut keys: Vec<String> = server.query(&["KEYS", "*"]);
@@ -26,60 +19,54 @@ fn keys(server: &RedisServer) -> Vec<String> {
     keys
 }
 
-fn pttl(server: &RedisServer, key: &str) -> i64 {
-    server.query(&["PTTL", key])
-}
-
-/// Keys live under the configured prefix, expire with 2 × ttl, and go away
-/// when the last member leaves.
+/// Keys live under the configured prefix and expire with 2 × ttl.
 #[tokio::test]
 async fn redis_keys_are_prefixed_and_expire() {
     bounded(async {
         let server = RedisServer::start();
-        let p = redis_node(&server, "banter-x", Duration::from_secs(10)).await;
+        let p = redis_presence(&server, "banter-x", Duration::from_secs(10));
         let lobby = room("lobby");
         let ann = user("u-ann", "Ann");
         let a1 = member("a1", &ann);
         p.join(&lobby, &a1).await.unwrap();
-
         assert_eq!(
             keys(&server),
-            vec![
+            [
                 "banter-x:presence:lobby",
                 "banter-x:presence:lobby:counts",
+                "banter-x:presence:lobby:names",
+                "banter-x:presence:lobby:roster",
                 "banter-x:presence:lobby:users",
             ]
         );
         for k in keys(&server) {
-            let ms = pttl(&server, &k);
+            let ms: i64 = server.query(&["PTTL", &k]);
             assert!(ms > 10_000 && ms <= 20_000, "{k} pttl {ms}");
         }
         let json: String = server.query(&["HGET", "banter-x:presence:lobby:users", "a1"]);
-        assert!(json.contains(r#"{"id":"u-ann","name":"Ann"}"#), "{json}");
-
+        assert_eq!(json, r#"{"id":"u-ann","name":"Ann"}"#);
         p.leave(&lobby, &a1).await.unwrap();
-        assert!(
-            keys(&server).is_empty(),
-            "left nothing behind: {:?}",
-            keys(&server)
+        let left: Vec<String> = keys(&server);
+        assert_eq!(
+            left,
+            ["banter-x:presence:lobby:left"],
+            "only the tombstone stays, expiring"
         );
+        let ms: i64 = server.query(&["PTTL", "banter-x:presence:lobby:left"]);
+        assert!(ms > 0 && ms <= 10_000, "{ms}");
     })
     .await;
 }
 
-/// A room whose only node died vanishes from Redis after 2 × ttl, with
-/// nobody sweeping it; a later join of the same user is a first join.
+/// A room whose every node died: nobody sweeps it, its keys expire.
 #[tokio::test]
 async fn redis_abandoned_room_vanishes() {
     bounded(async {
         let server = RedisServer::start();
-        let ttl = Duration::from_millis(200);
-        let p = redis_node(&server, "t", ttl).await;
-        let lobby = room("lobby");
-        let ann = user("u-ann", "Ann");
-        assert!(p.join(&lobby, &member("a1", &ann)).await.unwrap());
-        assert_eq!(keys(&server).len(), 3);
-
+        let p = redis_presence(&server, PREFIX, Duration::from_millis(200));
+        p.join(&room("lost"), &member("a1", &user("u-ann", "Ann")))
+            .await
+            .unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         while !keys(&server).is_empty() {
             assert!(
@@ -89,7 +76,6 @@ async fn redis_abandoned_room_vanishes() {
             );
             sleep(Duration::from_millis(50)).await;
         }
-        assert!(p.join(&lobby, &member("a2", &ann)).await.unwrap());
     })
     .await;
 }
@@ -100,30 +86,75 @@ async fn redis_abandoned_room_vanishes() {
 async fn redis_outage_is_an_error_then_recovers() {
     bounded(async {
         let mut server = RedisServer::start();
-        let p = redis_node(&server, "t", Duration::from_secs(10)).await;
+        let p = redis_presence(&server, PREFIX, Duration::from_secs(10));
         let lobby = room("lobby");
         let ann = user("u-ann", "Ann");
         let a1 = member("a1", &ann);
         p.join(&lobby, &a1).await.unwrap();
 
         server.stop();
-        assert!(p.users(&lobby).await.is_err());
+        assert!(p.page(&lobby, None, 10).await.is_err());
         assert!(p.refresh(&[entry(&lobby, &a1)]).await.is_err());
 
         server.restart();
         let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match p.join(&lobby, &a1).await {
-                Ok(first) => {
-                    assert!(first, "the restart lost everything: a first join");
-                    break;
-                }
-                Err(e) => assert!(Instant::now() < deadline, "no recovery: {e}"),
-            }
+        // The restart lost everything: a refresh puts the member back.
+        while let Err(e) = p.refresh(&[entry(&lobby, &a1)]).await {
+            assert!(Instant::now() < deadline, "no recovery: {e}");
             sleep(Duration::from_millis(50)).await;
         }
-        assert_eq!(p.users(&lobby).await.unwrap(), vec![ann]);
-        assert!(p.refresh(&[entry(&lobby, &a1)]).await.unwrap().is_empty());
+        let page = p.page(&lobby, None, 10).await.unwrap();
+        assert_eq!((page.users, page.count), (vec![ann], 1));
+    })
+    .await;
+}
+
+/// Draining a big room costs Redis linear work: each leave is a constant
+/// number of commands, whatever the room's size (it once read the whole
+/// room to learn a count).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_a_leave_costs_the_same_in_a_big_room() {
+    bounded(async {
+        let server = RedisServer::start();
+        let p = redis_presence(&server, PREFIX, Duration::from_secs(60));
+        let calls = |server: &RedisServer| -> u64 {
+            let info: String = server.query(&["INFO", "commandstats"]);
+            info.lines()
+                .filter_map(|l| l.strip_prefix("cmdstat_"))
+                .filter(|l| {
+                    !l.starts_with("info:")
+                        && !l.starts_with("evalsha:")
+                        && !l.starts_with("script")
+                })
+                .filter_map(|l| {
+                    l.split("calls=")
+                        .nth(1)?
+                        .split(',')
+                        .next()?
+                        .parse::<u64>()
+                        .ok()
+                })
+                .sum()
+        };
+        let mut per_leave = Vec::new();
+        for size in [10usize, 1_000] {
+            let r = room(&format!("big{size}"));
+            let members: Vec<_> = (0..size)
+                .map(|i| member(&format!("c{size}-{i}"), &user(&format!("u{i}"), "U")))
+                .collect();
+            for m in &members {
+                p.join(&r, m).await.unwrap();
+            }
+            let before = calls(&server);
+            for m in members.iter().take(10) {
+                p.leave(&r, m).await.unwrap();
+            }
+            per_leave.push((calls(&server) - before) / 10);
+        }
+        assert_eq!(
+            per_leave[0], per_leave[1],
+            "commands per leave, room of 10 vs 1000: {per_leave:?}"
+        );
     })
     .await;
 }

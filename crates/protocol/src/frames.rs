@@ -56,6 +56,9 @@ pub enum ClientFrame {
     Who {
         /// The room.
         room: RoomId,
+        /// Where the previous page of the answer ended (its `cursor`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cursor: Option<String>,
     },
     /// Page backwards through a room's history.
     History {
@@ -128,20 +131,23 @@ pub struct DirectMessage {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum PresenceEvent {
-    /// A user's first connection entered the room.
-    Join {
-        /// Who joined.
-        user: User,
+    /// What changed since the room's previous diff, merged: a user joins
+    /// with their first connection and leaves with their last. Both lists
+    /// are empty in rooms over `presence.events_max_members`: then only the
+    /// count tells.
+    Diff {
+        /// Users who came.
+        joined: Vec<User>,
+        /// Users who went.
+        left: Vec<User>,
     },
-    /// A user's last connection left the room.
-    Leave {
-        /// Who left.
-        user: User,
-    },
-    /// Everyone online in the room (answer to `who`).
+    /// One page of who is online (the answer to `who`).
     Snapshot {
         /// Each user once, however many connections they have.
         users: Vec<User>,
+        /// Send it back in `who` for the next page; absent on the last.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cursor: Option<String>,
     },
 }
 
@@ -164,9 +170,10 @@ pub enum ServerFrame {
     Joined {
         /// The room joined.
         room: RoomId,
-        /// Everyone online in the room, the joiner included, each user once.
+        /// The first page of who is online in the room (the joiner
+        /// included, each user once), at most `presence.list_limit`.
         users: Vec<User>,
-        /// `users.len()`.
+        /// How many users are online in the room: exact.
         count: usize,
         /// Recent messages, or those after `since`, oldest first.
         history: Vec<Message>,

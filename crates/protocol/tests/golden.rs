@@ -97,6 +97,14 @@ fn client_frames() {
         json!({"type":"who","room":"lobby"}),
         ClientFrame::Who {
             room: lobby.clone(),
+            cursor: None,
+        },
+    );
+    client_golden(
+        json!({"type":"who","room":"lobby","cursor":"u7"}),
+        ClientFrame::Who {
+            room: lobby.clone(),
+            cursor: Some("u7".into()),
         },
     );
     client_golden(
@@ -184,33 +192,49 @@ fn server_frames() {
     server_golden(
         ServerFrame::Presence {
             room: "lobby".parse().unwrap(),
-            event: PresenceEvent::Join {
-                user: user("u1", "Ann"),
+            event: PresenceEvent::Diff {
+                joined: vec![user("u1", "Ann")],
+                left: vec![user("u2", "Bob")],
             },
             count: 2,
         },
-        json!({"type":"presence","room":"lobby","event":"join","user":{"id":"u1","name":"Ann"},"count":2}),
+        json!({"type":"presence","room":"lobby","event":"diff","joined":[{"id":"u1","name":"Ann"}],
+               "left":[{"id":"u2","name":"Bob"}],"count":2}),
     );
     server_golden(
         ServerFrame::Presence {
             room: "lobby".parse().unwrap(),
-            event: PresenceEvent::Leave {
-                user: user("u1", "Ann"),
+            event: PresenceEvent::Diff {
+                joined: vec![],
+                left: vec![],
             },
-            count: 1,
+            count: 20_000,
         },
-        json!({"type":"presence","room":"lobby","event":"leave","user":{"id":"u1","name":"Ann"},"count":1}),
+        json!({"type":"presence","room":"lobby","event":"diff","joined":[],"left":[],"count":20000}),
     );
     server_golden(
         ServerFrame::Presence {
             room: "lobby".parse().unwrap(),
             event: PresenceEvent::Snapshot {
                 users: vec![user("u1", "Ann"), user("u2", "Bob")],
+                cursor: Some("u2".into()),
             },
-            count: 2,
+            count: 5,
         },
         json!({"type":"presence","room":"lobby","event":"snapshot",
-               "users":[{"id":"u1","name":"Ann"},{"id":"u2","name":"Bob"}],"count":2}),
+               "users":[{"id":"u1","name":"Ann"},{"id":"u2","name":"Bob"}],"cursor":"u2","count":5}),
+    );
+    server_golden(
+        ServerFrame::Presence {
+            room: "lobby".parse().unwrap(),
+            event: PresenceEvent::Snapshot {
+                users: vec![user("u1", "Ann")],
+                cursor: None,
+            },
+            count: 1,
+        },
+        json!({"type":"presence","room":"lobby","event":"snapshot",
+               "users":[{"id":"u1","name":"Ann"}],"count":1}),
     );
     server_golden(
         ServerFrame::Typing {

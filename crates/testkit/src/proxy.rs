@@ -32,7 +32,9 @@ impl Proxy {
     pub fn start(target: SocketAddr) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a proxy port");
         let port = listener.local_addr().expect("proxy address").port();
-        listener.set_nonblocking(true).expect("nonblocking listener");
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
         let shared = Arc::new(Shared::default());
         let accept = shared.clone();
         thread::spawn(move || {
@@ -149,11 +151,18 @@ mod tests {
         proxy.cut();
         assert!(matches!(c.read(&mut b), Ok(0) | Err(_)), "cut closes");
         let mut refused = TcpStream::connect(proxy.addr()).unwrap();
-        refused.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        assert!(matches!(refused.read(&mut b), Ok(0) | Err(_)), "cut refuses");
+        refused
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        assert!(
+            matches!(refused.read(&mut b), Ok(0) | Err(_)),
+            "cut refuses"
+        );
         proxy.restore();
         let mut again = TcpStream::connect(proxy.addr()).unwrap();
-        again.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        again
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
         again.write_all(b"pong").unwrap();
         again.read_exact(&mut b).unwrap();
         assert_eq!(&b, b"pong");

@@ -15,7 +15,7 @@
 //!   own health channel every `probe_interval`; a probe that does not come
 //!   back within [`PROBE_MISSES`] intervals drops the connection.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -62,6 +62,10 @@ const PROBE_MISSES: u32 = 3;
 pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// How far behind the bus a node may fall, unless configured otherwise.
 pub const DEFAULT_MAX_LAG: Duration = Duration::from_secs(5);
+/// How long a room stays subscribed after its last local member left,
+/// unless configured otherwise: long enough for a reconnect or a flapping
+/// room not to churn SUBSCRIBE.
+pub const DEFAULT_UNSUBSCRIBE_DELAY: Duration = Duration::from_millis(500);
 
 /// Where the Redis bus connects and how it names its channels.
 #[derive(Clone, Debug)]
@@ -83,6 +87,9 @@ pub struct RedisBusConfig {
     /// before the subscriber connection is dropped and the gap repaired
     /// from history, instead of buffering without bound.
     pub max_lag: Duration,
+    /// How long a room stays subscribed after this node's last member of it
+    /// left (a user's topic goes at once).
+    pub unsubscribe_delay: Duration,
 }
 
 impl RedisBusConfig {
@@ -96,6 +103,7 @@ impl RedisBusConfig {
             history_size: DEFAULT_HISTORY,
             history_ttl: Duration::ZERO,
             max_lag: DEFAULT_MAX_LAG,
+            unsubscribe_delay: DEFAULT_UNSUBSCRIBE_DELAY,
         }
     }
 }
@@ -168,6 +176,9 @@ impl RedisBus {
             retention,
             requests,
             topics: BTreeMap::new(),
+            refs: HashMap::new(),
+            idle: HashMap::new(),
+            unsubscribe_delay: config.unsubscribe_delay,
             out: VecDeque::new(),
             inbox: inbox_tx,
             status: status_tx.clone(),

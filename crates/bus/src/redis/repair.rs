@@ -391,6 +391,7 @@ fn stored(
     Envelope {
         topic: topic.clone(),
         position: Some(position),
+        presence: false,
         payload: Bytes::from(record.into_draft(room).frame(position)),
     }
 }

@@ -3,7 +3,7 @@
 //! health probe, reconnecting with jittered backoff, handing events to the
 //! inbox, and gap repair ([`super::repair`]) after every interruption.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,6 +62,15 @@ pub(super) struct Subscriber {
     /// it repairs, and the filter on delivery (an envelope still in flight
     /// for a topic just unsubscribed is not delivered).
     pub(super) topics: BTreeMap<Topic, Cursor>,
+    /// References the node holds on each wanted topic (its local members).
+    pub(super) refs: HashMap<Topic, usize>,
+    /// Rooms whose last reference went, and when: unsubscribed, all in one
+    /// command, once `unsubscribe_delay` has passed without a new one.
+    pub(super) idle: HashMap<Topic, Instant>,
+    /// How long a room stays subscribed after its last local member left,
+    /// so a member who reconnects or a flapping room does not churn
+    /// SUBSCRIBE. A user's topic goes at once.
+    pub(super) unsubscribe_delay: Duration,
     /// Events waiting for room in a full inbox, kept across connections
     /// (their topics' cursors already count them as delivered). While any
     /// wait, the stream is not read: backpressure, not a drop. Bounded by
@@ -223,11 +232,15 @@ impl Subscriber {
                 () = self.inbox.closed() => return None,
                 request = self.requests.recv() => match request? {
                     Request::Subscribe(topic, reply) => {
+                        self.take_ref(&topic);
                         self.topics.entry(topic).or_insert(Cursor::Pending);
                         let _ = reply.send(Err(BusError::Down));
                     }
                     Request::Unsubscribe(topic, reply) => {
-                        self.topics.remove(&topic);
+                        if self.give_ref(&topic) {
+                            self.idle.remove(&topic);
+                            self.topics.remove(&topic);
+                        }
                         let _ = reply.send(Ok(()));
                     }
                 },
@@ -253,6 +266,9 @@ impl Subscriber {
     ) -> Ended {
         let mut tick = time::interval(self.probe_interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut idle_tick =
+            time::interval((self.unsubscribe_delay / 2).max(Duration::from_millis(10)));
+        idle_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let window = self.probe_interval * PROBE_MISSES;
         let mut probes: JoinSet<Result<(), BusError>> = JoinSet::new();
         let mut sequence: u64 = 0;
@@ -313,11 +329,16 @@ impl Subscriber {
                         continue; // unsubscribed meanwhile
                     };
                     let payload = Bytes::copy_from_slice(message.get_payload_bytes());
-                    let Ok((position, payload)) = framing::decode(payload) else {
+                    let Ok(framed) = framing::decode(payload) else {
                         tracing::warn!(?topic, "a payload with an unreadable header; dropped");
                         continue;
                     };
-                    let envelope = Envelope { topic, position, payload };
+                    let envelope = Envelope {
+                        topic,
+                        position: framed.position,
+                        presence: framed.presence,
+                        payload: framed.payload,
+                    };
                     if let Some(envelope) = repairs.hold(envelope) {
                         // Not under repair: delivered now, once.
                         if cursor.advance(envelope.position) {
@@ -329,6 +350,11 @@ impl Subscriber {
                         }
                     }
                 },
+                _ = idle_tick.tick(), if !self.idle.is_empty() => {
+                    if let Err(reason) = self.unsubscribe_idle(&mut sink, &mut repairs).await {
+                        return Ended::Lost(reason);
+                    }
+                }
                 Some(done) = probes.join_next() => match done {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => return Ended::Lost(format!("probe publish failed: {e}")),
@@ -377,6 +403,7 @@ impl Subscriber {
     ) -> Result<(), String> {
         match request {
             Request::Subscribe(topic, reply) => {
+                self.take_ref(&topic);
                 if self.topics.contains_key(&topic) {
                     let _ = reply.send(Ok(()));
                     return Ok(());
@@ -415,25 +442,99 @@ impl Subscriber {
                 }
             }
             Request::Unsubscribe(topic, reply) => {
-                // Delivery stops now whatever Redis says (the wanted set
-                // filters the stream), so the answer is always Ok; it is
-                // sent once Redis confirmed, or once the connection is
-                // condemned.
-                repairs.forget(&topic);
-                if self.topics.remove(&topic).is_none() {
+                if !self.give_ref(&topic) {
                     let _ = reply.send(Ok(()));
                     return Ok(());
                 }
-                let channel = topic.channel(&self.prefix);
-                let result = match time::timeout(COMMAND_TIMEOUT, sink.unsubscribe(&channel)).await
+                if let Topic::Room(_) = topic
+                    && !self.unsubscribe_delay.is_zero()
                 {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e)) => Err(format!("UNSUBSCRIBE failed: {e}")),
-                    Err(_) => Err("UNSUBSCRIBE timed out".into()),
-                };
+                    self.idle.insert(topic, Instant::now());
+                    let _ = reply.send(Ok(()));
+                    return Ok(());
+                }
+                // A user's topic goes at once: a direct message sent from
+                // now on finds nobody listening, and its sender is told.
+                let result = self.drop_topics(sink, vec![topic], repairs).await;
                 let _ = reply.send(Ok(()));
                 result
             }
+        }
+    }
+
+    /// Takes a reference on `topic`; it is no longer idle.
+    fn take_ref(&mut self, topic: &Topic) {
+        *self.refs.entry(topic.clone()).or_default() += 1;
+        self.idle.remove(topic);
+    }
+
+    /// Gives a reference back: `true` when it was the topic's last.
+    fn give_ref(&mut self, topic: &Topic) -> bool {
+        match self.refs.get_mut(topic) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => {
+                self.refs.remove(topic);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Unsubscribes, in one command, every room idle for longer than the delay.
+    async fn unsubscribe_idle(
+        &mut self,
+        sink: &mut PubSubSink,
+        repairs: &mut Repairs,
+    ) -> Result<(), String> {
+        let now = Instant::now();
+        let delay = self.unsubscribe_delay;
+        if !self
+            .idle
+            .values()
+            .any(|since| now.duration_since(*since) >= delay)
+        {
+            return Ok(());
+        }
+        // With one due, those halfway there go too: rooms that emptied
+        // together leave together, in one command.
+        let due: Vec<Topic> = self
+            .idle
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= delay / 2)
+            .map(|(t, _)| t.clone())
+            .collect();
+        for topic in &due {
+            self.idle.remove(topic);
+        }
+        self.drop_topics(sink, due, repairs).await
+    }
+
+    /// Stops delivering `topics` now (the wanted set filters the stream,
+    /// whatever Redis says) and tells Redis in one UNSUBSCRIBE. `Err`: the
+    /// connection failed and must be replaced.
+    async fn drop_topics(
+        &mut self,
+        sink: &mut PubSubSink,
+        topics: Vec<Topic>,
+        repairs: &mut Repairs,
+    ) -> Result<(), String> {
+        let mut channels = Vec::with_capacity(topics.len());
+        for topic in topics {
+            repairs.forget(&topic);
+            if self.topics.remove(&topic).is_some() {
+                channels.push(topic.channel(&self.prefix));
+            }
+        }
+        if channels.is_empty() {
+            return Ok(());
+        }
+        match time::timeout(COMMAND_TIMEOUT, sink.unsubscribe(channels)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("UNSUBSCRIBE failed: {e}")),
+            Err(_) => Err("UNSUBSCRIBE timed out".into()),
         }
     }
 }

@@ -49,6 +49,8 @@ pub async fn redis_bus(url: &str, history: usize) -> (RedisBus, Inbox) {
     let config = RedisBusConfig {
         probe_interval: PROBE,
         history_size: history,
+        // The contract says when delivery stops; the delay has its own test.
+        unsubscribe_delay: Duration::ZERO,
         ..RedisBusConfig::new(url, "banter")
     };
     RedisBus::connect(pool, config).await.unwrap()
@@ -113,6 +115,7 @@ pub fn envelope(topic: &Topic, text: &str) -> Envelope {
     Envelope {
         topic: topic.clone(),
         position: None,
+        presence: false,
         payload: Bytes::from(text.to_owned()),
     }
 }

@@ -111,6 +111,7 @@ impl Config {
             ("limits.max_rooms", self.limits.max_rooms),
             ("limits.outbound_queue", self.limits.outbound_queue),
             ("server.max_connections", self.server.max_connections),
+            ("presence.list_limit", self.presence.list_limit),
             ("limits.rate_per_sec", self.limits.rate_per_sec as usize),
             ("limits.burst", self.limits.burst as usize),
         ] {

@@ -4,9 +4,10 @@
 use super::rules::{HISTORY_LIMIT, RECENT_HISTORY, TRIM_SLACK, check_text};
 use super::session::Session;
 use crate::metrics::DropReason;
+use crate::presence::snapshot;
 use banter_bus::{Draft, HistoryQuery, Position, Topic};
 use banter_protocol::{
-    DirectMessage, ErrorCode, Message, MessageId, PresenceEvent, Ref, RoomId, ServerFrame, UserId,
+    DirectMessage, ErrorCode, Message, MessageId, Ref, RoomId, ServerFrame, UserId,
 };
 use bytes::Bytes;
 use tokio::time::Instant;
@@ -19,8 +20,9 @@ impl Session {
     /// history are skipped by the floor, so nothing is missed or repeated.
     pub(crate) async fn join(&mut self, room: RoomId, since: Option<MessageId>) -> ServerFrame {
         let inner = &self.node.inner;
-        let users = if self.rooms.contains(&room) {
-            inner.presence.users(&room).await
+        let limit = inner.config.presence.list_limit;
+        let page = if self.rooms.contains(&room) {
+            inner.presence.page(&room, None, limit).await
         } else {
             if self.rooms.len() >= inner.config.limits.max_rooms {
                 return self.fail(
@@ -29,10 +31,10 @@ impl Session {
                     None,
                 );
             }
-            match inner.hub.join(&room, &self.member).await {
-                Ok(users) => {
+            match inner.hub.join(&room, &self.member, limit).await {
+                Ok(page) => {
                     self.rooms.insert(room.clone());
-                    Ok(users)
+                    Ok(page)
                 }
                 Err(e) => {
                     tracing::warn!(%room, error = %e, "join failed");
@@ -40,7 +42,7 @@ impl Session {
                 }
             }
         };
-        let Ok(users) = users else {
+        let Ok(page) = page else {
             return self.fail(ErrorCode::Unavailable, "presence unavailable", None);
         };
         let (history, recovered) = self.recover(&room, since).await;
@@ -48,8 +50,8 @@ impl Session {
         self.outlet.set_floor(&room, last);
         ServerFrame::Joined {
             room,
-            count: users.len(),
-            users,
+            users: page.users,
+            count: page.count,
             history,
             recovered,
         }
@@ -210,13 +212,17 @@ impl Session {
         None
     }
 
-    pub(super) async fn who(&mut self, room: RoomId) -> ServerFrame {
-        match self.node.inner.presence.users(&room).await {
-            Ok(users) => ServerFrame::Presence {
-                room,
-                count: users.len(),
-                event: PresenceEvent::Snapshot { users },
-            },
+    /// One page of who is in `room`, after `cursor` (a previous page's).
+    pub(super) async fn who(&mut self, room: RoomId, cursor: Option<String>) -> ServerFrame {
+        let limit = self.node.config().presence.list_limit;
+        match self
+            .node
+            .inner
+            .presence
+            .page(&room, cursor.as_deref(), limit)
+            .await
+        {
+            Ok(page) => snapshot(&room, page),
             Err(_) => self.fail(ErrorCode::Unavailable, "presence unavailable", None),
         }
     }

@@ -127,7 +127,7 @@ impl Session {
                 reference,
             }) => Some(self.dm(to, text, reference).await),
             Ok(ClientFrame::Typing { room }) => self.typing(room).await,
-            Ok(ClientFrame::Who { room }) => Some(self.who(room).await),
+            Ok(ClientFrame::Who { room, cursor }) => Some(self.who(room, cursor).await),
             Ok(ClientFrame::History {
                 room,
                 before,

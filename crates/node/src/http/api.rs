@@ -21,16 +21,38 @@ fn unavailable() -> Response<Body> {
     error(StatusCode::SERVICE_UNAVAILABLE, "unavailable")
 }
 
-/// `GET /api/rooms/{room}/presence`
-pub(crate) async fn presence(node: &Node, room: &str) -> Response<Body> {
+/// `GET /api/rooms/{room}/presence?limit=&cursor=`: one page of at most
+/// `presence.list_limit` users, with the exact count, and `cursor` when more
+/// follow.
+pub(crate) async fn presence(node: &Node, room: &str, query: Option<&str>) -> Response<Body> {
     let Ok(room) = room.parse::<RoomId>() else {
         return bad_room();
     };
-    match node.inner.presence.users(&room).await {
-        Ok(users) => json(
-            StatusCode::OK,
-            &j!({"room": room, "count": users.len(), "users": users}),
-        ),
+    let most = node.config().presence.list_limit;
+    let (mut limit, mut cursor) = (most, None);
+    for (key, value) in pairs(query) {
+        match key {
+            "limit" => match value.parse::<usize>() {
+                Ok(l) => limit = l.clamp(1, most),
+                Err(_) => return error(StatusCode::BAD_REQUEST, "limit must be a number"),
+            },
+            "cursor" => cursor = Some(value),
+            _ => {}
+        }
+    }
+    match node
+        .inner
+        .presence
+        .page(&room, cursor.as_deref(), limit)
+        .await
+    {
+        Ok(page) => {
+            let mut body = j!({"room": room, "count": page.count, "users": page.users});
+            if let Some(next) = page.next {
+                body["cursor"] = j!(next);
+            }
+            json(StatusCode::OK, &body)
+        }
         Err(e) => {
             tracing::warn!(%room, error = %e, "presence read failed");
             unavailable()

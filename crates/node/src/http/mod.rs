@@ -72,7 +72,7 @@ async fn route(req: Request<Incoming>, node: &Node, peer: SocketAddr) -> Respons
             .strip_prefix("/api/rooms/")
             .and_then(|r| r.split_once('/'))
         {
-            Some((room, "presence")) if get => api::presence(node, room).await,
+            Some((room, "presence")) if get => api::presence(node, room, req.uri().query()).await,
             Some((room, "history")) if get => api::history(node, room, req.uri().query()).await,
             Some((room, "messages")) if req.method() == Method::POST => {
                 let room = room.to_owned();

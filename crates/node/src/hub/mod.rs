@@ -1,28 +1,24 @@
 //! The local hub: which sockets are on this node and which rooms they are in,
-//! and the one place where joining and leaving a room touches the bus
-//! (subscribe, unsubscribe: [`subscriptions`]) and presence (join, leave,
-//! their events: [`crate::presence`]).
+//! and the one place where joining and leaving a room touches the bus (a
+//! reference on the room's topic per local member: the bus subscribes the
+//! first and unsubscribes after the last) and presence (join, leave, the
+//! first page of who is there).
 //!
 //! The fan-out reads the hub under a read lock once per run of envelopes and
 //! offers the same deliveries to each member's [`Outlet`]: written at once
 //! when the socket takes them, else queued; it never waits on a socket. A
-//! member whose queue is full is kicked as a slow consumer.
-
-mod subscriptions;
-
-pub(crate) use subscriptions::UNSUBSCRIBE_DELAY;
+//! member whose queue is full is kicked as a slow consumer. No lock is held
+//! across an `.await`.
 
 use crate::clock::clock_s;
 use crate::metrics::{DropReason, Metrics};
 use crate::outlet::{Delivery, Kick, Offer, Outlet};
-use crate::presence;
 use banter_bus::{Bus, BusError, Topic};
-use banter_presence::{Member, Presence, PresenceError};
-use banter_protocol::{CloseReason, ConnId, PresenceEvent, RoomId, User, UserId};
+use banter_presence::{Member, Page, Presence, PresenceError};
+use banter_protocol::{CloseReason, ConnId, RoomId, User, UserId};
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Duration, Instant};
-use subscriptions::Subscriptions;
+use std::time::Duration;
 
 /// A socket whose queue has not moved for this long is closed as a slow
 /// consumer (it stopped reading while nothing else arrives for it, which
@@ -46,9 +42,6 @@ struct State {
     rooms: HashMap<RoomId, HashMap<ConnId, ConnHandle>>,
     /// Each user's local connections: where their direct messages go.
     users: HashMap<UserId, HashMap<ConnId, ConnHandle>>,
-    /// Topics whose last local member left, and when: unsubscribed after
-    /// [`subscriptions::UNSUBSCRIBE_DELAY`] unless a member came back meanwhile.
-    emptied: HashMap<Topic, Instant>,
 }
 
 /// Why a join did not happen.
@@ -66,7 +59,6 @@ pub(crate) enum JoinError {
 #[derive(Debug)]
 pub(crate) struct Hub {
     state: RwLock<State>,
-    subscriptions: Subscriptions,
     bus: Arc<dyn Bus>,
     presence: Arc<dyn Presence>,
     metrics: Arc<Metrics>,
@@ -76,7 +68,6 @@ impl Hub {
     pub fn new(bus: Arc<dyn Bus>, presence: Arc<dyn Presence>, metrics: Arc<Metrics>) -> Hub {
         Hub {
             state: RwLock::default(),
-            subscriptions: Subscriptions::new(bus.clone()),
             bus,
             presence,
             metrics,
@@ -91,73 +82,51 @@ impl Hub {
         self.state.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Makes a socket reachable, and subscribes its user's topic (direct
-    /// messages) when it is the user's first connection on this node.
+    /// Makes a socket reachable, and takes a reference on its user's topic
+    /// (direct messages).
     pub async fn register(&self, conn: &ConnId, handle: ConnHandle) {
         let user = handle.user.id.clone();
-        let first = {
+        {
             let mut state = self.write();
             state.conns.insert(conn.clone(), handle.clone());
-            let conns = state.users.entry(user.clone()).or_default();
-            conns.insert(conn.clone(), handle);
-            conns.len() == 1
-        };
+            state
+                .users
+                .entry(user.clone())
+                .or_default()
+                .insert(conn.clone(), handle);
+        }
         self.metrics.connections.inc();
         self.metrics.connections_total.inc();
-        if first && let Err(e) = self.subscriptions.ensure(&Topic::User(user)).await {
+        if let Err(e) = self.bus.subscribe(&Topic::User(user)).await {
             // Kept as wanted: the bus restores it when it reconnects.
             tracing::warn!(error = %e, "user topic not subscribed yet");
         }
     }
 
-    /// Forgets a socket; call after [`leave_all`](Self::leave_all). When it
-    /// was its user's last connection here, the user's topic is
-    /// unsubscribed at once: a direct message sent from now on finds nobody
-    /// listening and its sender is told (`not_found`), rather than being
-    /// acked into a node that has no one to give it to.
+    /// Forgets a socket; call after [`leave_all`](Self::leave_all). Its
+    /// reference on the user's topic goes back: with the user's last
+    /// connection anywhere on this node, the bus unsubscribes the topic at
+    /// once, so a direct message sent from now on finds nobody listening
+    /// and its sender is told (`not_found`), rather than being acked into a
+    /// node that has no one to give it to.
     pub async fn unregister(&self, member: &Member) {
-        let last = {
+        let known = {
             let mut state = self.write();
-            if state.conns.remove(&member.conn).is_some() {
-                self.metrics.connections.dec();
-            }
-            match state.users.get_mut(&member.user.id) {
-                Some(conns) => {
-                    conns.remove(&member.conn);
-                    let last = conns.is_empty();
-                    if last {
-                        state.users.remove(&member.user.id);
-                    }
-                    last
+            let known = state.conns.remove(&member.conn).is_some();
+            if let Some(conns) = state.users.get_mut(&member.user.id) {
+                conns.remove(&member.conn);
+                if conns.is_empty() {
+                    state.users.remove(&member.user.id);
                 }
-                None => false,
             }
+            known
         };
-        if last {
-            let topic = Topic::User(member.user.id.clone());
-            self.unsubscribe(vec![(topic, Instant::now())]).await;
-        }
-    }
-
-    /// Whether `topic` has no local member (any more).
-    fn idle(&self, topic: &Topic) -> bool {
-        let state = self.read();
-        match topic {
-            Topic::Room(room) => !state.rooms.contains_key(room),
-            Topic::User(user) => !state.users.contains_key(user),
-        }
-    }
-
-    /// Unsubscribes those of `due` that are still without a local member
-    /// (checked in the subscriptions' order, so a join that came meanwhile
-    /// keeps its topic); those the bus refused are tried again later.
-    async fn unsubscribe(&self, due: Vec<(Topic, Instant)>) {
-        let refused = self.subscriptions.drop_idle(due, |t| self.idle(t)).await;
-        if !refused.is_empty() {
-            let mut state = self.write();
-            for (topic, since) in refused {
-                state.emptied.entry(topic).or_insert(since);
-            }
+        if known {
+            self.metrics.connections.dec();
+            let _ = self
+                .bus
+                .unsubscribe(&Topic::User(member.user.id.clone()))
+                .await;
         }
     }
 
@@ -237,13 +206,19 @@ impl Hub {
         }
     }
 
-    /// Puts `member` into `room`: subscribes the room on the bus if it is the
-    /// first local member (before answering, so nothing is missed), records
-    /// presence, and announces a presence `join` when it is the user's first
-    /// connection in the room. Returns everyone online in the room.
-    pub async fn join(&self, room: &RoomId, member: &Member) -> Result<Vec<User>, JoinError> {
+    /// Puts `member` into `room`: takes a reference on the room's topic
+    /// (subscribed before answering, so nothing is missed), records
+    /// presence (which publishes the user's join if this is their first
+    /// connection in the room), and returns the first page of who is there,
+    /// at most `limit` users, with the exact count.
+    pub async fn join(
+        &self,
+        room: &RoomId,
+        member: &Member,
+        limit: usize,
+    ) -> Result<Page, JoinError> {
         let Some(handle) = self.read().conns.get(&member.conn).cloned() else {
-            return Ok(Vec::new()); // the socket is already gone
+            return Ok(Page::default()); // the socket is already gone
         };
         let first_local = {
             let mut state = self.write();
@@ -255,41 +230,37 @@ impl Hub {
             self.metrics.rooms_local.inc();
         }
         let topic = Topic::Room(room.clone());
+        let subscribed = self.bus.subscribe(&topic).await;
         let result = async {
-            self.subscriptions.ensure(&topic).await?;
-            let first = self.presence.join(room, member).await?;
-            let users = self.presence.users(room).await?;
-            Ok::<_, JoinError>((first, users))
+            subscribed?;
+            self.presence.join(room, member).await?;
+            match self.presence.page(room, None, limit).await {
+                Ok(page) => Ok(page),
+                Err(e) => {
+                    let _ = self.presence.leave(room, member).await;
+                    Err(JoinError::from(e))
+                }
+            }
         }
         .await;
-        match result {
-            Ok((first, users)) => {
-                if first {
-                    let event = PresenceEvent::Join {
-                        user: member.user.clone(),
-                    };
-                    presence::announce(&*self.bus, room, event, users.len()).await;
-                }
-                Ok(users)
-            }
-            Err(e) => {
-                self.remove_local(room, &member.conn);
-                Err(e)
-            }
+        if result.is_err() {
+            self.remove_local(room, &member.conn);
+            let _ = self.bus.unsubscribe(&topic).await;
         }
+        result
     }
 
-    /// Takes `member` out of `room`; announces a presence `leave` when it was
-    /// the user's last connection in the room.
+    /// Takes `member` out of `room` (presence publishes the user's leave if
+    /// it was their last connection there) and gives its reference on the
+    /// room's topic back.
     pub async fn leave(&self, room: &RoomId, member: &Member) {
-        self.remove_local(room, &member.conn);
-        match self.presence.leave(room, member).await {
-            Ok(true) => self.announce_leave(room, member.user.clone()).await,
-            Ok(false) => {}
-            Err(e) => {
-                tracing::warn!(%room, error = %e, "presence leave failed; the entry will expire")
-            }
+        if !self.remove_local(room, &member.conn) {
+            return;
         }
+        if let Err(e) = self.presence.leave(room, member).await {
+            tracing::warn!(%room, error = %e, "presence leave failed; the entry will expire");
+        }
+        let _ = self.bus.unsubscribe(&Topic::Room(room.clone())).await;
     }
 
     /// Takes a closing socket out of every room it is in: exactly one place
@@ -300,66 +271,26 @@ impl Hub {
         }
     }
 
-    /// Announces that `user` left `room` (their last connection there went,
-    /// or a crashed node's entry was swept), with the room's count after it.
-    pub async fn announce_leave(&self, room: &RoomId, user: User) {
-        presence::announce_leave(&*self.bus, &*self.presence, room, user).await;
-    }
-
-    fn remove_local(self: &Hub, room: &RoomId, conn: &ConnId) {
+    /// Takes a socket out of a room's local members; `false` when it was
+    /// not in it.
+    fn remove_local(&self, room: &RoomId, conn: &ConnId) -> bool {
         let last_local = {
             let mut state = self.write();
             let Some(members) = state.rooms.get_mut(room) else {
-                return;
+                return false;
             };
             if members.remove(conn).is_none() {
-                return;
+                return false;
             }
             let empty = members.is_empty();
             if empty {
                 state.rooms.remove(room);
-                state
-                    .emptied
-                    .insert(Topic::Room(room.clone()), Instant::now());
             }
             empty
         };
         if last_local {
             self.metrics.rooms_local.dec();
         }
-    }
-
-    /// Unsubscribes every topic that has had no local member for
-    /// [`subscriptions::UNSUBSCRIBE_DELAY`]. Run by the node's housekeeping
-    /// task; it looks only at topics that lost their last member, not at
-    /// every subscription.
-    pub async fn unsubscribe_idle(&self) {
-        let now = Instant::now();
-        let due: Vec<(Topic, Instant)> = {
-            let mut state = self.write();
-            let State {
-                rooms,
-                users,
-                emptied,
-                ..
-            } = &mut *state;
-            let mut due = Vec::new();
-            emptied.retain(|topic, since| {
-                let local = match topic {
-                    Topic::Room(room) => rooms.contains_key(room),
-                    Topic::User(user) => users.contains_key(user),
-                };
-                if local {
-                    return false; // someone came back
-                }
-                if now.duration_since(*since) < subscriptions::UNSUBSCRIBE_DELAY {
-                    return true;
-                }
-                due.push((topic.clone(), *since));
-                false
-            });
-            due
-        };
-        self.unsubscribe(due).await;
+        true
     }
 }

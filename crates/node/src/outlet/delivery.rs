@@ -117,6 +117,7 @@ mod tests {
         let envelope = Envelope {
             topic: Topic::Room("lobby".parse().unwrap()),
             position: None,
+            presence: false,
             payload: Bytes::from_static(json.as_bytes()),
         };
         Delivery::new(envelope, 0)

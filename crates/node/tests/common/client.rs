@@ -210,7 +210,7 @@ impl Client {
         };
         match self.recv_until(snapshot).await {
             ServerFrame::Presence {
-                event: PresenceEvent::Snapshot { users },
+                event: PresenceEvent::Snapshot { users, .. },
                 count,
                 ..
             } => (users, count),
@@ -218,10 +218,20 @@ impl Client {
         }
     }
 
-    /// Waits for the presence `leave` of user `id` (other frames skipped) and
-    /// returns the room's count after it.
+    /// Waits for a presence diff in which user `id` joined (other frames
+    /// skipped) and returns the room's count after it.
+    pub async fn join_of(&mut self, id: &UserId) -> usize {
+        let joined = |f: &ServerFrame| matches!(f, ServerFrame::Presence { event: PresenceEvent::Diff { joined, .. }, .. } if joined.iter().any(|u| &u.id == id));
+        match self.recv_until(joined).await {
+            ServerFrame::Presence { count, .. } => count,
+            _ => unreachable!(),
+        }
+    }
+
+    /// Waits for a presence diff in which user `id` left (other frames
+    /// skipped) and returns the room's count after it.
     pub async fn leave_of(&mut self, id: &UserId) -> usize {
-        let leave = |f: &ServerFrame| matches!(f, ServerFrame::Presence { event: PresenceEvent::Leave { user }, .. } if &user.id == id);
+        let leave = |f: &ServerFrame| matches!(f, ServerFrame::Presence { event: PresenceEvent::Diff { left, .. }, .. } if left.iter().any(|u| &u.id == id));
         match self.recv_until(leave).await {
             ServerFrame::Presence { count, .. } => count,
             _ => unreachable!(),

@@ -111,9 +111,10 @@ impl Pair {
 
     pub async fn memory() -> Pair {
         let network = banter_bus::MemoryNetwork::new();
-        let presence = Arc::new(banter_presence::MemoryPresence::new(Duration::from_millis(
-            3_000,
-        )));
+        let presence = Arc::new(banter_presence::MemoryPresence::on(
+            network.clone(),
+            Duration::from_millis(3_000),
+        ));
         let mut nodes = Vec::new();
         for id in ["node-a", "node-b"] {
             let (bus, inbox) = network.connect();

@@ -1,13 +1,19 @@
--- Records one connection in a room, atomically with its user's count, so a
--- user with several connections joins once.
+-- Records one connection in a room, atomically with its user's count; the
+-- user's first connection adds them to the roster and publishes their join.
 --
--- KEYS: the room's set, users hash, counts hash.
--- ARGV: conn, expiry (ms since epoch), user JSON, user id, key ttl (ms).
--- Returns 1 when this is the user's first entry in the room (announce a join).
-local first = 0
+-- KEYS: the room's set (conn -> expiry), users (conn -> user JSON), counts
+--       (user id -> conns), roster (user ids), names (user id -> JSON),
+--       left (conn -> when it left).
+-- ARGV: conn, expiry (ms since epoch), user JSON, user id, key ttl (ms),
+--       the room's channel.
+redis.call('ZREM', KEYS[6], ARGV[1])
 if redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) == 1 then
   redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
-  if redis.call('HINCRBY', KEYS[3], ARGV[4], 1) == 1 then first = 1 end
+  if redis.call('HINCRBY', KEYS[3], ARGV[4], 1) == 1 then
+    redis.call('ZADD', KEYS[4], 0, ARGV[4])
+    redis.call('HSET', KEYS[5], ARGV[4], ARGV[3])
+    announce(ARGV[6], '+', KEYS[4], ARGV[3])
+  end
 end
-for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[5]) end
-return first
+for i = 1, 5 do redis.call('PEXPIRE', KEYS[i], ARGV[5]) end
+return 0

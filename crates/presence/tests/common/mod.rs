@@ -1,12 +1,14 @@
 //! What every presence test suite shares: the backends (one shared store,
-//! a handle per "node"), small builders, and the bound on each test.
+//! a handle per "node", and a bus subscriber that sees what the store
+//! publishes), small builders, and the bound on each test.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use banter_presence::{Member, MemoryPresence, Presence, RedisPresence};
+use banter_bus::{Bus, BusEvent, Inbox, MemoryNetwork, RedisBus, RedisBusConfig, Topic};
+use banter_presence::{Change, Member, MemoryPresence, Presence, RedisPresence};
 use banter_protocol::{ConnId, RoomId, User};
 use banter_testkit::RedisServer;
 
@@ -16,13 +18,41 @@ pub const PREFIX: &str = "t";
 
 /// One shared store, and a way to get a fresh handle on it per "node".
 pub enum Backend {
-    Memory(MemoryPresence),
-    Redis { server: RedisServer, ttl: Duration },
+    Memory {
+        network: MemoryNetwork,
+        store: MemoryPresence,
+    },
+    Redis {
+        server: RedisServer,
+        ttl: Duration,
+    },
+}
+
+/// A node's pool on `server`.
+pub fn pool(server: &RedisServer) -> deadpool_redis::Pool {
+    deadpool_redis::Config::from_url(server.url())
+        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        .expect("pool")
+}
+
+/// Presence on `server` under `prefix`, publishing where the bus names rooms.
+pub fn redis_presence(server: &RedisServer, prefix: &str, ttl: Duration) -> RedisPresence {
+    let p = prefix.to_owned();
+    RedisPresence::new(
+        pool(server),
+        prefix,
+        Arc::new(move |room: &RoomId| Topic::Room(room.clone()).channel(&p)),
+        ttl,
+    )
 }
 
 impl Backend {
     pub fn memory(ttl: Duration) -> Backend {
-        Backend::Memory(MemoryPresence::new(ttl))
+        let network = MemoryNetwork::new();
+        Backend::Memory {
+            store: MemoryPresence::on(network.clone(), ttl),
+            network,
+        }
     }
 
     pub fn redis(ttl: Duration) -> Backend {
@@ -35,14 +65,70 @@ impl Backend {
     /// A node's handle: for Redis its own pool, as a separate process has.
     pub fn node(&self) -> Arc<dyn Presence> {
         match self {
-            Backend::Memory(m) => Arc::new(m.clone()),
-            Backend::Redis { server, ttl } => {
-                let pool = deadpool_redis::Config::from_url(server.url())
-                    .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-                    .expect("pool");
-                Arc::new(RedisPresence::new(pool, PREFIX, *ttl))
+            Backend::Memory { store, .. } => Arc::new(store.clone()),
+            Backend::Redis { server, ttl } => Arc::new(redis_presence(server, PREFIX, *ttl)),
+        }
+    }
+
+    /// A subscriber of `rooms`, to see the changes the store publishes.
+    pub async fn watch(&self, rooms: &[&RoomId]) -> Watcher {
+        let (bus, inbox): (Arc<dyn Bus>, Inbox) = match self {
+            Backend::Memory { network, .. } => {
+                let (bus, inbox) = network.connect();
+                (Arc::new(bus), inbox)
+            }
+            Backend::Redis { server, .. } => {
+                let config = RedisBusConfig::new(server.url(), PREFIX);
+                let (bus, inbox) = RedisBus::connect(pool(server), config).await.unwrap();
+                let mut status = bus.status();
+                status.wait_for(|s| s.up).await.unwrap();
+                (Arc::new(bus), inbox)
+            }
+        };
+        for room in rooms {
+            bus.subscribe(&Topic::Room((*room).clone())).await.unwrap();
+        }
+        Watcher { _bus: bus, inbox }
+    }
+}
+
+/// What a node subscribed to some rooms receives of their presence.
+pub struct Watcher {
+    _bus: Arc<dyn Bus>,
+    inbox: Inbox,
+}
+
+impl Watcher {
+    /// The next presence change, with its room.
+    pub async fn next(&mut self) -> (RoomId, Change) {
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(5), self.inbox.recv())
+                .await
+                .expect("a presence change in time")
+                .expect("inbox open");
+            if let BusEvent::Envelope(e) = event
+                && e.presence
+                && let Topic::Room(room) = e.topic
+            {
+                return (room, Change::decode(&e.payload).expect("a readable change"));
             }
         }
+    }
+
+    /// Asserts that nothing more is published for `d`.
+    pub async fn quiet(&mut self, d: Duration) {
+        if let Ok(Some(event)) = tokio::time::timeout(d, self.inbox.recv()).await {
+            panic!("expected nothing more, got {event:?}");
+        }
+    }
+}
+
+/// A join (`true`) or leave of `user` with the room's count after it.
+pub fn change(joined: bool, user: &User, count: usize) -> Change {
+    Change {
+        joined,
+        user: user.clone(),
+        count,
     }
 }
 
@@ -64,8 +150,8 @@ pub fn member(conn: &str, user: &User) -> Member {
     }
 }
 
-pub fn entry(r: &RoomId, m: &Member) -> (RoomId, ConnId) {
-    (r.clone(), m.conn.clone())
+pub fn entry(r: &RoomId, m: &Member) -> (RoomId, Member) {
+    (r.clone(), m.clone())
 }
 
 pub async fn bounded(scenario: impl Future<Output = ()>) {
