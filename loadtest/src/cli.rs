@@ -39,6 +39,9 @@ pub enum Command {
     Plot(PlotArgs),
     /// The kernel's own cost of one loopback TCP delivery on this machine, with no server.
     Floor(FloorArgs),
+    /// Starts its own Redis and nodes, injects faults, and proves that no acked
+    /// message was silently lost, duplicated or reordered.
+    Chaos(ChaosArgs),
 }
 
 /// Flags every scenario shares.
@@ -237,6 +240,71 @@ pub struct FloorArgs {
     /// Writing before the measured window.
     #[arg(long, value_parser = parse_duration, default_value = "2s")]
     pub warmup: Duration,
+}
+
+/// `chaos`.
+#[derive(Clone, Debug, Args)]
+pub struct ChaosArgs {
+    /// Nodes of the cluster the run starts (a fresh one per fault).
+    #[arg(long, default_value_t = 2)]
+    pub nodes: usize,
+    /// The banter-node binary (default: beside this executable, else on PATH).
+    #[arg(long, value_name = "PATH")]
+    pub node_bin: Option<PathBuf>,
+    /// The redis-server binary.
+    #[arg(long, value_name = "PATH", default_value = "redis-server")]
+    pub redis_bin: PathBuf,
+    /// Publishers, on the first node.
+    #[arg(long, default_value_t = 1)]
+    pub publishers: usize,
+    /// Subscribers, spread over the other nodes; each joins every room.
+    #[arg(long, default_value_t = 3)]
+    pub subscribers: usize,
+    /// Rooms; publisher i publishes in room i % rooms.
+    #[arg(long, default_value_t = 1)]
+    pub rooms: usize,
+    /// Messages per second, all publishers together (open loop).
+    #[arg(long, default_value_t = 250.0)]
+    pub rate: f64,
+    /// Text size of each message in bytes.
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// Faults, comma-separated, one round (and one fresh cluster) each:
+    /// kill-pubsub, sigstop, restart, oom, debug-sleep, node-kill, rolling;
+    /// a `+aof` suffix gives that round a persistent Redis (e.g. restart+aof).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "kill-pubsub,sigstop,restart,restart+aof,oom,debug-sleep,node-kill,rolling"
+    )]
+    pub faults: Vec<crate::scenarios::chaos::Fault>,
+    /// When the fault starts, after publishing has begun.
+    #[arg(long, value_parser = parse_duration, default_value = "3s")]
+    pub fault_at: Duration,
+    /// How long sigstop and oom last.
+    #[arg(long, value_parser = parse_duration, default_value = "3s")]
+    pub hold: Duration,
+    /// Publishing time per round (extended to at least --after past the fault's end).
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub duration: Duration,
+    /// Publishing after the fault has ended, at least.
+    #[arg(long, value_parser = parse_duration, default_value = "3s")]
+    pub after: Duration,
+    /// After publishing stops, wait at most this long for the last messages.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    pub drain: Duration,
+    /// Every round's Redis with `appendonly yes` (`appendfsync always`), in its work dir.
+    #[arg(long)]
+    pub persistence: bool,
+    /// The nodes' `history.size` (0: their default).
+    #[arg(long, default_value_t = 0)]
+    pub history_size: usize,
+    /// Keep Redis and node logs under this directory (default: a temporary one, removed).
+    #[arg(long, value_name = "DIR")]
+    pub logs: Option<PathBuf>,
+    /// No progress lines on stderr.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 /// `plot`.

@@ -15,7 +15,8 @@
 //!   open-files limit.
 //! - [`shard`]: splitting a run over processes when one fd limit is too small.
 //! - [`scenarios`]: `idle`, `fanout` (and `smoke`), `rooms`, `churn`, and
-//!   `floor`, the kernel's own cost per delivery with no server at all.
+//!   `floor`, the kernel's own cost per delivery with no server at all;
+//!   `chaos`, which starts its own Redis and nodes and injects faults.
 //! - [`report`]: progress lines, the summary table and the JSON result.
 //! - [`plot`]: latency against offered load, as SVG and a markdown table.
 //!
@@ -59,6 +60,11 @@ pub async fn run(command: &Command) -> anyhow::Result<Option<Report>> {
         Command::Churn(a) => Some(scenarios::churn::report(&scenarios::churn::run(a).await?)),
         Command::Smoke(a) => Some(smoke(a).await?),
         Command::Floor(a) => Some(scenarios::floor::report(&scenarios::floor::run(a).await?)),
+        Command::Chaos(a) => {
+            let o = scenarios::chaos::run(a).await?;
+            print!("{}", scenarios::chaos::table(&o));
+            Some(scenarios::chaos::report(&o))
+        }
         Command::Plot(a) => {
             print!("{}", plot::run(&a.results, &a.out)?);
             None

@@ -1,0 +1,129 @@
+//! The chaos table (one row per fault) and the report `main` prints.
+
+use super::ChaosOutcome;
+use super::round::RoundOutcome;
+use crate::report::{Report, counts_cell};
+
+/// The columns, in order.
+const HEAD: [&str; 12] = [
+    "fault",
+    "acked",
+    "delivered live",
+    "repaired",
+    "recovered (since)",
+    "announced (gap)",
+    "refused",
+    "lost",
+    "duplicated",
+    "reordered",
+    "time to resume",
+    "verdict",
+];
+
+fn cells(r: &RoundOutcome) -> Vec<String> {
+    if let Some(e) = &r.error {
+        let mut c = vec![r.fault.clone()];
+        c.extend(std::iter::repeat_n("–".to_string(), HEAD.len() - 2));
+        c.push(format!("**error**: {}", e.lines().next().unwrap_or("")));
+        return c;
+    }
+    let t = &r.totals;
+    vec![
+        r.fault.clone(),
+        r.acked.to_string(),
+        t.live.to_string(),
+        r.repaired.map_or("n/a".into(), |v| v.to_string()),
+        t.recovered.to_string(),
+        t.announced.to_string(),
+        r.refused.to_string(),
+        t.lost.to_string(),
+        t.duplicated.to_string(),
+        t.reordered.to_string(),
+        r.resume_ms
+            .map_or("never".into(), |ms| format!("{:.0} ms", ms)),
+        if r.clean() { "ok" } else { "**FAIL**" }.into(),
+    ]
+}
+
+/// One row as a progress line.
+pub fn line(r: &RoundOutcome) -> String {
+    HEAD.iter()
+        .zip(cells(r))
+        .map(|(h, c)| format!("{h}: {c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The markdown table, one row per fault.
+pub fn table(o: &ChaosOutcome) -> String {
+    let mut s = format!(
+        "### chaos: {} publisher(s) on node 1, {} subscriber(s) on the other node(s) of {}, {} room(s), {} msg/s\n\n",
+        o.publishers, o.subscribers, o.nodes, o.rooms, o.rate
+    );
+    s.push_str(&format!("| {} |\n", HEAD.join(" | ")));
+    s.push_str(&format!(
+        "| --- |{}\n",
+        " ---: |".repeat(HEAD.len() - 2) + " --- |"
+    ));
+    for r in &o.rounds {
+        s.push_str(&format!("| {} |\n", cells(r).join(" | ")));
+    }
+    s.push('\n');
+    s
+}
+
+/// The summary `main` prints after the table, and the JSON result.
+pub fn report(o: &ChaosOutcome) -> Report {
+    let mut r = Report::new("chaos", o);
+    let failing: Vec<&str> = o
+        .rounds
+        .iter()
+        .filter(|r| !r.clean())
+        .map(|r| r.fault.as_str())
+        .collect();
+    let sum = |f: fn(&RoundOutcome) -> u64| o.rounds.iter().map(f).sum::<u64>();
+    r.row("rounds", o.rounds.len())
+        .row("acked", sum(|r| r.acked))
+        .row("refused (honest)", sum(|r| r.refused))
+        .row("announced holes (honest)", sum(|r| r.totals.announced))
+        .row(
+            "lost / duplicated / reordered",
+            format!(
+                "{} / {} / {}",
+                sum(|r| r.totals.lost),
+                sum(|r| r.totals.duplicated),
+                sum(|r| r.totals.reordered)
+            ),
+        )
+        .row("reconnects", sum(|r| r.reconnects));
+    for round in &o.rounds {
+        if !round.lost_examples.is_empty() {
+            r.row(
+                &format!("{}: first losses", round.fault),
+                round
+                    .lost_examples
+                    .iter()
+                    .take(3)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            );
+        }
+        if !round.refused_by_code.is_empty() {
+            r.row(
+                &format!("{}: refusals", round.fault),
+                counts_cell(&round.refused_by_code),
+            );
+        }
+    }
+    r.row(
+        "verdict",
+        if failing.is_empty() {
+            "ok: nothing acked was silently lost, duplicated or reordered".to_string()
+        } else {
+            format!("FAIL: {}", failing.join(", "))
+        },
+    );
+    r.ok = o.clean();
+    r
+}
