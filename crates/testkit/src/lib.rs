@@ -4,6 +4,9 @@
 //!   per test and stopped on drop, with a typed client (the `redis` crate,
 //!   re-exported as [`redis`]) and the faults tests need: kill and restart,
 //!   SIGSTOP/SIGCONT, `CLIENT KILL TYPE pubsub`.
+//! - [`RedisCluster`]: a real Redis Cluster of `redis-server
+//!   --cluster-enabled yes` processes (primaries and replicas), with kill,
+//!   failover and resharding.
 //! - [`Proxy`]: a loopback TCP proxy a test can cut, for one client's
 //!   connection failing while the server stays up.
 //! - [`repo_root`], [`tool`] and [`run_ok`]: the repository, the external
@@ -19,11 +22,13 @@
 
 pub mod deploy;
 mod proxy;
+mod redis_cluster;
 mod redis_server;
 mod tools;
 
 pub use ::redis;
 pub use proxy::Proxy;
+pub use redis_cluster::{NODE_TIMEOUT_MS, RedisCluster};
 pub use redis_server::RedisServer;
 pub use tools::{repo_root, run_ok, tool};
 
