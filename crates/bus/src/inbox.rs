@@ -29,12 +29,19 @@ pub(crate) struct InboxSender {
 pub(crate) struct Permit<'a>(mpsc::Permit<'a, Stamped>);
 
 impl Permit<'_> {
-    pub fn send(self, event: BusEvent) {
+    /// Sends `event`, which has been on its way from the bus for `lag`.
+    pub fn send(self, event: BusEvent, lag: std::time::Duration) {
         self.0.send(Stamped {
             event,
-            at: Instant::now(),
+            at: stamp(lag),
         });
     }
+}
+
+/// When an event that has been on its way for `lag` left the bus.
+fn stamp(lag: std::time::Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_sub(lag).unwrap_or(now)
 }
 
 /// A bounded inbox ([`INBOX_CAPACITY`]) and its sender.
@@ -96,12 +103,16 @@ impl InboxSender {
         self.tx.reserve().await.ok().map(Permit)
     }
 
-    /// Sends `event` if there is room now; else gives it back (`Ok(Some)`).
-    /// `Err` when the receiver is gone.
-    pub fn try_send(&self, event: BusEvent) -> Result<Option<BusEvent>, ()> {
+    /// Sends `event`, on its way from the bus for `lag`, if there is room
+    /// now; else gives it back (`Ok(Some)`). `Err` when the receiver is gone.
+    pub fn try_send(
+        &self,
+        event: BusEvent,
+        lag: std::time::Duration,
+    ) -> Result<Option<BusEvent>, ()> {
         let stamped = Stamped {
             event,
-            at: Instant::now(),
+            at: stamp(lag),
         };
         match self.tx.try_send(stamped) {
             Ok(()) => Ok(None),

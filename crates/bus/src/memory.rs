@@ -21,9 +21,18 @@ use crate::inbox::{self, InboxSender};
 use crate::{Bus, BusError, BusEvent, BusStatus, Envelope, Inbox, Topic};
 use banter_protocol::{Message, RoomId};
 
+/// How long a room's history is kept after its last message, unless told.
+const DEFAULT_HISTORY_TTL: std::time::Duration = std::time::Duration::from_secs(86_400);
+
 /// One room's history: a ring buffer of stored records.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct RoomHistory {
+    /// This history's life: drawn when the room's history begins (a node
+    /// that restarted, or a room forgotten after its ttl, begins anew), so an
+    /// id from an earlier life never passes for a position in this one.
+    epoch: Epoch,
+    /// When the last message was stored (ms since epoch), for the ttl.
+    written_ms: u64,
     entries: VecDeque<(StreamId, Record)>,
     /// The newest position handed out (ids never go back, even when trimmed).
     last: StreamId,
@@ -60,9 +69,10 @@ struct Shared {
     histories: std::sync::Mutex<HashMap<RoomId, RoomHistory>>,
     /// Messages kept per room.
     history_size: usize,
-    /// This network's one epoch: drawn when it is made, so a node that
-    /// restarts (a new network) never vouches for ids from before.
-    epoch: Epoch,
+    /// A room's history is forgotten this long after its last message.
+    history_ttl_ms: u64,
+    /// Stores since the last sweep of forgotten rooms.
+    stores: AtomicU64,
     /// Always up: there is nothing to lose. Kept here so every receiver's
     /// sender lives as long as the network.
     status: watch::Sender<BusStatus>,
@@ -76,6 +86,12 @@ impl MemoryNetwork {
 
     /// An empty network keeping `history_size` messages per room (0 = none).
     pub fn with_history(history_size: usize) -> MemoryNetwork {
+        MemoryNetwork::with_retention(history_size, DEFAULT_HISTORY_TTL)
+    }
+
+    /// An empty network keeping `history_size` messages per room, each room
+    /// forgotten `history_ttl` after its last message (`history.ttl_ms`).
+    pub fn with_retention(history_size: usize, history_ttl: std::time::Duration) -> MemoryNetwork {
         let up = BusStatus {
             up: true,
             writable: true,
@@ -87,7 +103,8 @@ impl MemoryNetwork {
                 next_node: AtomicU64::new(0),
                 histories: std::sync::Mutex::default(),
                 history_size,
-                epoch: Epoch::random(),
+                history_ttl_ms: u64::try_from(history_ttl.as_millis()).unwrap_or(u64::MAX),
+                stores: AtomicU64::new(0),
                 status: watch::channel(up).0,
             }),
         }
@@ -104,6 +121,41 @@ impl MemoryNetwork {
             inbox: tx,
         };
         (bus, inbox)
+    }
+}
+
+impl RoomHistory {
+    /// A room's history beginning, in a new epoch.
+    fn begin() -> RoomHistory {
+        RoomHistory {
+            epoch: Epoch::random(),
+            written_ms: 0,
+            entries: VecDeque::new(),
+            last: StreamId::default(),
+            max_deleted: StreamId::default(),
+        }
+    }
+}
+
+/// Stores between two sweeps of rooms whose history expired.
+const SWEEP_EVERY: u64 = 1024;
+
+impl Shared {
+    /// Whether a room's history outlived its ttl without a message.
+    fn expired(&self, h: &RoomHistory, now: u64) -> bool {
+        now.saturating_sub(h.written_ms) >= self.history_ttl_ms
+    }
+
+    /// Every [`SWEEP_EVERY`] stores, forgets the rooms whose history expired
+    /// (a room nobody writes to any more must not stay in memory forever).
+    fn forget_idle(&self, histories: &mut HashMap<RoomId, RoomHistory>, now: u64) {
+        if self
+            .stores
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(SWEEP_EVERY)
+        {
+            histories.retain(|_, h| !self.expired(h, now));
+        }
     }
 }
 
@@ -167,25 +219,35 @@ impl Bus for MemoryBus {
         let shared = &self.network.shared;
         // Held across store and delivery: the history order is the live order.
         let mut subscribers = shared.subscribers.lock().await;
-        let id = {
+        let position = {
             let mut histories = shared
                 .histories
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            let room = histories.entry(draft.room.clone()).or_default();
-            let id = room.last.next(crate::now_ms());
+            let now = crate::now_ms();
+            shared.forget_idle(&mut histories, now);
+            if histories
+                .get(&draft.room)
+                .is_some_and(|h| shared.expired(h, now))
+            {
+                histories.remove(&draft.room);
+            }
+            let room = histories
+                .entry(draft.room.clone())
+                .or_insert_with(RoomHistory::begin);
+            let id = room.last.next(now);
             room.last = id;
+            room.written_ms = now;
             room.entries.push_back((id, draft.to_record()));
             while room.entries.len() > shared.history_size {
                 if let Some((gone, _)) = room.entries.pop_front() {
                     room.max_deleted = gone;
                 }
             }
-            id
-        };
-        let position = Position {
-            epoch: shared.epoch,
-            id,
+            Position {
+                epoch: room.epoch,
+                id,
+            }
         };
         let payload = Bytes::from(draft.frame(position));
         let topic = Topic::Room(draft.room.clone());
@@ -194,17 +256,22 @@ impl Bus for MemoryBus {
     }
 
     async fn history(&self, room: &RoomId, query: HistoryQuery) -> Result<HistoryPage, BusError> {
-        let epoch = self.network.shared.epoch;
-        let histories = self
-            .network
-            .shared
+        let shared = &self.network.shared;
+        let mut histories = shared
             .histories
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        if histories
+            .get(room)
+            .is_some_and(|h| shared.expired(h, crate::now_ms()))
+        {
+            histories.remove(room);
+        }
         let Some(h) = histories.get(room) else {
             // Nothing is known about this room: recovery cannot vouch for it.
             return Ok(HistoryPage::default());
         };
+        let epoch = h.epoch;
         let at = |id: StreamId| Position { epoch, id };
         let message = |(id, r): &(StreamId, Record)| r.clone().into_message(room, at(*id));
         let ours = |p: Position| p.epoch == epoch;

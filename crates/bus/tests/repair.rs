@@ -358,3 +358,62 @@ async fn a_node_too_far_behind_drops_the_connection_and_repairs() {
     assert_eq!(got.len(), total, "nothing lost, nothing twice");
     assert_eq!(got, want, "in room order");
 }
+
+/// A node whose fan-out keeps moving but slower than the room (it reads its
+/// inbox, just not fast enough) is behind the bus all the same: the client
+/// library would buffer Redis's traffic without bound. Past `max_lag` the
+/// node drops the subscriber connection and repairs from history; nothing
+/// is lost and nothing repeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_slowly_falling_behind_drops_the_connection_and_repairs() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start(([127, 0, 0, 1], server.port()).into());
+    let total = INBOX_CAPACITY + 4_000;
+    let a = Arc::new(redis_nodes(&server, 1, total + 100).await.remove(0));
+    let mut b = node_via(&server, &proxy, total + 100, Duration::from_millis(300)).await;
+    b.bus.subscribe(&room("fix")).await.unwrap();
+    let publisher = tokio::spawn({
+        let a = a.clone();
+        async move {
+            let mut acked = Vec::with_capacity(total);
+            for chunk in (0..total).collect::<Vec<_>>().chunks(200) {
+                let batch = chunk.iter().map(|&n| {
+                    let a = a.clone();
+                    async move { say(&a, n).await }
+                });
+                acked.extend(futures_util::future::join_all(batch).await);
+            }
+            acked
+        }
+    });
+    // The fan-out: two events a millisecond, never stuck.
+    let mut got = Vec::with_capacity(total);
+    let mut pace = tokio::time::interval(Duration::from_millis(1));
+    while got.len() < total {
+        pace.tick().await;
+        for _ in 0..2 {
+            let event = timeout(WITHIN, b.inbox.recv()).await;
+            match event.expect("the stream goes on").expect("inbox open") {
+                BusEvent::Envelope(e) => got.push(e.position.expect("a stored message")),
+                BusEvent::Repaired { .. } => {}
+                BusEvent::Gap(_) => panic!("history holds everything: no gap"),
+            }
+        }
+    }
+    let (rest, others) = drain(&mut b, 0).await;
+    assert!(rest.is_empty(), "{} more: something came twice", rest.len());
+    assert!(
+        others
+            .iter()
+            .all(|e| matches!(e, BusEvent::Repaired { .. }))
+    );
+    let acked = publisher.await.unwrap();
+    let status = *b.bus.status().borrow();
+    assert!(
+        status.reconnects >= 1,
+        "the lagging connection was dropped: {status:?}"
+    );
+    let mut want = ids(&acked);
+    want.sort_by_key(|p| p.id);
+    assert_eq!(got, want, "every message once, in room order");
+}

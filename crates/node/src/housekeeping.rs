@@ -1,4 +1,4 @@
-//! The node's periodic work, one task: presence refresh (every ttl/3, and
+//! The node's periodic work, one task: presence refresh (every ttl/4, and
 //! at once after the bus reconnected, since Redis may have lost
 //! everything), closing sockets stuck in a write, and the bus health
 //! metrics.
@@ -13,7 +13,8 @@ const STUCK_CHECK: Duration = Duration::from_secs(1);
 /// Runs until `stop` is cancelled.
 pub(crate) async fn run(node: Node, stop: CancellationToken) {
     let inner = &node.inner;
-    let mut refresh = tokio::time::interval(inner.config.presence_ttl() / 3);
+    // Twice per entry lifetime (see `presence_entry_ttl`).
+    let mut refresh = tokio::time::interval(crate::node::presence_entry_ttl(&inner.config) / 2);
     let mut stuck = tokio::time::interval(STUCK_CHECK);
     let mut status = inner.bus_status.clone();
     let mut reconnects_seen = 0;

@@ -58,6 +58,27 @@ use tokio_util::sync::CancellationToken;
 /// long before the next, rather than spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// Accepts HTTP connections on `listener` for `node` until `until` is done;
+/// returns its outcome.
+async fn accept<T>(listener: &TcpListener, node: &Node, until: impl Future<Output = T>) -> T {
+    tokio::pin!(until);
+    loop {
+        tokio::select! {
+            out = &mut until => return out,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(http::serve_connection(stream, peer, node.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            },
+        }
+    }
+}
+
 /// Serves `node` on `listener` until `shutdown` is cancelled, then drains
 /// (see the crate docs) and returns.
 pub async fn run(
@@ -86,37 +107,24 @@ pub async fn run(
     let housekeeping = tokio::spawn(housekeeping::run(node.clone(), background.clone()));
     tracing::info!(node = %node.id(), addr = %listener.local_addr()?, "serving");
 
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
-                    tokio::spawn(http::serve_connection(stream, peer, node.clone()));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                }
-            },
-        }
-    }
+    accept(&listener, &node, shutdown.cancelled()).await;
 
     tracing::info!(node = %node.id(), sessions = inner.hub.connection_count(), "draining");
     inner.draining.store(true, Ordering::Relaxed);
-    drop(listener);
     inner.shutdown.cancel();
     inner.hub.kick_all(CloseReason::ShuttingDown);
     inner.sessions.close();
-    if tokio::time::timeout(node.config().drain_timeout(), inner.sessions.wait())
-        .await
-        .is_err()
-    {
+    // Still accepting: `/readyz` answers 503 (and upgrades are refused)
+    // until the process is gone, as load balancers expect.
+    let drained = tokio::time::timeout(node.config().drain_timeout(), inner.sessions.wait());
+    if accept(&listener, &node, drained).await.is_err() {
         tracing::warn!(
             left = inner.sessions.len(),
             "drain timeout: closing the rest abruptly"
         );
     }
+    drop(listener);
+    inner.stopped.cancel();
     background.cancel();
     let _ = housekeeping.await;
     fanout.abort();

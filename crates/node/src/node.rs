@@ -9,7 +9,7 @@ use crate::metrics::Metrics;
 use banter_bus::{Bus, BusError, BusStatus, Inbox, MemoryNetwork, RedisBus, RedisBusConfig, Topic};
 use banter_presence::{MemoryPresence, Presence, RedisPresence};
 use banter_protocol::{MessageId, RoomId};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -19,6 +19,14 @@ use tokio_util::task::TaskTracker;
 /// The longest the command pool may take to hand out, create or recycle a
 /// connection before a caller is told Redis is unavailable.
 const POOL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a presence entry lives unless refreshed: half of
+/// `presence.ttl_ms`, refreshed every quarter (housekeeping). A node that
+/// stops refreshing (a crash) has its entries swept by the others within
+/// three quarters of the ttl, so its users leave within `presence.ttl_ms`.
+pub(crate) fn presence_entry_ttl(config: &Config) -> Duration {
+    config.presence_ttl() / 2
+}
 
 /// Why a node could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -57,12 +65,18 @@ pub(crate) struct NodeInner {
     pub bus_status: watch::Receiver<BusStatus>,
     /// Cancelled when the node drains.
     pub shutdown: CancellationToken,
+    /// Cancelled when the drain is over: HTTP connections (which answer
+    /// `/readyz` with 503 meanwhile) end.
+    pub stopped: CancellationToken,
     /// True from the drain signal on: readiness 503, upgrades refused.
     pub draining: AtomicBool,
     /// Sequence for the direct-message ids this node stamps.
     seq: AtomicU64,
     /// Upgraded sockets: HTTP servers do not wait for them, so the node does.
     pub sessions: TaskTracker,
+    /// Sockets from their 101 until their task ends, authenticated or not:
+    /// what `server.max_connections` bounds.
+    pub sockets: AtomicUsize,
     /// The bus traffic, until [`run`](crate::run) takes it for the fan-out.
     pub inbox: Mutex<Option<Inbox>>,
 }
@@ -73,9 +87,9 @@ impl Node {
     /// starts unready and keeps reconnecting.
     pub async fn connect(config: Config) -> Result<Node, NodeError> {
         if config.redis.url.is_empty() {
-            let network = MemoryNetwork::with_history(config.history.size);
+            let network = MemoryNetwork::with_retention(config.history.size, config.history_ttl());
             let (bus, inbox) = network.connect();
-            let presence = MemoryPresence::on(network, config.presence_ttl());
+            let presence = MemoryPresence::on(network, presence_entry_ttl(&config));
             return Node::with_backends(config, Arc::new(bus), inbox, Arc::new(presence));
         }
         let redis = &config.redis;
@@ -102,7 +116,7 @@ impl Node {
             pool,
             redis.key_prefix.clone(),
             channel_of,
-            config.presence_ttl(),
+            presence_entry_ttl(&config),
         );
         Node::with_backends(config, Arc::new(bus), inbox, Arc::new(presence))
     }
@@ -120,16 +134,18 @@ impl Node {
         Ok(Node {
             inner: Arc::new(NodeInner {
                 bus_status: bus.status(),
-                verifier: Verifier::new(&config.auth.jwt_secret),
+                verifier: Verifier::new(&config.auth),
                 config,
                 bus,
                 presence,
                 hub,
                 metrics,
                 shutdown: CancellationToken::new(),
+                stopped: CancellationToken::new(),
                 draining: AtomicBool::new(false),
                 seq: AtomicU64::new(0),
                 sessions: TaskTracker::new(),
+                sockets: AtomicUsize::new(0),
                 inbox: Mutex::new(Some(inbox)),
             }),
         })

@@ -113,15 +113,17 @@ async fn sigterm_closes_1001_announces_leaves_and_exits_0() {
 
 #[tokio::test]
 async fn a_sigkilled_nodes_users_leave_within_the_ttl() {
-    const TTL_MS: u64 = 3_000;
+    const TTL_MS: u64 = 6_000;
     let redis = banter_testkit::RedisServer::start();
     let a = NodeProcess::start(
         "kill-a",
         &redis.url(),
-        &[("BANTER__PRESENCE__TTL_MS", "3000")],
+        &[("BANTER__PRESENCE__TTL_MS", "6000")],
     )
     .await;
-    let b = TestNode::start(config("kill-b", Some(&redis.url()))).await;
+    let mut c = config("kill-b", Some(&redis.url()));
+    c.presence.ttl_ms = TTL_MS;
+    let b = TestNode::start(c).await;
     let mut ghosts = Vec::new();
     for i in 0..3 {
         let mut c = Client::connect(a.addr, &format!("name=ghost{i}")).await;
@@ -137,7 +139,7 @@ async fn a_sigkilled_nodes_users_leave_within_the_ttl() {
     let mut gone = std::collections::HashSet::new();
     while gone.len() < ghosts.len() {
         let diff = tokio::time::timeout(
-            Duration::from_millis(TTL_MS + 2_000),
+            Duration::from_millis(TTL_MS),
             survivor.recv_until(|f| {
                 matches!(
                     f,
@@ -149,7 +151,7 @@ async fn a_sigkilled_nodes_users_leave_within_the_ttl() {
             }),
         )
         .await
-        .expect("the leaves arrive within the ttl plus a margin");
+        .expect("the leaves arrive within the ttl");
         if let ServerFrame::Presence {
             event: PresenceEvent::Diff { left, .. },
             ..
@@ -162,7 +164,7 @@ async fn a_sigkilled_nodes_users_leave_within_the_ttl() {
         assert!(gone.contains(&g.user.id), "each ghost left");
     }
     assert!(
-        killed.elapsed() < Duration::from_millis(TTL_MS + 2_000),
+        killed.elapsed() < Duration::from_millis(TTL_MS),
         "{:?}",
         killed.elapsed()
     );

@@ -254,9 +254,14 @@ async fn a_slow_consumer_alone_is_closed_4002_and_the_others_get_everything() {
 #[tokio::test]
 async fn a_client_that_pauses_reading_gets_everything_whole_and_in_order() {
     // 7 MB: more than Linux lets a socket buffer (net.ipv4.tcp_wmem's 4 MiB
-    // maximum), within the default queue of 1,024 frames.
+    // maximum), within the default queue of 1,024 frames and within the
+    // bytes this test allows a client to have queued.
     const N: usize = 1000;
-    let node = node_with(|c| c.limits.max_text_chars = 8000).await;
+    let node = node_with(|c| {
+        c.limits.max_text_chars = 8000;
+        c.limits.outbound_bytes = 16 << 20;
+    })
+    .await;
     // A small receive window: the node's writes stop being taken early.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();

@@ -78,6 +78,10 @@ pub enum CloseReason {
     IdleTimeout,
     /// A binary frame: the protocol is JSON text only.
     Binary,
+    /// A frame that breaks RFC 6455 (reserved bits or opcodes, an unmasked
+    /// client frame, a bad continuation, an oversized control frame, a bad
+    /// close code).
+    Protocol,
     /// A text frame that is not valid UTF-8.
     InvalidUtf8,
     /// Sustained flooding past the rate limit.
@@ -98,6 +102,7 @@ impl CloseReason {
         match self {
             CloseReason::Normal => 1000,
             CloseReason::ShuttingDown | CloseReason::IdleTimeout => 1001,
+            CloseReason::Protocol => 1002,
             CloseReason::Binary => 1003,
             CloseReason::InvalidUtf8 => 1007,
             CloseReason::Policy => 1008,
@@ -115,6 +120,7 @@ impl CloseReason {
             CloseReason::ShuttingDown => "shutting down",
             CloseReason::IdleTimeout => "idle timeout",
             CloseReason::Binary => "binary frames are not supported",
+            CloseReason::Protocol => "protocol error",
             CloseReason::InvalidUtf8 => "invalid utf-8",
             CloseReason::Policy => "flooding",
             CloseReason::TooBig => "message too big",

@@ -304,13 +304,18 @@ impl FrameError {
 pub fn decode(text: &str) -> Result<ClientFrame, FrameError> {
     let value: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| FrameError::new(ErrorCode::BadRequest, format!("not JSON: {e}")))?;
-    let serde_json::Value::Object(map) = value else {
+    let serde_json::Value::Object(mut map) = value else {
         return Err(FrameError::new(
             ErrorCode::BadRequest,
             "a frame is a JSON object",
         ));
     };
-    let reference = map.get("ref").and_then(|r| Ref::try_from(r.clone()).ok());
+    // The ref is read here and put back into the frame below: serde buffers
+    // a tagged enum's fields without 128-bit integers, so a numeric ref
+    // beyond 64 bits (kept exactly, serde_json's `arbitrary_precision`)
+    // would not pass through it.
+    let given_ref = map.remove("ref").filter(|r| !r.is_null());
+    let reference = given_ref.clone().and_then(|r| Ref::try_from(r).ok());
     let fail = |code, message: String| FrameError {
         code,
         message,
@@ -336,8 +341,18 @@ pub fn decode(text: &str) -> Result<ClientFrame, FrameError> {
     {
         return Err(fail(ErrorCode::BadRoom, e.to_string()));
     }
-    serde_json::from_value(serde_json::Value::Object(map))
-        .map_err(|e| fail(ErrorCode::BadRequest, e.to_string()))
+    let mut frame: ClientFrame = serde_json::from_value(serde_json::Value::Object(map))
+        .map_err(|e| fail(ErrorCode::BadRequest, e.to_string()))?;
+    if let ClientFrame::Send { reference: r, .. }
+    | ClientFrame::Dm { reference: r, .. }
+    | ClientFrame::Ping { reference: r } = &mut frame
+    {
+        if given_ref.is_some() && reference.is_none() {
+            return Err(fail(ErrorCode::BadRequest, IdError::Ref.to_string()));
+        }
+        *r = reference;
+    }
+    Ok(frame)
 }
 
 impl From<IdError> for FrameError {

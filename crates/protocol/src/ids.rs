@@ -21,8 +21,9 @@ pub enum IdError {
     /// A message id that is empty, too long or holds characters outside `[A-Za-z0-9_.:-]`.
     #[error("message id must be 1-64 characters of A-Z a-z 0-9 _ . : -")]
     Message,
-    /// A display name that is empty, over 32 characters, or holds control characters.
-    #[error("name must be 1-32 characters without control characters")]
+    /// A display name that is empty or invisible, over 32 characters, or
+    /// holds control characters.
+    #[error("name must be 1-32 visible characters without control characters")]
     Name,
     /// A `ref` that is neither a string of at most 64 characters nor a number.
     #[error("ref must be a string of at most 64 characters or a number")]
@@ -115,8 +116,12 @@ string_id!(
     IdError::Message
 );
 
-/// A display name: 1–32 characters, no control characters, trimmed.
-/// It is only ever shown as text; it never builds a key.
+/// A display name: 1–32 characters, no control characters, trimmed, and
+/// something visible. Invisible formatting characters that could disguise
+/// it (bidi overrides, isolates and marks, zero-width characters, the BOM)
+/// are removed first (see [`DisplayName::invisible`]); a name with nothing
+/// visible left is refused. It is only ever shown as text; it never builds
+/// a key.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct DisplayName(String);
@@ -131,15 +136,51 @@ impl DisplayName {
     pub fn guest(n: u16) -> Self {
         Self(format!("guest-{:04}", n % 10_000))
     }
+
+    /// The characters a name loses: bidi embeddings and overrides
+    /// (U+202A–U+202E), isolates (U+2066–U+2069), marks (U+200E, U+200F,
+    /// U+061C), zero-width characters (U+200B–U+200D, U+2060–U+2064), the
+    /// BOM (U+FEFF), the soft hyphen (U+00AD), U+034F, U+180E and U+115F,
+    /// U+1160, U+3164, U+FFA0 (Hangul fillers). They show nothing, but can
+    /// reverse or hide what follows, or make two names look alike.
+    pub fn invisible(c: char) -> bool {
+        matches!(
+            c,
+            '\u{00AD}'
+                | '\u{034F}'
+                | '\u{061C}'
+                | '\u{115F}'
+                | '\u{1160}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{2069}'
+                | '\u{3164}'
+                | '\u{FEFF}'
+                | '\u{FFA0}'
+        )
+    }
 }
 
 impl TryFrom<String> for DisplayName {
     type Error = IdError;
     fn try_from(s: String) -> Result<Self, IdError> {
-        // Control characters are refused anywhere, even where trimming would hide them.
+        // Control characters (and line separators) are refused anywhere,
+        // even where trimming would hide them.
+        if s.chars()
+            .any(|c| c.is_control() || c == '\u{2028}' || c == '\u{2029}')
+        {
+            return Err(IdError::Name);
+        }
+        let s = if s.chars().any(DisplayName::invisible) {
+            s.chars().filter(|&c| !DisplayName::invisible(c)).collect()
+        } else {
+            s
+        };
         let t = s.trim();
         let chars = t.chars().count();
-        if (1..=32).contains(&chars) && !s.chars().any(char::is_control) {
+        if (1..=32).contains(&chars) {
             Ok(Self(if t.len() == s.len() { s } else { t.to_owned() }))
         } else {
             Err(IdError::Name)
@@ -257,6 +298,37 @@ mod tests {
             assert_eq!(bad.parse::<DisplayName>(), Err(IdError::Name), "{bad:?}");
         }
         assert_eq!(DisplayName::guest(7).as_str(), "guest-0007");
+    }
+
+    #[test]
+    fn names_lose_what_disguises_them() {
+        let name = |s: &str| s.parse::<DisplayName>().map(String::from);
+        assert_eq!(name("\u{202E}nimda\u{202C}"), Ok("nimda".into()));
+        assert_eq!(name("\u{2067}Ann\u{2069} "), Ok("Ann".into()));
+        assert_eq!(name("A\u{200B}n\u{200D}n\u{FEFF}"), Ok("Ann".into()));
+        assert_eq!(name("\u{200F}\u{200E}\u{061C}Bo"), Ok("Bo".into()));
+        assert_eq!(name("\u{200B} Ann"), Ok("Ann".into()), "trimmed after");
+        // 32 visible characters and some invisible ones: still 32.
+        let padded = format!("{}\u{200B}\u{200B}", "x".repeat(32));
+        assert_eq!(name(&padded), Ok("x".repeat(32)));
+        for invisible in [
+            "\u{200B}",
+            "\u{200B}\u{200C}\u{200D}\u{2060}",
+            "\u{FEFF}",
+            "\u{202E}\u{202C}",
+            "\u{2066} \u{2069}",
+            "\u{3164}",
+            " \u{115F}\u{1160} ",
+            "\u{00AD}",
+            "a\u{2028}b",
+            "a\u{85}b",
+        ] {
+            assert_eq!(name(invisible), Err(IdError::Name), "{invisible:?}");
+        }
+        assert_eq!(
+            name(&format!("{}\u{200B}y", "x".repeat(32))),
+            Err(IdError::Name)
+        );
     }
 
     #[test]

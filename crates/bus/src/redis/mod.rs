@@ -180,6 +180,7 @@ impl RedisBus {
             idle: HashMap::new(),
             unsubscribe_delay: config.unsubscribe_delay,
             out: VecDeque::new(),
+            lag: subscriber::Lag::default(),
             inbox: inbox_tx,
             status: status_tx.clone(),
         };

@@ -2,7 +2,13 @@
 //! types alone cannot.
 
 use super::Config;
+use std::net::IpAddr;
 use std::path::Path;
+
+/// The keys that hold lists. In the environment each takes either
+/// comma-separated items (`a, b`) or a JSON array (`["a","b"]`); items are
+/// trimmed and empty ones dropped.
+const LIST_KEYS: [&str; 2] = ["server.allowed_origins", "server.trusted_proxies"];
 
 /// Values given on the command line; they win over everything else.
 #[derive(Clone, Debug, Default)]
@@ -49,15 +55,19 @@ impl Config {
                     .required(true),
             );
         }
+        let (env, lists) = environment(env_prefix)?;
+        builder = builder.add_source(
+            config::Environment::with_prefix(env_prefix)
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        // The environment's lists, parsed here; no flag sets these keys, so
+        // an override keeps them above the file and below nothing.
+        for (key, items) in lists {
+            builder = builder.set_override(key, items)?;
+        }
         builder = builder
-            .add_source(
-                config::Environment::with_prefix(env_prefix)
-                    .separator("__")
-                    .try_parsing(true)
-                    .list_separator(",")
-                    .with_list_parse_key("server.allowed_origins")
-                    .with_list_parse_key("server.trusted_proxies"),
-            )
             .set_override_option("server.listen", overrides.listen.clone())?
             .set_override_option("redis.url", overrides.redis.clone())?
             .set_override_option("node.id", overrides.node_id.clone())?;
@@ -143,8 +153,14 @@ impl Config {
                 "must be longer than heartbeat.ping_interval_ms",
             );
         }
-        if self.server.allowed_origins.iter().any(|o| o.is_empty()) {
-            return invalid("server.allowed_origins", "an origin cannot be empty");
+        if !self.server.allowed_origins.iter().all(|o| origin_form(o)) {
+            return invalid(
+                "server.allowed_origins",
+                "each origin is \"*\" or scheme://host[:port], e.g. https://chat.example.com",
+            );
+        }
+        if self.limits.outbound_bytes == 0 {
+            return invalid("limits.outbound_bytes", "must be at least 1");
         }
         Ok(())
     }
@@ -152,5 +168,135 @@ impl Config {
     /// The effective configuration as TOML (`--print-config`).
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+/// The variables under `{prefix}__`, except the list keys, which come back
+/// parsed (see [`LIST_KEYS`]).
+#[allow(clippy::type_complexity)]
+fn environment(
+    prefix: &str,
+) -> Result<
+    (
+        config::Map<String, String>,
+        Vec<(&'static str, Vec<String>)>,
+    ),
+    ConfigError,
+> {
+    let ours = format!("{prefix}__").to_lowercase();
+    let mut rest = config::Map::new();
+    let mut lists = Vec::new();
+    for (name, value) in std::env::vars_os() {
+        let Ok(name) = name.into_string() else {
+            continue; // not a name this node could have been given
+        };
+        let lower = name.to_lowercase();
+        if !lower.starts_with(&ours) {
+            continue;
+        }
+        let value = value.into_string().map_err(|_| {
+            config::ConfigError::Message(format!("env variable {name} is not UTF-8"))
+        })?;
+        let key = LIST_KEYS
+            .into_iter()
+            .find(|key| lower[ours.len()..] == key.replace('.', "__"));
+        match key {
+            Some(key) => lists.push((key, list(key, &value)?)),
+            None => {
+                rest.insert(name, value);
+            }
+        }
+    }
+    Ok((rest, lists))
+}
+
+/// A list key's value from the environment: a JSON array of strings when it
+/// starts with `[`, comma-separated items otherwise.
+fn list(key: &'static str, value: &str) -> Result<Vec<String>, ConfigError> {
+    let value = value.trim();
+    let items = if value.starts_with('[') {
+        serde_json::from_str::<Vec<String>>(value).map_err(|e| ConfigError::Invalid {
+            key,
+            why: format!("not a JSON array of strings ({e}); or give a,b"),
+        })?
+    } else {
+        value.split(',').map(str::to_owned).collect()
+    };
+    let items: Vec<String> = items
+        .iter()
+        .map(|item| item.trim())
+        .filter(|item| !item.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if key == "server.trusted_proxies"
+        && let Some(bad) = items.iter().find(|item| item.parse::<IpAddr>().is_err())
+    {
+        return Err(ConfigError::Invalid {
+            key,
+            why: format!("{bad:?} is not an IP address"),
+        });
+    }
+    Ok(items)
+}
+
+/// Whether `origin` can match a browser's `Origin`: `*`, or
+/// `scheme://host[:port]` (a trailing `/` aside), without a path or spaces.
+fn origin_form(origin: &str) -> bool {
+    if origin == "*" {
+        return true;
+    }
+    let Some((scheme, authority)) = origin.trim_end_matches('/').split_once("://") else {
+        return false;
+    };
+    scheme
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic())
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+.-".contains(&b))
+        && !authority.is_empty()
+        && !authority
+            .chars()
+            .any(|c| c == '/' || c.is_whitespace() || c.is_control())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_and_origins() {
+        let key = "server.allowed_origins";
+        for (value, want) in [
+            ("a, b", vec!["a", "b"]),
+            (r#"["a", " b "]"#, vec!["a", "b"]),
+            ("", vec![]),
+            (" , ", vec![]),
+            ("[]", vec![]),
+        ] {
+            assert_eq!(list(key, value).unwrap(), want, "{value:?}");
+        }
+        assert!(list(key, r#"["a""#).is_err());
+        assert!(list("server.trusted_proxies", "10.0.0.1, x").is_err());
+        for ok in [
+            "*",
+            "https://a.example",
+            "http://a:8080/",
+            "chrome-extension://id",
+        ] {
+            assert!(origin_form(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "a.example",
+            "https://",
+            "https://a/b",
+            "https://a b",
+            "://a",
+            r#"["a"]"#,
+        ] {
+            assert!(!origin_form(bad), "{bad}");
+        }
     }
 }

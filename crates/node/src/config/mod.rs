@@ -132,6 +132,9 @@ pub struct LimitsConfig {
     /// Frames queued to one client. Overflow means the client does not read:
     /// it is closed with 4002 instead of growing the node's memory.
     pub outbound_queue: usize,
+    /// Bytes queued to one client, replies included. Overflow means the
+    /// client does not read: it is closed with 4002.
+    pub outbound_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -143,6 +146,7 @@ impl Default for LimitsConfig {
             rate_per_sec: 20,
             burst: 40,
             outbound_queue: 1_024,
+            outbound_bytes: 1_048_576,
         }
     }
 }
@@ -224,10 +228,22 @@ impl Default for HistoryConfig {
 pub struct AuthConfig {
     /// HS256 secret; empty = no JWT accepted.
     pub jwt_secret: String,
-    /// Allow connections without a token (guest names).
+    /// Allow connections without a token (guest names). With `false`, the
+    /// HTTP read routes need a token or the API key too.
     pub anonymous: bool,
-    /// Bearer key for the HTTP publish API; empty = API off (404).
+    /// Bearer key for the HTTP publish API (and for the read routes when
+    /// anonymous access is off); empty = publish API off (404).
     pub api_key: String,
+    /// Refuse tokens without `exp`: a token that never expires cannot be
+    /// taken back short of changing the secret.
+    pub require_exp: bool,
+    /// Clock skew allowed between the token issuer and the node, on `exp`,
+    /// `nbf` and `iat`.
+    pub leeway_ms: u64,
+    /// When set, a token's `aud` must name it; empty = `aud` not checked.
+    pub audience: String,
+    /// When set, a token's `iss` must equal it; empty = `iss` not checked.
+    pub issuer: String,
 }
 
 impl Default for AuthConfig {
@@ -236,6 +252,10 @@ impl Default for AuthConfig {
             jwt_secret: String::new(),
             anonymous: true,
             api_key: String::new(),
+            require_exp: true,
+            leeway_ms: 60_000,
+            audience: String::new(),
+            issuer: String::new(),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! What each client frame does: joining and leaving rooms (with recovery),
 //! sending, direct messages, typing, presence and history reads.
 
-use super::rules::{HISTORY_LIMIT, RECENT_HISTORY, TRIM_SLACK, check_text};
+use super::rules::{HISTORY_LIMIT, RECENT_HISTORY, ROOMS_PER_MINUTE, TRIM_SLACK, check_text, fit};
 use super::session::Session;
 use crate::metrics::DropReason;
 use crate::presence::snapshot;
@@ -19,7 +19,8 @@ impl Session {
     /// subscribed *before* history is read, and live messages already in the
     /// history are skipped by the floor, so nothing is missed or repeated.
     pub(crate) async fn join(&mut self, room: RoomId, since: Option<MessageId>) -> ServerFrame {
-        let inner = &self.node.inner;
+        let node = self.node.clone();
+        let inner = &node.inner;
         let limit = inner.config.presence.list_limit;
         let page = if self.rooms.contains(&room) {
             inner.presence.page(&room, None, limit).await
@@ -28,6 +29,13 @@ impl Session {
                 return self.fail(
                     ErrorCode::TooManyRooms,
                     "too many rooms: leave one first",
+                    None,
+                );
+            }
+            if !self.may_enter(&room) {
+                return self.fail(
+                    ErrorCode::RateLimited,
+                    "too many new rooms this minute: try again later",
                     None,
                 );
             }
@@ -46,6 +54,9 @@ impl Session {
             return self.fail(ErrorCode::Unavailable, "presence unavailable", None);
         };
         let (history, recovered) = self.recover(&room, since).await;
+        let (history, cut, cost) = fit(history);
+        let recovered = recovered && !cut;
+        self.bucket.charge(cost);
         let last = history.last().and_then(|m| Position::parse(m.id.as_str()));
         self.outlet.set_floor(&room, last);
         ServerFrame::Joined {
@@ -55,6 +66,31 @@ impl Session {
             history,
             recovered,
         }
+    }
+
+    /// Whether this connection may join `room` now: one it was in during
+    /// the last minute is fine; a new one counts, and a minute may hold
+    /// `limits.max_rooms` of them (a client that reconnects joins all its
+    /// rooms at once) plus [`ROOMS_PER_MINUTE`].
+    fn may_enter(&mut self, room: &RoomId) -> bool {
+        let now = Instant::now();
+        let minute = std::time::Duration::from_secs(60);
+        while self
+            .recent_rooms
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) >= minute)
+        {
+            self.recent_rooms.pop_front();
+        }
+        if self.recent_rooms.iter().any(|(_, r)| r == room) {
+            return true;
+        }
+        let cap = self.node.inner.config.limits.max_rooms + ROOMS_PER_MINUTE;
+        if self.recent_rooms.len() >= cap {
+            return false;
+        }
+        self.recent_rooms.push_back((now, room.clone()));
+        true
     }
 
     /// The history a `join` answers with, and whether it is a recovery:
@@ -97,8 +133,11 @@ impl Session {
         if !self.rooms.remove(&room) {
             return self.fail(ErrorCode::NotJoined, "not in this room", None);
         }
-        self.outlet.set_floor(&room, None);
+        // Nothing of the room may follow `left`, not even what was held
+        // while this was answered: out of the hub first (no fan-out offers
+        // to it after that), then what was held of the room is dropped.
         self.node.inner.hub.leave(&room, &self.member).await;
+        self.outlet.forget_room(&room);
         ServerFrame::Left { room }
     }
 
@@ -244,10 +283,13 @@ impl Session {
             None => HistoryQuery::Latest { limit },
         };
         match self.node.inner.bus.history(&room, query).await {
-            Ok(page) => ServerFrame::History {
-                room,
-                messages: page.messages,
-            },
+            Ok(page) => {
+                // Too many bytes for one reply: the newest go, and the client
+                // pages on with `before` = the oldest it got.
+                let (messages, _, cost) = fit(page.messages);
+                self.bucket.charge(cost);
+                ServerFrame::History { room, messages }
+            }
             Err(_) => self.fail(ErrorCode::Unavailable, "history unavailable", None),
         }
     }

@@ -4,7 +4,7 @@
 
 use super::Stop;
 use super::session::Session;
-use crate::outlet::{Kick, Outlet, Socket};
+use crate::outlet::{Kick, Outlet, Overflow, Socket};
 use banter_protocol::CloseReason;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -18,8 +18,11 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 /// The WebSocket of one client, over its [`Outlet`].
 pub(crate) type Ws = WebSocketStream<Socket>;
 
-/// How long the close frame may take to reach a client before the socket is dropped.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the close frame may take to reach a client before the socket
+/// is dropped: a slow consumer's close waits behind what it has not read
+/// yet (the kernel's buffer), and dropping earlier would leave it a frame
+/// cut short and no close code. The session's cleanup does not wait for it.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long to wait for the client's answer to our close frame.
 const CLOSE_ECHO: Duration = Duration::from_millis(500);
 /// tungstenite's read buffer: it grows for a larger frame (up to
@@ -60,20 +63,35 @@ pub(super) async fn write(ws: &mut Ws, kick: &Kick, msg: WsMessage) -> Result<()
 async fn guard<T>(io: impl Future<Output = Result<T, WsError>>, kick: &Kick) -> Result<T, Stop> {
     tokio::select! {
         biased;
-        r = io => r.map_err(|_| Stop::Gone),
+        r = io => r.map_err(|e| match e {
+            WsError::Io(e) if Overflow::caused(&e) => Stop::Close(CloseReason::SlowConsumer),
+            _ => Stop::Gone,
+        }),
         () = kick.kicked() => Err(Stop::Close(kick.reason())),
     }
 }
 
-/// Sends the close frame and waits briefly for the client's echo.
-pub(super) async fn close(ws: &mut Ws, reason: CloseReason) {
+/// Sends the close frame for `reason`, within [`CLOSE_TIMEOUT`]. (The
+/// outlet is sealed first: what was not sent of the backlog is dropped and
+/// a half-sent frame is finished, so the client finds whole frames, then
+/// the close code.)
+pub(super) async fn send_close(ws: &mut Ws, reason: CloseReason) {
     let frame = CloseFrame {
         code: CloseCode::from(reason.code()),
         reason: reason.as_str().into(),
     };
-    // A slow consumer's close frame waits behind what it has not read yet:
-    // give it a few seconds before dropping the connection without it.
     let _ = time::timeout(CLOSE_TIMEOUT, ws.close(Some(frame))).await;
+}
+
+/// Answers a close the client sent (tungstenite queued the echo when it
+/// read it), within [`CLOSE_TIMEOUT`].
+pub(super) async fn answer_close(ws: &mut Ws) {
+    let _ = time::timeout(CLOSE_TIMEOUT, ws.flush()).await;
+}
+
+/// Waits briefly for the client's answer to our close frame, so its close
+/// handshake completes and the connection ends cleanly.
+pub(super) async fn await_echo(ws: &mut Ws) {
     let _ = time::timeout(CLOSE_ECHO, async {
         while let Some(Ok(_)) = ws.next().await {}
     })
@@ -126,7 +144,13 @@ impl Session {
                         }
                         Some(Ok(WsMessage::Binary(_))) => return Err(Stop::Close(CloseReason::Binary)),
                         Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => {}
-                        Some(Ok(WsMessage::Close(_))) | None => return Err(Stop::Gone),
+                        // The client closes: its close is answered, and nothing follows.
+                        Some(Ok(WsMessage::Close(_))) => return Err(Stop::Closed),
+                        None => return Err(Stop::Gone),
+                        Some(Err(WsError::Protocol(e))) => {
+                            tracing::debug!(error = %e, "protocol violation");
+                            return Err(Stop::Close(CloseReason::Protocol));
+                        }
                         Some(Err(WsError::Capacity(_))) => return Err(Stop::Close(CloseReason::TooBig)),
                         Some(Err(WsError::Utf8(_))) => return Err(Stop::Close(CloseReason::InvalidUtf8)),
                         Some(Err(e)) => {

@@ -25,16 +25,18 @@ use banter_presence::Member;
 use banter_protocol::{
     ClientFrame, CloseReason, ConnId, FrameError, RoomId, ServerFrame, User, decode,
 };
-use drive::{Ws, close, write};
+use drive::{Ws, answer_close, await_echo, send_close, write};
 use futures_util::StreamExt;
 use session::{Session, json};
 use std::sync::Arc;
 use tokio::time;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-/// Why the loop stopped: a close code to send, or a peer that is already gone.
+/// Why the loop stopped: a close code to send, a close of the client's to
+/// answer, or a peer that is already gone.
 pub(crate) enum Stop {
     Close(CloseReason),
+    Closed,
     Gone,
 }
 
@@ -69,8 +71,11 @@ pub(crate) async fn run(
     let user = match identity {
         Identity::Known(user) => user,
         Identity::AwaitAuth => match Box::pin(await_auth(&mut ws, &node)).await {
-            Some(user) => user,
-            None => return close(&mut ws, CloseReason::Unauthorized).await,
+            Ok(user) => user,
+            Err(reason) => {
+                send_close(&mut ws, reason).await;
+                return await_echo(&mut ws).await;
+            }
         },
     };
     let (mut session, kick) = register(&node, user, &outlet, &mode).await;
@@ -85,11 +90,26 @@ pub(crate) async fn run(
         }
         Err(stop) => stop,
     };
-    Box::pin(session.cleanup()).await;
+    if matches!(stop, Stop::Close(CloseReason::SlowConsumer)) && !kick.is_kicked() {
+        // Its own reply overflowed the queue (the hub counts those it cuts).
+        node.inner.metrics.slow_consumers.inc();
+    }
+    // The close goes out first (every client hears of a drain at once),
+    // then presence and the hub are cleaned up, then the echo is awaited.
     outlet.seal();
-    if let Stop::Close(reason) = stop {
-        tracing::debug!(%reason, "closing socket");
-        Box::pin(close(&mut ws, reason)).await;
+    let closing = async {
+        match &stop {
+            Stop::Close(reason) => {
+                tracing::debug!(%reason, "closing socket");
+                send_close(&mut ws, *reason).await;
+            }
+            Stop::Closed => answer_close(&mut ws).await,
+            Stop::Gone => {}
+        }
+    };
+    Box::pin(async { tokio::join!(closing, session.cleanup()) }).await;
+    if let Stop::Close(_) = stop {
+        Box::pin(await_echo(&mut ws)).await;
     }
 }
 
@@ -147,9 +167,10 @@ async fn greet(ws: &mut Ws, kick: &Kick, session: &mut Session, mode: Mode) -> R
     Ok(())
 }
 
-/// Waits (within `server.handshake_timeout_ms`) for the `auth` frame.
-async fn await_auth(ws: &mut Ws, node: &Node) -> Option<User> {
-    let first = time::timeout(node.config().handshake_timeout(), async {
+/// Waits (within `server.handshake_timeout_ms`, and not past a drain) for
+/// the `auth` frame; the close reason when there is none or it is bad.
+async fn await_auth(ws: &mut Ws, node: &Node) -> Result<User, CloseReason> {
+    let first = async {
         loop {
             match ws.next().await? {
                 Ok(WsMessage::Text(text)) => return Some(text),
@@ -157,18 +178,20 @@ async fn await_auth(ws: &mut Ws, node: &Node) -> Option<User> {
                 _ => return None,
             }
         }
-    })
-    .await
-    .ok()??;
+    };
+    let first = tokio::select! {
+        first = time::timeout(node.config().handshake_timeout(), first) => first.ok().flatten(),
+        () = node.inner.shutdown.cancelled() => return Err(CloseReason::ShuttingDown),
+    };
+    let Some(first) = first else {
+        return Err(CloseReason::Unauthorized);
+    };
     match decode(first.as_str()) {
-        Ok(ClientFrame::Auth { token }) => match node.inner.verifier.verify(&token) {
-            Ok(user) => Some(user),
-            Err(e) => {
-                tracing::debug!(error = %e, "auth frame refused");
-                None
-            }
-        },
-        _ => None,
+        Ok(ClientFrame::Auth { token }) => node.inner.verifier.verify(&token).map_err(|e| {
+            tracing::debug!(error = %e, "auth frame refused");
+            CloseReason::Unauthorized
+        }),
+        _ => Err(CloseReason::Unauthorized),
     }
 }
 

@@ -12,7 +12,7 @@ use banter_presence::Member;
 use banter_protocol::{
     ClientFrame, ErrorCode, FrameError, Limits, Ref, RoomId, ServerFrame, decode,
 };
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -22,7 +22,10 @@ pub(crate) struct Session {
     pub(super) node: Node,
     pub(super) member: Member,
     pub(super) rooms: BTreeSet<RoomId>,
-    bucket: Bucket,
+    pub(super) bucket: Bucket,
+    /// Rooms this connection joined in the last minute, and when: it may
+    /// bring only so many new rooms into being (each leaves keys in Redis).
+    pub(super) recent_rooms: VecDeque<(Instant, RoomId)>,
     /// The socket's write side: where a join's history floor goes.
     pub(super) outlet: Arc<Outlet>,
     /// `/text`: replies and messages as plain lines.
@@ -38,6 +41,7 @@ impl Session {
             member,
             rooms: BTreeSet::new(),
             bucket,
+            recent_rooms: VecDeque::new(),
             outlet,
             text_mode,
         }
@@ -135,6 +139,9 @@ impl Session {
             }) => Some(self.history(room, before, limit).await),
             Ok(ClientFrame::Ping { reference }) => Some(ServerFrame::Pong { reference }),
         };
+        // The client's socket was not read while the node worked on this:
+        // what it sent meanwhile is not its fault.
+        self.bucket.node_waited(received.elapsed());
         Ok(reply.map(|f| json(&f)))
     }
 

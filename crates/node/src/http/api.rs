@@ -1,17 +1,28 @@
 //! The room API over HTTP: presence, history, and server publishing.
+//!
+//! Publishing needs the API key. The reads answer anyone while anonymous
+//! access is on (`auth.anonymous`); with it off they need what a socket
+//! would: a valid token, or the API key (`Authorization: Bearer ...`).
 
 use super::query::pairs;
 use super::reply::{Body, error, json};
-use crate::conn::rules::{HISTORY_LIMIT, RECENT_HISTORY, check_text, system_user};
+use crate::conn::rules::{HISTORY_LIMIT, RECENT_HISTORY, check_text, fit, fit_oldest, system_user};
 use crate::node::Node;
 use banter_bus::{Draft, HistoryQuery, Position};
 use banter_protocol::RoomId;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+use hyper::header::HeaderValue;
 use hyper::header::{self, HeaderMap};
 use hyper::{Request, Response, StatusCode};
 use serde_json::json as j;
+use std::time::Duration;
 use subtle::ConstantTimeEq;
+
+/// The most time the body of a publish request may take to arrive, so a
+/// client that sends its headers and then trickles (or nothing) cannot hold
+/// a request open: 408 after it.
+pub(crate) const PUBLISH_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn bad_room() -> Response<Body> {
     error(StatusCode::BAD_REQUEST, "bad_room")
@@ -21,10 +32,44 @@ fn unavailable() -> Response<Body> {
     error(StatusCode::SERVICE_UNAVAILABLE, "unavailable")
 }
 
+/// 401, with the scheme the client should use.
+fn unauthorized() -> Response<Body> {
+    let mut res = error(StatusCode::UNAUTHORIZED, "unauthorized");
+    res.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    res
+}
+
+/// Whether the request may read rooms: anyone while `auth.anonymous` is on;
+/// otherwise a bearer that is a valid token or the API key.
+fn may_read(node: &Node, headers: &HeaderMap) -> bool {
+    let auth = &node.config().auth;
+    if auth.anonymous {
+        return true;
+    }
+    let Some(given) = bearer(headers) else {
+        return false;
+    };
+    if !auth.api_key.is_empty() && same_key(given, &auth.api_key) {
+        return true;
+    }
+    match node.inner.verifier.verify(given) {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::debug!(error = %e, "read refused");
+            false
+        }
+    }
+}
+
 /// `GET /api/rooms/{room}/presence?limit=&cursor=`: one page of at most
 /// `presence.list_limit` users, with the exact count, and `cursor` when more
 /// follow.
-pub(crate) async fn presence(node: &Node, room: &str, query: Option<&str>) -> Response<Body> {
+pub(crate) async fn presence(node: &Node, room: &str, req: &Request<Incoming>) -> Response<Body> {
+    if !may_read(node, req.headers()) {
+        return unauthorized();
+    }
+    let query = req.uri().query();
     let Ok(room) = room.parse::<RoomId>() else {
         return bad_room();
     };
@@ -61,7 +106,11 @@ pub(crate) async fn presence(node: &Node, room: &str, query: Option<&str>) -> Re
 }
 
 /// `GET /api/rooms/{room}/history?limit=50&since=ID`: oldest first.
-pub(crate) async fn history(node: &Node, room: &str, query: Option<&str>) -> Response<Body> {
+pub(crate) async fn history(node: &Node, room: &str, req: &Request<Incoming>) -> Response<Body> {
+    if !may_read(node, req.headers()) {
+        return unauthorized();
+    }
+    let query = req.uri().query();
     let Ok(room) = room.parse::<RoomId>() else {
         return bad_room();
     };
@@ -84,10 +133,17 @@ pub(crate) async fn history(node: &Node, room: &str, query: Option<&str>) -> Res
         None => HistoryQuery::Latest { limit },
     };
     match node.inner.bus.history(&room, query).await {
-        Ok(page) => json(
-            StatusCode::OK,
-            &j!({"room": room, "messages": page.messages}),
-        ),
+        Ok(page) => {
+            // Capped in bytes like a socket's reply: forward from `since`
+            // the oldest stay (the caller goes on from the last), else the
+            // newest.
+            let messages = if since.is_some() {
+                fit_oldest(page.messages)
+            } else {
+                fit(page.messages).0
+            };
+            json(StatusCode::OK, &j!({"room": room, "messages": messages}))
+        }
         Err(e) => {
             tracing::warn!(%room, error = %e, "history read failed");
             unavailable()
@@ -95,15 +151,23 @@ pub(crate) async fn history(node: &Node, room: &str, query: Option<&str>) -> Res
     }
 }
 
-/// Whether the request carries `Authorization: Bearer <key>`, compared in
-/// constant time so the key cannot be guessed byte by byte.
-fn authorized(headers: &HeaderMap, key: &str) -> bool {
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+/// The credentials of `Authorization: Bearer <credentials>`; the scheme is
+/// case-insensitive (RFC 9110), the spaces around the credentials do not count.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, credentials) = value.trim().split_once(' ')?;
+    let credentials = credentials.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !credentials.is_empty()).then_some(credentials)
+}
+
+/// `given == key`, in constant time so the key cannot be guessed byte by byte.
+fn same_key(given: &str, key: &str) -> bool {
     bool::from(given.as_bytes().ct_eq(key.as_bytes()))
+}
+
+/// Whether the request carries `Authorization: Bearer <key>`.
+fn authorized(headers: &HeaderMap, key: &str) -> bool {
+    bearer(headers).is_some_and(|given| same_key(given, key))
 }
 
 #[derive(serde::Deserialize)]
@@ -121,17 +185,25 @@ pub(crate) async fn publish(node: &Node, room: &str, req: Request<Incoming>) -> 
         return error(StatusCode::NOT_FOUND, "the publish API is off");
     }
     if !authorized(req.headers(), &config.auth.api_key) {
-        return error(StatusCode::UNAUTHORIZED, "unauthorized");
+        return unauthorized();
     }
     let Ok(room) = room.parse::<RoomId>() else {
         return bad_room();
     };
-    let body = match Limited::new(req.into_body(), config.limits.max_frame_bytes)
-        .collect()
-        .await
-    {
-        Ok(body) => body.to_bytes(),
-        Err(_) => return error(StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+    let body = Limited::new(req.into_body(), config.limits.max_frame_bytes).collect();
+    let body = match tokio::time::timeout(PUBLISH_BODY_TIMEOUT, body).await {
+        Ok(Ok(body)) => body.to_bytes(),
+        Ok(Err(_)) => return error(StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+        Err(_) => {
+            // The rest of the body may still come: this connection is done.
+            let mut res = error(
+                StatusCode::REQUEST_TIMEOUT,
+                "the body did not arrive in time",
+            );
+            res.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return res;
+        }
     };
     let Ok(body) = serde_json::from_slice::<PublishBody>(&body) else {
         return error(

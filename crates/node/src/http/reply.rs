@@ -9,7 +9,8 @@ use hyper::{Response, StatusCode};
 /// Every response body is whole (no streaming).
 pub(crate) type Body = Full<Bytes>;
 
-/// A response with a body of `content_type`, never cached.
+/// A response with a body of `content_type`, never cached, and never
+/// sniffed into another type (`nosniff`).
 pub(crate) fn response(
     code: StatusCode,
     content_type: &'static str,
@@ -17,10 +18,13 @@ pub(crate) fn response(
 ) -> Response<Body> {
     let mut res = Response::new(Full::new(body.into()));
     *res.status_mut() = code;
-    res.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    let headers = res.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     res
 }
 

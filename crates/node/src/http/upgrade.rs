@@ -9,15 +9,17 @@ use crate::conn::{self, Identity, Mode};
 use crate::node::Node;
 use crate::outlet::{Format, Outlet, Socket};
 use banter_protocol::{FrameError, RoomId};
+use base64::Engine;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::upgrade::Parts;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::TokioIo;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -56,7 +58,7 @@ fn try_upgrade(
     peer: SocketAddr,
     format: Format,
 ) -> Result<Response<Body>, Refusal> {
-    admit(node)?;
+    let slot = admit(node)?;
     let key = handshake(&req)?;
     let client = client_ip(peer, req.headers(), &node.config().server.trusted_proxies);
     check_origin(&req, node, client)?;
@@ -70,6 +72,8 @@ fn try_upgrade(
     drop(req);
     let session_node = node.clone();
     node.inner.sessions.spawn(async move {
+        // Held until this task ends, however it ends.
+        let _slot = slot;
         match on_upgrade.await {
             Ok(upgraded) => open(upgraded, session_node, client, identity, mode, format).await,
             Err(e) => tracing::debug!(%client, error = %e, "upgrade failed"),
@@ -78,24 +82,44 @@ fn try_upgrade(
     Ok(switching_protocols(&key))
 }
 
+/// One socket counted in `NodeInner::sockets` (against
+/// `server.max_connections`), from its admission until this is dropped:
+/// with the refused upgrade, or at the end of the socket's task.
+struct Slot(Node);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.inner.sockets.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Whether the node takes another socket at all: not while draining, not
-/// past `server.max_connections`.
-fn admit(node: &Node) -> Result<(), Refusal> {
+/// past `server.max_connections` sockets, counting those that wait for
+/// their `auth` frame. Takes the socket's slot.
+fn admit(node: &Node) -> Result<Slot, Refusal> {
     if node.draining() {
         return Err(Refusal(StatusCode::SERVICE_UNAVAILABLE, "draining"));
     }
-    if node.inner.hub.connection_count() >= node.config().server.max_connections {
-        return Err(Refusal(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too many connections",
-        ));
-    }
-    Ok(())
+    let max = node.config().server.max_connections;
+    node.inner
+        .sockets
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .map(|_| Slot(node.clone()))
+        .map_err(|_| Refusal(StatusCode::SERVICE_UNAVAILABLE, "too many connections"))
 }
 
-/// The WebSocket handshake headers: an upgrade to `websocket`, a key, and
-/// version 13. Returns the key.
+/// The WebSocket handshake (RFC 6455 4.2.1): a GET over HTTP/1.1, an
+/// upgrade to `websocket`, a key that is 16 bytes in base64, and version 13.
+/// Returns the key.
 fn handshake(req: &Request<Incoming>) -> Result<HeaderValue, Refusal> {
+    if req.method() != Method::GET || req.version() != Version::HTTP_11 {
+        return Err(Refusal(
+            StatusCode::BAD_REQUEST,
+            "a WebSocket upgrade is a GET over HTTP/1.1",
+        ));
+    }
     let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
     let upgrade = header_has_token(req, header::CONNECTION, "upgrade")
         && header_has_token(req, header::UPGRADE, "websocket");
@@ -105,6 +129,13 @@ fn handshake(req: &Request<Incoming>) -> Result<HeaderValue, Refusal> {
             "expected a WebSocket upgrade",
         ));
     };
+    let nonce = base64::engine::general_purpose::STANDARD.decode(key.as_bytes());
+    if !nonce.is_ok_and(|n| n.len() == 16) {
+        return Err(Refusal(
+            StatusCode::BAD_REQUEST,
+            "Sec-WebSocket-Key must be 16 bytes in base64",
+        ));
+    }
     let version = req.headers().get(header::SEC_WEBSOCKET_VERSION);
     if version.map(HeaderValue::as_bytes) != Some(b"13") {
         return Err(Refusal(
@@ -208,12 +239,15 @@ async fn open(
     let leftover = read_buf.to_vec();
     drop(read_buf);
     let limits = &node.config().limits;
-    let outlet = Arc::new(Outlet::new(
-        io.into_inner(),
-        limits.outbound_queue,
-        format,
-        node.inner.metrics.fanout_seconds.clone(),
-    ));
+    let outlet = Arc::new(
+        Outlet::new(
+            io.into_inner(),
+            limits.outbound_queue,
+            format,
+            node.inner.metrics.fanout_seconds.clone(),
+        )
+        .with_byte_limit(limits.outbound_bytes),
+    );
     let ws = WebSocketStream::from_partially_read(
         Socket::new(outlet.clone()),
         leftover,

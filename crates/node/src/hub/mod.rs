@@ -180,6 +180,12 @@ impl Hub {
                         .dropped_n(DropReason::SlowConsumer, deliveries.len());
                     handle.kick.kick(CloseReason::SlowConsumer);
                 }
+                Offer::Overheld => {
+                    tracing::warn!(
+                        "frames piled up while a client's request waited on the bus; closing it"
+                    );
+                    handle.kick.kick(CloseReason::Internal);
+                }
                 Offer::Skipped | Offer::Closed => {}
             }
         }

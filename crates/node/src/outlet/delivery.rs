@@ -94,15 +94,54 @@ fn line_of(json: &[u8]) -> Option<String> {
     }
 }
 
-/// A chat message as a `/text` line: `name: text`. The one renderer for
+/// A chat message as `/text` lines: `name: line` for each line of its
+/// text, so every line a reader sees says who wrote it. The one renderer for
 /// live messages and the history a `/text` socket starts with.
 pub(crate) fn text_line(message: &Message) -> String {
-    format!("{}: {}", message.from.name, message.text)
+    render_lines(message.from.name.as_str(), &message.text)
+}
+
+/// `text` as lines that each start with `name: `, with nothing in name or
+/// text that a terminal would act on: line breaks end a line (trailing
+/// ones are dropped), a tab is a space, bidi controls are dropped, and any
+/// other control character (C0, DEL, C1, U+2028/U+2029) is shown as U+FFFD.
+fn render_lines(name: &str, text: &str) -> String {
+    let name: String = printable(name).collect();
+    let text = text.trim_end_matches(['\n', '\r']);
+    let mut out = String::with_capacity(text.len() + name.len() + 2);
+    for (i, line) in text.split('\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(&name);
+        out.push_str(": ");
+        out.extend(printable(line.strip_suffix('\r').unwrap_or(line)));
+    }
+    out
+}
+
+/// Bidi embeddings, overrides, isolates and marks: invisible, but they
+/// reorder what follows on the reader's screen.
+fn is_bidi_control(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+    )
+}
+
+/// `s` with what [`render_lines`] removes or replaces, removed or replaced.
+fn printable(s: &str) -> impl Iterator<Item = char> + '_ {
+    s.chars().filter(|&c| !is_bidi_control(c)).map(|c| match c {
+        '\t' => ' ',
+        c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' => '\u{FFFD}',
+        c => c,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn frames_are_encoded_unmasked_with_their_length() {
@@ -134,5 +173,70 @@ mod tests {
         let typing = delivery(r#"{"type":"typing","room":"lobby","from":{"id":"u","name":"Ann"}}"#);
         assert!(typing.wire(Format::Json).is_some());
         assert_eq!(typing.wire(Format::Text), None, "only messages are lines");
+    }
+
+    #[test]
+    fn lines_cannot_be_forged() {
+        assert_eq!(
+            render_lines("Ann", "hi\nalice: send me your password\x1b[2J"),
+            "Ann: hi\nAnn: alice: send me your password\u{FFFD}[2J"
+        );
+        assert_eq!(render_lines("Ann", "a\r\nb\r\n\n"), "Ann: a\nAnn: b");
+        assert_eq!(render_lines("Ann", "a\rb\tc"), "Ann: a\u{FFFD}b c");
+        assert_eq!(
+            render_lines("\u{202E}Ann\u{2066}", "x\u{202E}y\u{9b}\u{7f}"),
+            "Ann: xy\u{FFFD}\u{FFFD}"
+        );
+        assert_eq!(render_lines("Ann", "日本語 ok"), "Ann: 日本語 ok");
+    }
+
+    /// Any character, often one of those a terminal acts on.
+    fn tricky_char() -> impl Strategy<Value = char> {
+        prop_oneof![
+            any::<char>(),
+            prop::sample::select(vec![
+                '\n', '\r', '\t', '\x1b', '\0', '\x7f', '\u{85}', '\u{9b}', '\u{2028}', '\u{2029}',
+                '\u{061C}', '\u{200E}', '\u{200F}', '\u{202A}', '\u{202E}', '\u{2066}', '\u{2069}',
+                ':', ' ', 'a',
+            ]),
+        ]
+    }
+
+    fn tricky_string() -> impl Strategy<Value = String> {
+        prop::collection::vec(tricky_char(), 0..48).prop_map(|cs| cs.into_iter().collect())
+    }
+
+    proptest! {
+        #[test]
+        fn every_line_is_clean_and_starts_with_its_sender(
+            name in tricky_string(),
+            text in tricky_string(),
+        ) {
+            let out = render_lines(&name, &text);
+            let sender: String = printable(&name).collect();
+            prop_assert!(!sender.chars().any(|c| c.is_control() || is_bidi_control(c)));
+            let prefix = format!("{sender}: ");
+            let lines: Vec<&str> = out.split('\n').collect();
+            let breaks = text.trim_end_matches(['\n', '\r']).matches('\n').count();
+            prop_assert_eq!(lines.len(), breaks + 1);
+            for line in lines {
+                prop_assert!(line.starts_with(&prefix), "{:?} in {:?}", line, out);
+                prop_assert!(
+                    !line.chars().any(|c| c.is_control()
+                        || is_bidi_control(c)
+                        || c == '\u{2028}'
+                        || c == '\u{2029}'),
+                    "{:?}", line
+                );
+            }
+        }
+
+        #[test]
+        fn printable_text_is_shown_as_it_is(
+            name in "[A-Za-z0-9 _.-]{1,32}",
+            text in "[^\\p{Cc}\\p{Cf}\u{2028}\u{2029}]{0,64}",
+        ) {
+            prop_assert_eq!(render_lines(&name, &text), format!("{name}: {text}"));
+        }
     }
 }

@@ -18,7 +18,7 @@ mod socket;
 
 pub(crate) use delivery::{Delivery, Format, text_line};
 pub(crate) use kick::Kick;
-pub(crate) use socket::Socket;
+pub(crate) use socket::{Overflow, Socket};
 
 use crate::clock::{clock_s, seconds_since};
 use banter_bus::{Position, Topic};
@@ -33,8 +33,15 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, ready};
 use tokio::net::TcpStream;
 
+/// Bytes queued to one client unless told otherwise (`limits.outbound_bytes`).
+const DEFAULT_BYTE_LIMIT: usize = 1 << 20;
 /// At most this many queued frames go into one (vectored) write.
 const WRITE_BATCH: usize = 64;
+/// While the session waits (on Redis) to answer a client frame, live
+/// frames are held, at most this many times `limits.outbound_queue`: they
+/// are not the client's slowness and do not count against its queue, but
+/// they are bounded too. Past it the socket is closed with 1011.
+const HELD_FACTOR: usize = 8;
 
 /// What became of a frame offered to an outlet.
 #[derive(Debug, PartialEq, Eq)]
@@ -46,8 +53,11 @@ pub(crate) enum Offer {
     /// Not for this socket: already in its `joined` history, or not a line
     /// in `/text` mode.
     Skipped,
-    /// The queue is full: the client is a slow consumer.
+    /// The queue is full (frames or bytes): the client is a slow consumer.
     Full,
+    /// Too much arrived while the node waited to answer the client: the
+    /// node's own trouble.
+    Overheld,
     /// The socket is closing.
     Closed,
 }
@@ -66,6 +76,8 @@ struct Chunk {
 #[derive(Debug)]
 struct State {
     queue: VecDeque<Chunk>,
+    /// Bytes in `queue` (what is left of each chunk).
+    queued_bytes: usize,
     /// `Some` while the session task answers a client frame.
     held: Option<Vec<Arc<Delivery>>>,
     /// Rooms just joined with history: live messages at or before these
@@ -88,6 +100,8 @@ pub(crate) struct Outlet {
     waker: AtomicWaker,
     /// At most this many frames queued (`limits.outbound_queue`).
     limit: usize,
+    /// At most this many bytes queued (`limits.outbound_bytes`).
+    byte_limit: usize,
     /// [`clock_s`] + 1 when the queue last stalled, 0 while it is empty.
     stalled_since: AtomicU32,
     fanout_seconds: Histogram,
@@ -101,6 +115,7 @@ impl Outlet {
             tcp,
             state: Mutex::new(State {
                 queue: VecDeque::new(),
+                queued_bytes: 0,
                 held: Some(Vec::new()),
                 floors: Vec::new(),
                 format,
@@ -109,9 +124,16 @@ impl Outlet {
             }),
             waker: AtomicWaker::new(),
             limit: limit.max(1),
+            byte_limit: DEFAULT_BYTE_LIMIT,
             stalled_since: AtomicU32::new(0),
             fanout_seconds,
         }
+    }
+
+    /// Bounds the bytes queued to the client (`limits.outbound_bytes`).
+    pub fn with_byte_limit(mut self, bytes: usize) -> Outlet {
+        self.byte_limit = bytes.max(1);
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -125,11 +147,10 @@ impl Outlet {
         if state.sealed || state.failed {
             return Offer::Closed;
         }
-        let waiting = state.queue.len() + state.held.as_ref().map_or(0, Vec::len);
-        if waiting + deliveries.len() > self.limit {
-            return Offer::Full;
-        }
         if let Some(held) = &mut state.held {
+            if held.len() + deliveries.len() > self.limit.saturating_mul(HELD_FACTOR) {
+                return Offer::Overheld;
+            }
             held.extend(deliveries.iter().cloned());
             return Offer::Queued;
         }
@@ -139,6 +160,9 @@ impl Outlet {
         }
         if state.queue.len() == before {
             return Offer::Skipped;
+        }
+        if state.queue.len() > self.limit || state.queued_bytes > self.byte_limit {
+            return Offer::Full;
         }
         if before > 0 {
             return Offer::Queued; // behind a backlog the session's task is writing
@@ -193,6 +217,7 @@ impl Outlet {
                 Err(e) => return Err(e),
             };
             progressed = true;
+            state.queued_bytes = state.queued_bytes.saturating_sub(written);
             while let Some(front) = state.queue.front_mut() {
                 if written < front.bytes.len() {
                     front.bytes.advance(written);
@@ -243,6 +268,17 @@ impl Outlet {
         self.write_now(&mut state);
     }
 
+    /// The client left `room`: what was held of it is dropped (the client
+    /// is answered `left`, and nothing of the room may follow), and so is
+    /// its floor.
+    pub fn forget_room(&self, room: &RoomId) {
+        let mut state = self.lock();
+        if let Some(held) = &mut state.held {
+            held.retain(|d| !matches!(&d.topic, Topic::Room(r) if r == room));
+        }
+        state.floors.retain(|(r, _)| r != room);
+    }
+
     /// Records what a `join`'s history already holds of `room` (`None`: nothing).
     pub fn set_floor(&self, room: &RoomId, last: Option<Position>) {
         let mut state = self.lock();
@@ -259,6 +295,7 @@ impl Outlet {
         state.sealed = true;
         state.held = None;
         state.queue.retain(|c| c.started);
+        state.queued_bytes = state.queue.iter().map(|c| c.bytes.len()).sum();
     }
 
     /// Seconds (as [`clock_s`] + 1) since the queue stopped
@@ -307,6 +344,7 @@ impl State {
     /// Queues what a bus frame becomes on this socket, if anything.
     fn enqueue(&mut self, delivery: &Delivery) {
         if let Some(bytes) = self.filter(delivery) {
+            self.queued_bytes += bytes.len();
             self.queue.push_back(Chunk {
                 bytes,
                 at: Some(delivery.at),
@@ -330,5 +368,62 @@ impl State {
             self.floors.swap_remove(i);
         }
         delivery.wire(self.format).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use banter_bus::Envelope;
+    use tokio::io::AsyncReadExt;
+
+    /// An outlet over a real loopback connection, and the peer's end.
+    async fn outlet(limit: usize) -> (Outlet, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (tcp, _) = listener.accept().await.unwrap();
+        let hist = Histogram::with_opts(prometheus::HistogramOpts::new("t", "t")).unwrap();
+        (Outlet::new(tcp, limit, Format::Json, hist), peer)
+    }
+
+    fn delivery(n: usize) -> Arc<Delivery> {
+        Arc::new(Delivery::new(
+            Envelope {
+                topic: Topic::Room("r".parse().unwrap()),
+                position: None,
+                presence: false,
+                payload: Bytes::from(format!("{{\"n\":{n}}}")),
+            },
+            0,
+        ))
+    }
+
+    /// What arrives while the session waits (on Redis) to answer its client
+    /// is the node's delay, not the client's slowness: it does not count
+    /// against the client's queue (it is bounded on its own).
+    #[tokio::test]
+    async fn held_frames_do_not_make_a_slow_consumer() {
+        let (outlet, mut peer) = outlet(4).await;
+        // Held since creation (the welcome is not sent yet): ten frames for a
+        // client whose queue takes four.
+        let ten: Vec<_> = (0..10).map(delivery).collect();
+        assert_eq!(outlet.offer(&ten), Offer::Queued, "held, not full");
+        outlet.release();
+        let mut got = vec![0u8; 4096];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), peer.read(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "released and written");
+        // Bounded on their own.
+        outlet.hold();
+        let many: Vec<_> = (0..4 * HELD_FACTOR + 1).map(delivery).collect();
+        assert_eq!(
+            outlet.offer(&many),
+            Offer::Overheld,
+            "held frames are bounded too"
+        );
     }
 }

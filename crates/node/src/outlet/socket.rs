@@ -10,6 +10,20 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+/// A write the outlet refused because the client's queue is full: it is a
+/// slow consumer (close 4002). What tungstenite could not write stays in
+/// its buffer and goes out whole before the close frame.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's outbound queue is full")]
+pub(crate) struct Overflow;
+
+impl Overflow {
+    /// Whether a write failed because of an [`Overflow`].
+    pub fn caused(e: &io::Error) -> bool {
+        e.get_ref().is_some_and(|inner| inner.is::<Overflow>())
+    }
+}
+
 /// The socket as tungstenite sees it: reads come from the TCP stream, writes
 /// join the outlet's queue (so they interleave with the fan-out's frames
 /// only at frame boundaries), and a flush drains that queue.
@@ -48,19 +62,27 @@ impl AsyncRead for Socket {
 impl AsyncWrite for Socket {
     fn poll_write(
         self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
+        _cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let outlet = &self.outlet;
-        // The session's own frames wait for room in the queue too: a client
-        // that asks without reading gets no unbounded backlog.
-        if outlet.lock().queue.len() >= outlet.limit {
-            ready!(outlet.poll_drain(cx))?;
+        // The session's own frames count against the queue's bounds too, in
+        // frames and in bytes: a client that asks without reading is a slow
+        // consumer like one that does not read its rooms (one reply bigger
+        // than the byte limit still goes out, alone).
+        {
+            let state = outlet.lock();
+            if state.queue.len() >= outlet.limit
+                || (!state.queue.is_empty() && state.queued_bytes + buf.len() > outlet.byte_limit)
+            {
+                return Poll::Ready(Err(io::Error::other(Overflow)));
+            }
         }
         let mut state = outlet.lock();
         if state.failed {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
+        state.queued_bytes += buf.len();
         state.queue.push_back(Chunk {
             bytes: Bytes::copy_from_slice(buf),
             at: None,

@@ -21,6 +21,9 @@ pub fn config(id: &str, redis_url: Option<&str>) -> Config {
     // Scenarios send fast; the rate limit has tests of its own.
     c.limits.rate_per_sec = 10_000;
     c.limits.burst = 10_000;
+    // Some scenarios sign tokens without `exp`; tests/security.rs checks
+    // the default (`exp` required) on nodes of its own.
+    c.auth.require_exp = false;
     c
 }
 
