@@ -27,6 +27,10 @@ pub struct Cli {
 pub enum Command {
     /// Open N connections, hold them, report connect rate and node RSS per connection.
     Idle(IdleArgs),
+    /// M members join one public room over the nodes, are held with light
+    /// chatter: join latency, time to fill, presence traffic, node RSS per
+    /// member, against the same M connections joining no room.
+    Bigroom(BigroomArgs),
     /// S subscribers in one room, P publishers at an open-loop rate: throughput, latency, order.
     Fanout(FanoutArgs),
     /// Many small rooms, every member publishing at an interval.
@@ -104,6 +108,45 @@ pub struct IdleArgs {
     /// Also join this room with every connection (empty: no room).
     #[arg(long, default_value = "")]
     pub room: String,
+}
+
+/// `bigroom`.
+#[derive(Clone, Debug, Args)]
+pub struct BigroomArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub shard: ShardArgs,
+    /// Members of the room, spread round-robin over the nodes.
+    #[arg(short = 'm', long, default_value_t = 1000)]
+    pub members: usize,
+    /// The room.
+    #[arg(long, default_value = "hall")]
+    pub room: String,
+    /// Joins started per second, all processes together (0: as fast as
+    /// --concurrency allows).
+    #[arg(long, default_value_t = 0.0)]
+    pub join_rate: f64,
+    /// How long to hold the members once every one has joined.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub hold: Duration,
+    /// Messages per second while held, all chatting members together.
+    #[arg(long, default_value_t = 2.0)]
+    pub chatter: f64,
+    /// How many members chat (the first ones).
+    #[arg(long, default_value_t = 4)]
+    pub chatters: usize,
+    /// The nodes' `presence.diff_interval_ms`: the window of "presence
+    /// frames per member per diff interval".
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    pub diff_interval: Duration,
+    /// Skip the baseline: the same connections opened again, joining no room.
+    #[arg(long)]
+    pub no_baseline: bool,
+    /// The nodes' Redis on 127.0.0.1, to report what it did per join and per
+    /// connection (`INFO cpu`, `INFO commandstats`).
+    #[arg(long, value_name = "PORT")]
+    pub redis_port: Option<u16>,
 }
 
 /// `fanout`.
@@ -270,12 +313,14 @@ pub struct ChaosArgs {
     #[arg(long, default_value_t = 64)]
     pub size: usize,
     /// Faults, comma-separated, one round (and one fresh cluster) each:
-    /// kill-pubsub, sigstop, restart, oom, debug-sleep, node-kill, rolling;
-    /// a `+aof` suffix gives that round a persistent Redis (e.g. restart+aof).
+    /// kill-pubsub, sigstop, restart, oom, debug-sleep, node-kill, rolling,
+    /// overload; a `+aof` suffix gives that round a persistent Redis (e.g.
+    /// restart+aof). `overload` takes its size after colons, each optional:
+    /// `overload:readers=3000:rate=2000:size=200:for=15s` (the defaults).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "kill-pubsub,sigstop,restart,restart+aof,oom,debug-sleep,node-kill,rolling"
+        default_value = "kill-pubsub,sigstop,restart,restart+aof,oom,debug-sleep,node-kill,rolling,overload"
     )]
     pub faults: Vec<crate::scenarios::chaos::Fault>,
     /// When the fault starts, after publishing has begun.

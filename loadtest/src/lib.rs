@@ -14,9 +14,10 @@
 //! - [`procfs`]: RSS and CPU of the nodes, this process and the machine; the
 //!   open-files limit.
 //! - [`shard`]: splitting a run over processes when one fd limit is too small.
-//! - [`scenarios`]: `idle`, `fanout` (and `smoke`), `rooms`, `churn`, and
-//!   `floor`, the kernel's own cost per delivery with no server at all;
-//!   `chaos`, which starts its own Redis and nodes and injects faults.
+//! - [`scenarios`]: `idle`, `bigroom` (one public room of thousands),
+//!   `fanout` (and `smoke`), `rooms`, `churn`, and `floor`, the kernel's own
+//!   cost per delivery with no server at all; `chaos`, which starts its own
+//!   Redis and nodes and injects faults.
 //! - [`report`]: progress lines, the summary table and the JSON result.
 //! - [`plot`]: latency against offered load, as SVG and a markdown table.
 //!
@@ -50,6 +51,9 @@ pub async fn run(command: &Command) -> anyhow::Result<Option<Report>> {
         Command::Idle(a) => scenarios::idle::run(a)
             .await?
             .map(|o| scenarios::idle::report(&o)),
+        Command::Bigroom(a) => scenarios::bigroom::run(a)
+            .await?
+            .map(|o| scenarios::bigroom::report(&o)),
         Command::Fanout(a) => {
             let o = scenarios::fanout::run(a).await?;
             Some(scenarios::fanout_report("fanout", &o))

@@ -1,6 +1,7 @@
 //! The scenarios, and what they share: opening many sockets at a bounded
 //! concurrency and checking that every target is on this machine.
 
+pub mod bigroom;
 pub mod chaos;
 pub mod churn;
 pub mod fanout;

@@ -110,6 +110,11 @@ impl Cluster {
         self.nodes.iter().map(|n| n.addr).collect()
     }
 
+    /// Node `i`'s process id, while it runs.
+    pub fn node_pid(&self, i: usize) -> Option<u32> {
+        self.nodes.get(i)?.child.as_ref()?.id()
+    }
+
     /// Redis's port.
     pub fn redis_port(&self) -> u16 {
         self.redis_port

@@ -3,6 +3,7 @@
 //! (Redis answering, the restarted node ready).
 
 use super::cluster::{Cluster, PROBE_TIMEOUT};
+use super::overload::{self, Flood, Overload};
 use super::probe;
 use super::shared::Shared;
 use anyhow::Context;
@@ -29,6 +30,8 @@ pub enum Kind {
     NodeKill,
     /// SIGTERM every node in turn, each restarted once it has exited.
     Rolling,
+    /// A flood the last node's fan-out cannot keep up with (see [`overload`]).
+    Overload,
 }
 
 /// A fault, and whether its round's Redis persists (`+aof`).
@@ -38,9 +41,11 @@ pub struct Fault {
     pub kind: Kind,
     /// Redis with `appendonly yes`, `appendfsync always` for this round.
     pub aof: bool,
+    /// The flood's size (`overload` only).
+    pub overload: Overload,
 }
 
-const NAMES: [(&str, Kind); 7] = [
+const NAMES: [(&str, Kind); 8] = [
     ("kill-pubsub", Kind::KillPubsub),
     ("sigstop", Kind::Sigstop),
     ("restart", Kind::Restart),
@@ -48,6 +53,7 @@ const NAMES: [(&str, Kind); 7] = [
     ("debug-sleep", Kind::DebugSleep),
     ("node-kill", Kind::NodeKill),
     ("rolling", Kind::Rolling),
+    ("overload", Kind::Overload),
 ];
 
 impl Fault {
@@ -55,7 +61,11 @@ impl Fault {
     pub fn all() -> Vec<Fault> {
         NAMES
             .iter()
-            .map(|&(_, kind)| Fault { kind, aof: false })
+            .map(|&(_, kind)| Fault {
+                kind,
+                aof: false,
+                overload: Overload::default(),
+            })
             .collect()
     }
 }
@@ -66,7 +76,12 @@ impl fmt::Display for Fault {
             .iter()
             .find(|(_, k)| *k == self.kind)
             .map_or("?", |(n, _)| n);
-        write!(f, "{name}{}", if self.aof { "+aof" } else { "" })
+        let size = if self.kind == Kind::Overload {
+            self.overload.to_string()
+        } else {
+            String::new()
+        };
+        write!(f, "{name}{size}{}", if self.aof { "+aof" } else { "" })
     }
 }
 
@@ -74,16 +89,28 @@ impl FromStr for Fault {
     type Err = String;
 
     /// `kill-pubsub`, `sigstop`, `restart`, `oom`, `debug-sleep`,
-    /// `node-kill`, `rolling`, each optionally with `+aof`.
+    /// `node-kill`, `rolling`, `overload` (with its size after colons:
+    /// `overload:readers=3000:rate=2000:size=200:for=15s`, each optional),
+    /// each optionally with `+aof`.
     fn from_str(s: &str) -> Result<Fault, String> {
         let (name, aof) = match s.trim().strip_suffix("+aof") {
             Some(n) => (n, true),
             None => (s.trim(), false),
         };
+        let (name, size) = name.split_once(':').unwrap_or((name, ""));
+        let overload = match name {
+            "overload" => Overload::parse(size).map_err(|e| format!("`{s}`: {e}"))?,
+            _ if !size.is_empty() => return Err(format!("`{s}`: only overload takes a size")),
+            _ => Overload::default(),
+        };
         NAMES
             .iter()
             .find(|(n, _)| *n == name)
-            .map(|&(_, kind)| Fault { kind, aof })
+            .map(|&(_, kind)| Fault {
+                kind,
+                aof,
+                overload,
+            })
             .ok_or_else(|| {
                 let all: Vec<&str> = NAMES.iter().map(|(n, _)| *n).collect();
                 format!(
@@ -103,6 +130,8 @@ pub struct Window {
     pub end_us: u64,
     /// What happened, for the JSON result.
     pub notes: Vec<String>,
+    /// What the flood did (`overload` only).
+    pub flood: Option<Flood>,
 }
 
 /// Injects `fault`. `victim` is the node `node-kill` kills; `clients` the
@@ -163,6 +192,33 @@ pub async fn inject(
             cluster.restart_node(victim).await?;
             w.notes
                 .push(format!("node {victim} killed (SIGKILL) and ready again"));
+        }
+        Kind::Overload => {
+            let (victim_addr, home) = (shared.nodes[victim % shared.nodes.len()], 0);
+            let room = shared.rooms.first().cloned().unwrap_or_default();
+            let f = overload::flood(shared, (victim, home), &room, fault.overload).await?;
+            w.notes.push(format!(
+                "{} readers on node {victim} (opened in {:.1} s; {} cut off by the node), \
+                 {} flood messages/s of {} B into {room} from node {home} for {:.1} s: \
+                 {} sent, {} acked, {} refused; the readers read {} frames",
+                f.readers,
+                f.open_secs,
+                f.readers_cut.values().sum::<u64>(),
+                f.rate,
+                fault.overload.size,
+                f.flood_secs,
+                f.sent,
+                f.acked,
+                f.refused,
+                f.reader_frames
+            ));
+            // The fault ends once the node has caught up again.
+            let caught = overload::caught_up(victim_addr, Duration::from_secs(30)).await;
+            if !caught {
+                w.notes
+                    .push("the node had not caught up 30 s after the flood".into());
+            }
+            w.flood = Some(f);
         }
         Kind::Rolling => {
             for i in 0..cluster.addrs().len() {
@@ -267,5 +323,13 @@ mod tests {
             (Kind::Restart, true, "restart+aof")
         );
         assert!("explode".parse::<Fault>().is_err());
+        let o: Fault = "overload:readers=10:for=2s".parse().unwrap();
+        assert_eq!(
+            (o.kind, o.overload.readers, o.overload.for_ms),
+            (Kind::Overload, 10, 2000)
+        );
+        assert_eq!(o.to_string().parse::<Fault>(), Ok(o));
+        assert_eq!("overload".parse::<Fault>().unwrap().to_string(), "overload");
+        assert!("sigstop:readers=3".parse::<Fault>().is_err());
     }
 }

@@ -7,7 +7,9 @@
 //! (subscriber, acked message) pair into live, recovered, announced or lost.
 //!
 //! - [`cluster`]: the child processes; [`probe`]: Redis, HTTP and metrics.
-//! - [`faults`]: what goes wrong; [`round`]: one round end to end.
+//! - [`faults`]: what goes wrong; [`round`]: one round end to end;
+//!   [`overload`]: the flood a node's fan-out cannot keep up with, and the
+//!   watch of that node's memory.
 //! - [`publisher`], [`subscriber`], [`shared`]: the clients.
 //! - [`ledger`], [`order`]: the accounting, a pure function of the logs.
 //! - [`table`]: the one-row-per-fault table and the report.
@@ -16,6 +18,7 @@ pub mod cluster;
 pub mod faults;
 pub mod ledger;
 mod order;
+pub mod overload;
 pub mod probe;
 pub mod publisher;
 pub mod round;
@@ -75,8 +78,17 @@ pub fn default_node_bin() -> PathBuf {
 /// The longest a round may take with these flags, everything included.
 fn round_budget(args: &ChaosArgs) -> Duration {
     let per_node = Duration::from_secs(60); // ready wait + drain + restart, bounded each
+    // An overload round opens its readers, floods, then waits (bounded) for the node to catch up.
+    let flood = args
+        .faults
+        .iter()
+        .filter(|f| f.kind == Kind::Overload)
+        .map(|f| f.overload.duration() + Duration::from_secs(90))
+        .max()
+        .unwrap_or_default();
     args.fault_at
         + args.duration.max(args.hold)
+        + flood
         + args.after
         + args.drain
         + args.hold

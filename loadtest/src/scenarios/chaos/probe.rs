@@ -165,6 +165,12 @@ impl NodeCounters {
     }
 }
 
+/// The sum of every sample of `name` (exactly that name; whose labels
+/// contain `label`, if given) in Prometheus text; `None` when there is none.
+pub fn sample(text: &str, name: &str, label: Option<&str>) -> Option<f64> {
+    sum(text, name, label)
+}
+
 /// The sum of every sample of `name` (whose labels contain `label`, if given).
 fn sum(text: &str, name: &str, label: Option<&str>) -> Option<f64> {
     let mut found = None;

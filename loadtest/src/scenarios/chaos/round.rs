@@ -3,8 +3,9 @@
 //! the cluster stopped, and the accounting of what every client logged.
 
 use super::cluster::{Cluster, Spec};
-use super::faults::{self, Fault, Window};
+use super::faults::{self, Fault, Kind, Window};
 use super::ledger::{self, Accounting, Acked, Key};
+use super::overload::{Flood, Memory, Watch};
 use super::probe::NodeCounters;
 use super::publisher::{self, Outcome, Phases, PubLog, SharedPubLog};
 use super::shared::{Role, Shared};
@@ -74,6 +75,10 @@ pub struct RoundOutcome {
     pub session_ends: Counts,
     /// A few silent losses: subscriber, publisher, seq and the acked id.
     pub lost_examples: Vec<String>,
+    /// What the flood did (`overload`).
+    pub flood: Option<Flood>,
+    /// The flooded node's RSS and bus counters over the round (`overload`).
+    pub memory: Option<Memory>,
     /// Why the round could not run, if it could not.
     pub error: Option<String>,
 }
@@ -92,12 +97,24 @@ impl RoundOutcome {
 pub async fn run(args: &ChaosArgs, spec: &Spec, fault: Fault) -> anyhow::Result<RoundOutcome> {
     let mut spec = spec.clone();
     spec.persistence |= fault.aof;
-    let mut cluster = Cluster::start(&spec, &fault.to_string().replace('+', "-")).await?;
+    let tag = fault.to_string().replace(['+', ':', '='], "-");
+    let mut cluster = Cluster::start(&spec, &tag).await?;
     let nodes = cluster.addrs();
     let rooms = (0..args.rooms.max(1))
         .map(|r| format!("chaos-{r}"))
         .collect();
     let shared = Arc::new(Shared::new(nodes.clone(), rooms, args.size));
+    let victim = nodes.len().saturating_sub(1);
+    // The flooded node's memory, every 250 ms of the round.
+    let watch = match (fault.kind, cluster.node_pid(victim)) {
+        (Kind::Overload, Some(pid)) => Some(Watch::start(
+            &shared,
+            victim,
+            (pid, nodes[victim]),
+            cluster.redis_port(),
+        )),
+        _ => None,
+    };
     let (m, p) = (args.subscribers, args.publishers.max(1));
     let stop = CancellationToken::new();
     let _stop_on_drop = stop.clone().drop_guard();
@@ -155,7 +172,6 @@ pub async fn run(args: &ChaosArgs, spec: &Spec, fault: Fault) -> anyhow::Result<
     let start = tokio::time::Instant::now();
     let start_us = shared.now_us();
     tokio::time::sleep_until(start + args.fault_at).await;
-    let victim = nodes.len().saturating_sub(1);
     let window = faults::inject(fault, &mut cluster, &shared, (m, p), args.hold, victim).await?;
     let fault_end = shared.epoch + Duration::from_micros(window.end_us);
     let end = (start + args.duration).max(tokio::time::Instant::from_std(fault_end) + args.after);
@@ -167,9 +183,22 @@ pub async fn run(args: &ChaosArgs, spec: &Spec, fault: Fault) -> anyhow::Result<
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
+    let memory = match watch {
+        Some(w) => Some(
+            w.finish(
+                start_us,
+                window
+                    .flood
+                    .as_ref()
+                    .map(|f| (f.flood_start_us, f.flood_end_us)),
+            )
+            .await,
+        ),
+        None => None,
+    };
     let counters = cluster.counters().await;
     cluster.stop().await;
-    Ok(outcome(
+    let mut o = outcome(
         fault,
         spec.persistence,
         args,
@@ -178,7 +207,10 @@ pub async fn run(args: &ChaosArgs, spec: &Spec, fault: Fault) -> anyhow::Result<
         counters,
         &subs,
         &pubs,
-    ))
+    );
+    o.flood = window.flood;
+    o.memory = memory;
+    Ok(o)
 }
 
 /// Waits until every publisher has its answers and every subscriber has

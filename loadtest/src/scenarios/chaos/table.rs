@@ -54,7 +54,88 @@ pub fn line(r: &RoundOutcome) -> String {
         .join(", ")
 }
 
-/// The markdown table, one row per fault.
+/// The columns of the memory table (rounds that watched a node: `overload`).
+const MEMORY_HEAD: [&str; 14] = [
+    "fault",
+    "node",
+    "readers (cut by the node)",
+    "flood sent / acked",
+    "RSS at start",
+    "flood start (readers in)",
+    "flood end",
+    "growth during the flood",
+    "max (at)",
+    "end",
+    "bus lag max",
+    "bus reconnects",
+    "gaps announced by the node",
+    "Redis: largest subscriber output buffer",
+];
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
+    v.map_or("n/a".into(), f)
+}
+
+fn memory_cells(r: &RoundOutcome) -> Option<Vec<String>> {
+    let m = r.memory.as_ref()?;
+    let (readers, cut, sent, acked) = r.flood.as_ref().map_or((0, 0, 0, 0), |f| {
+        (
+            f.readers,
+            f.readers_cut.values().sum::<u64>(),
+            f.sent,
+            f.acked,
+        )
+    });
+    Some(vec![
+        r.fault.clone(),
+        m.node.to_string(),
+        format!("{readers} ({cut})"),
+        format!("{sent} / {acked}"),
+        mib(m.rss_start_kib),
+        mib(m.rss_readers_kib),
+        mib(m.rss_flood_end_kib),
+        format!("{:.2} MiB/s", m.rss_growth_kib_per_sec / 1024.0),
+        format!(
+            "{} ({:.1} s)",
+            mib(m.rss_max_kib),
+            (m.rss_max_at_ms - r.fault_start_ms) / 1000.0
+        ),
+        mib(m.rss_end_kib),
+        opt(m.lag_max_seconds, |l| format!("{l:.1} s")),
+        opt(m.delta(|g| g.reconnects), |d| format!("{d:.0}")),
+        opt(m.delta(|g| g.gaps_unrepaired), |d| format!("{d:.0}")),
+        format!("{:.1} MiB", m.redis_omem_max as f64 / 1048576.0),
+    ])
+}
+
+/// The flooded node's memory, one row per round that watched one; empty
+/// when none did.
+pub fn memory_table(o: &ChaosOutcome) -> String {
+    let rows: Vec<Vec<String>> = o.rounds.iter().filter_map(memory_cells).collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut s = String::from(
+        "### the flooded node's memory (RSS every 250 ms; max at s after the fault's start)\n\n",
+    );
+    s.push_str(&format!("| {} |\n", MEMORY_HEAD.join(" | ")));
+    s.push_str(&format!(
+        "| --- | ---: |{}\n",
+        " ---: |".repeat(MEMORY_HEAD.len() - 2)
+    ));
+    for r in rows {
+        s.push_str(&format!("| {} |\n", r.join(" | ")));
+    }
+    s.push('\n');
+    s
+}
+
+/// The markdown table, one row per fault (and the memory table after it,
+/// when a round watched a node).
 pub fn table(o: &ChaosOutcome) -> String {
     let mut s = format!(
         "### chaos: {} publisher(s) on node 1, {} subscriber(s) on the other node(s) of {}, {} room(s), {} msg/s\n\n",
@@ -69,6 +150,7 @@ pub fn table(o: &ChaosOutcome) -> String {
         s.push_str(&format!("| {} |\n", cells(r).join(" | ")));
     }
     s.push('\n');
+    s.push_str(&memory_table(o));
     s
 }
 
@@ -107,6 +189,19 @@ pub fn report(o: &ChaosOutcome) -> Report {
                     .cloned()
                     .collect::<Vec<_>>()
                     .join("; "),
+            );
+        }
+        if let Some(m) = &round.memory {
+            r.row(
+                &format!("{}: node {} RSS start / max / end", round.fault, m.node),
+                format!(
+                    "{} / {} / {} (bus lag max {}, bus reconnects {})",
+                    mib(m.rss_start_kib),
+                    mib(m.rss_max_kib),
+                    mib(m.rss_end_kib),
+                    opt(m.lag_max_seconds, |l| format!("{l:.1} s")),
+                    opt(m.delta(|g| g.reconnects), |d| format!("{d:.0}"))
+                ),
             );
         }
         if !round.refused_by_code.is_empty() {
