@@ -98,6 +98,29 @@ async fn a_drain_closes_every_socket_within_a_second() {
     stop.await.unwrap();
 }
 
+/// A socket whose request waits on a Redis that hangs still gets its 1001
+/// within a second of the drain: the close does not wait on Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_does_not_wait_for_a_request_stuck_on_redis() {
+    let redis = banter_testkit::RedisServer::start();
+    let node = TestNode::start(config("stuck", Some(&redis.url()))).await;
+    let mut c = node.client("name=c").await;
+    c.join("r").await;
+    tokio::task::block_in_place(|| redis.pause());
+    c.send(json!({"type":"send","room":"r","text":"into the void","ref":1}))
+        .await;
+    // The send is on its way to the hung Redis.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let stop = tokio::spawn(node.stop());
+    let code = c.expect_close().await;
+    let took = started.elapsed();
+    tokio::task::block_in_place(|| redis.resume());
+    assert_eq!(code, 1001);
+    assert!(took < Duration::from_secs(1), "{took:?}");
+    stop.await.unwrap();
+}
+
 /// While a node drains, `/readyz` answers 503 (load balancers need the
 /// answer, not a refused connection) until it is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,8 +7,9 @@
 //! - [`memory`]: `MemoryPresence`, for a lone node (or several nodes of one test).
 //! - [`redis`]: `RedisPresence`: per room a sorted set of connections scored
 //!   by expiry and the hashes and roster beside it (see the module). A node
-//!   refreshes its own entries every ttl/3, so the users of a crashed node
-//!   age out after the ttl.
+//!   refreshes its own entries often enough (the node's choice: every
+//!   `presence.ttl_ms / 4`, entries living half of it) that the users of a
+//!   crashed node age out within `presence.ttl_ms`.
 //!
 //! Presence counts *users*: a user with two connections in a room is listed
 //! once, joins with the first connection and leaves with the last. Every

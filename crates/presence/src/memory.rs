@@ -58,7 +58,7 @@ struct Conn {
 
 impl MemoryPresence {
     /// An empty store whose entries expire `ttl` after their last join or
-    /// refresh (`presence.ttl_ms`; nodes refresh every ttl/3), publishing
+    /// refresh (nodes refresh well within it), publishing
     /// nothing.
     pub fn new(ttl: Duration) -> MemoryPresence {
         MemoryPresence {

@@ -44,7 +44,7 @@ pub type ChannelOf = Arc<dyn Fn(&RoomId) -> String + Send + Sync>;
 #[derive(Clone)]
 pub struct RedisPresence {
     /// Command connections. Presence calls are a few per connection
-    /// lifetime plus one refresh per node every ttl/3, so a pooled
+    /// lifetime plus one refresh per node every ttl/4, so a pooled
     /// connection per call is cheap enough.
     pool: Pool,
     /// `redis.key_prefix`: every key starts with `{prefix}:`.

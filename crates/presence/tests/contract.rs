@@ -199,7 +199,7 @@ async fn two_sweepers_announce_a_departure_once(b: Backend) {
         seen.next().await;
     }
     let (e1, e2) = ([entry(&lobby, &x)], [entry(&lobby, &y)]);
-    // The live nodes keep refreshing (as every ttl/3); the crashed one does not.
+    // The live nodes keep refreshing (well within the ttl); the crashed one does not.
     sleep(SHORT / 2).await;
     n1.refresh(&e1).await.unwrap();
     n2.refresh(&e2).await.unwrap();

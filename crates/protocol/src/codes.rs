@@ -13,7 +13,7 @@ pub enum ErrorCode {
     UnknownType,
     /// A room name that does not match `^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$`.
     BadRoom,
-    /// `send`, `typing` or `history` to a room this connection has not joined.
+    /// `send`, `typing` or `leave` of a room this connection has not joined.
     NotJoined,
     /// A chat text over `limits.max_text_chars`.
     TooLarge,
@@ -70,7 +70,8 @@ impl std::fmt::Display for ErrorCode {
 /// Why a node closes a socket. Each reason owns exactly one close code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CloseReason {
-    /// The client closed, or the conversation ended normally.
+    /// The conversation ended normally. (A client's own close is answered
+    /// with its own code; the node has no reason of its own to send 1000.)
     Normal,
     /// The node is draining (SIGTERM/SIGINT).
     ShuttingDown,

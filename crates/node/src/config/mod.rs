@@ -174,9 +174,9 @@ impl Default for HeartbeatConfig {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PresenceConfig {
-    /// Entries live this long unless refreshed; a node refreshes its own
-    /// every ttl/3, so the users of a crashed node vanish after at most ttl,
-    /// and a live node's swept entries come back at its next refresh.
+    /// A crashed node's users are gone within this: a node writes its
+    /// entries to live ttl/2 and refreshes them every ttl/4, and a live
+    /// node's swept entries come back at its next refresh.
     pub ttl_ms: u64,
     /// Most users listed in `joined.users`, in one `who` page and in one
     /// HTTP presence page, so a join costs the same in a room of 20,000 as

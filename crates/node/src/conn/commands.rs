@@ -42,6 +42,7 @@ impl Session {
             match inner.hub.join(&room, &self.member, limit).await {
                 Ok(page) => {
                     self.rooms.insert(room.clone());
+                    self.entered(&room);
                     Ok(page)
                 }
                 Err(e) => {
@@ -82,15 +83,15 @@ impl Session {
         {
             self.recent_rooms.pop_front();
         }
-        if self.recent_rooms.iter().any(|(_, r)| r == room) {
-            return true;
-        }
         let cap = self.node.inner.config.limits.max_rooms + ROOMS_PER_MINUTE;
-        if self.recent_rooms.len() >= cap {
-            return false;
+        self.recent_rooms.len() < cap || self.recent_rooms.iter().any(|(_, r)| r == room)
+    }
+
+    /// Counts a room joined against the minute's (see [`Self::may_enter`]).
+    fn entered(&mut self, room: &RoomId) {
+        if !self.recent_rooms.iter().any(|(_, r)| r == room) {
+            self.recent_rooms.push_back((Instant::now(), room.clone()));
         }
-        self.recent_rooms.push_back((now, room.clone()));
-        true
     }
 
     /// The history a `join` answers with, and whether it is a recovery:
@@ -284,7 +285,7 @@ impl Session {
         };
         match self.node.inner.bus.history(&room, query).await {
             Ok(page) => {
-                // Too many bytes for one reply: the newest go, and the client
+                // Too many bytes for one reply: the newest stay, and the client
                 // pages on with `before` = the oldest it got.
                 let (messages, _, cost) = fit(page.messages);
                 self.bucket.charge(cost);

@@ -23,6 +23,8 @@ pub(crate) type Ws = WebSocketStream<Socket>;
 /// yet (the kernel's buffer), and dropping earlier would leave it a frame
 /// cut short and no close code. The session's cleanup does not wait for it.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a kicked socket's answer in progress may still take.
+const ANSWER_GRACE: Duration = Duration::from_millis(500);
 /// How long to wait for the client's answer to our close frame.
 const CLOSE_ECHO: Duration = Duration::from_millis(500);
 /// tungstenite's read buffer: it grows for a larger frame (up to
@@ -68,6 +70,24 @@ async fn guard<T>(io: impl Future<Output = Result<T, WsError>>, kick: &Kick) -> 
             _ => Stop::Gone,
         }),
         () = kick.kicked() => Err(Stop::Close(kick.reason())),
+    }
+}
+
+/// Runs the answer to a client frame; if the socket is kicked meanwhile
+/// (a drain), gives it [`ANSWER_GRACE`] more to finish (so an ack in
+/// flight still goes out), then gives up: the close must not wait on Redis.
+async fn answered<T>(
+    answer: impl Future<Output = Result<T, Stop>>,
+    kick: &Kick,
+) -> Result<T, Stop> {
+    tokio::pin!(answer);
+    tokio::select! {
+        biased;
+        r = &mut answer => r,
+        () = kick.kicked() => match time::timeout(ANSWER_GRACE, answer).await {
+            Ok(r) => r,
+            Err(_) => Err(Stop::Close(kick.reason())),
+        },
     }
 }
 
@@ -134,7 +154,8 @@ impl Session {
                             outlet.hold();
                             // Boxed: client frames are rare next to deliveries, and
                             // their (large) future should not sit in every idle task.
-                            if let Some(reply) = Box::pin(self.on_frame(text.as_str())).await? {
+                            let answer = Box::pin(self.on_frame(text.as_str()));
+                            if let Some(reply) = answered(answer, kick).await? {
                                 // Queued, not written: `release` sends it together
                                 // with what arrived meanwhile (often its own echo).
                                 guard(ws.feed(reply), kick).await?;
