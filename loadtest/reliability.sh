@@ -211,14 +211,16 @@ node's RSS when publishing began, **flood start** with the readers joined,
 during the flood** the difference over the flood's length, **max** the
 largest of all samples (with when), **end** the last sample (after the drain,
 the readers gone). **bus lag max** is the largest `banter_bus_lag_seconds`
-read (how long the newest batch the fan-out took had waited in its inbox),
+read (how long the newest batch the fan-out took had waited since Redis
+sent it, in the client library's buffer and the node's inbox),
 **bus reconnects** and **gaps announced by the node** are the changes of
 `banter_bus_reconnects_total` and `banter_bus_gaps_total{outcome="unrepaired"}`
 over the round, and **Redis: largest subscriber output buffer** the largest
 `omem` of a pub/sub client in `CLIENT LIST`: where what a node does not read
-waits when the node applies backpressure to Redis. Flat RSS with the lag
-bounded near 5 s and a reconnect is what the node's design promises
-(docs/operations.md).
+waits when the node applies backpressure to Redis. What the node's design
+promises (docs/operations.md) is bounded memory, not flat: a reconnect once
+messages wait more than 5 s to be read from Redis, the lag beyond that only
+what the node's inbox holds, and no backlog in Redis.
 EOF
 
 echo "wrote $OUT" >&2
