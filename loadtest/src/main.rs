@@ -4,6 +4,11 @@ use banter_load::cli::Cli;
 use clap::Parser;
 use std::process::ExitCode;
 
+/// glibc's malloc spent 40 % of the tool's main thread in `_int_malloc`
+/// while 20,000 members joined a room (fragmented bins); mimalloc does not.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -109,11 +109,11 @@ impl Node {
             history_ttl: config.history_ttl(),
             ..RedisBusConfig::new(redis.url.clone(), redis.key_prefix.clone())
         };
-        let (bus, inbox) = RedisBus::connect(pool.clone(), bus_config).await?;
+        let (bus, inbox) = RedisBus::connect(pool, bus_config).await?;
         let prefix = redis.key_prefix.clone();
         let channel_of = Arc::new(move |room: &RoomId| Topic::Room(room.clone()).channel(&prefix));
         let presence = RedisPresence::new(
-            pool,
+            bus.commands(),
             redis.key_prefix.clone(),
             channel_of,
             presence_entry_ttl(&config),

@@ -168,6 +168,30 @@ async fn joined_stays_small_in_a_big_room() {
     );
 }
 
+/// A newcomer whose id sorts after the first page still finds itself in its
+/// `joined`: first, the list still within `presence.list_limit`.
+#[tokio::test]
+async fn the_joiner_is_in_its_own_joined() {
+    let node = TestNode::start({
+        let mut c = config("solo", None);
+        c.presence.list_limit = 3;
+        c.auth.jwt_secret = "presence-secret".into();
+        c
+    })
+    .await;
+    let mut early = Vec::new();
+    for id in ["a1", "a2", "a3", "a4"] {
+        let mut c = node.client(&format!("token={}", token(id, id))).await;
+        c.join("r").await;
+        early.push(c);
+    }
+    let mut zed = node.client(&format!("token={}", token("z9", "Zed"))).await;
+    let (users, count) = zed.join("r").await;
+    assert_eq!(count, 5);
+    let ids: Vec<&str> = users.iter().map(|u| u.id.as_str()).collect();
+    assert_eq!(ids, ["z9", "a1", "a2"], "the joiner first, then the page");
+}
+
 /// While a room fills, each member gets at most one presence frame per
 /// interval (the first change at once, the rest merged), whichever node the
 /// newcomers are on; the merged diffs add up to who is there.

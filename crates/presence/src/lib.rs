@@ -54,9 +54,10 @@ pub enum PresenceError {
     /// Redis is unreachable or failed the command.
     #[error("presence unavailable: {0}")]
     Redis(#[source] ::redis::RedisError),
-    /// No pooled connection could be had.
+    /// The bus's command connection failed (Redis unreachable, or the
+    /// command refused).
     #[error("presence unavailable: {0}")]
-    Pool(#[source] deadpool_redis::PoolError),
+    Bus(#[source] banter_bus::BusError),
     /// Redis held something this code did not write.
     #[error("presence data is corrupt: {0}")]
     Corrupt(String),
@@ -86,6 +87,18 @@ pub trait Presence: Send + Sync + std::fmt::Debug + 'static {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Page, PresenceError>;
+
+    /// [`Presence::join`], then the room's first page of `limit` users
+    /// (what a `joined` frame lists): one round trip where the store can.
+    async fn join_page(
+        &self,
+        room: &RoomId,
+        member: &Member,
+        limit: usize,
+    ) -> Result<Page, PresenceError> {
+        self.join(room, member).await?;
+        self.page(room, None, limit).await
+    }
 
     /// Keeps these entries (a node's own live members) alive until now +
     /// ttl, puts back any that were swept meanwhile (a node that stalled past

@@ -28,8 +28,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use banter_bus::redis::Commands;
 use banter_protocol::{RoomId, User};
-use deadpool_redis::Pool;
 use redis::{FromRedisValue, Script, Value};
 
 use crate::memory::{duration_ms, group_by_room, now_ms};
@@ -43,10 +43,8 @@ pub type ChannelOf = Arc<dyn Fn(&RoomId) -> String + Send + Sync>;
 /// prefix. Cheap to clone: the pool and the scripts are shared.
 #[derive(Clone)]
 pub struct RedisPresence {
-    /// Command connections. Presence calls are a few per connection
-    /// lifetime plus one refresh per node every ttl/4, so a pooled
-    /// connection per call is cheap enough.
-    pool: Pool,
+    /// The bus's command connection (shared, multiplexed).
+    commands: Arc<Commands>,
     /// `redis.key_prefix`: every key starts with `{prefix}:`.
     prefix: Arc<str>,
     /// Where a room's changes are published.
@@ -79,12 +77,12 @@ struct Scripts {
 const REFRESH_CHUNK: usize = 64;
 
 impl RedisPresence {
-    /// Presence over `pool` with keys under `{key_prefix}:presence:`,
+    /// Presence over the bus's `commands` with keys under `{key_prefix}:presence:`,
     /// publishing each room's changes on `channel_of(room)`, with entries
     /// that expire `ttl` after their last join or refresh
     /// (`presence.ttl_ms`). Does no I/O.
     pub fn new(
-        pool: Pool,
+        commands: Arc<Commands>,
         key_prefix: impl Into<String>,
         channel_of: ChannelOf,
         ttl: Duration,
@@ -92,18 +90,25 @@ impl RedisPresence {
         let shared = [
             include_str!("lua/user_id.lua"),
             include_str!("lua/announce.lua"),
+            include_str!("lua/page_of.lua"),
         ]
         .concat();
         let script = |body: &str| Script::new(&format!("{shared}{body}"));
         RedisPresence {
-            pool,
+            commands,
             prefix: Arc::from(key_prefix.into()),
             channel_of,
             ttl_ms: duration_ms(ttl),
             scripts: Arc::new(Scripts {
                 join: script(include_str!("lua/join.lua")),
                 leave: script(include_str!("lua/leave.lua")),
-                page: Script::new(include_str!("lua/page.lua")),
+                page: Script::new(
+                    &[
+                        include_str!("lua/page_of.lua"),
+                        include_str!("lua/page.lua"),
+                    ]
+                    .concat(),
+                ),
                 refresh: script(include_str!("lua/refresh.lua")),
             }),
         }
@@ -124,8 +129,13 @@ impl RedisPresence {
         ]
     }
 
-    async fn connection(&self) -> Result<deadpool_redis::Connection, PresenceError> {
-        self.pool.get().await.map_err(PresenceError::Pool)
+    /// Runs `command` on the bus's command connection.
+    async fn run<T, F, Fut>(&self, command: F) -> Result<T, PresenceError>
+    where
+        F: FnOnce(redis::aio::MultiplexedConnection) -> Fut,
+        Fut: Future<Output = Result<T, redis::RedisError>>,
+    {
+        self.commands.run(command).await.map_err(PresenceError::Bus)
     }
 
     /// The key expiry: long enough to outlive every live entry, short
@@ -133,6 +143,28 @@ impl RedisPresence {
     fn key_ttl_ms(&self) -> u64 {
         self.ttl_ms.saturating_mul(2)
     }
+}
+
+/// A page script's reply (`{count, json…}`, one user more than `limit` when
+/// another page follows) as a [`Page`]; `names` names the hash it came from.
+fn page_from(reply: Vec<Value>, names: &str, limit: usize) -> Result<Page, PresenceError> {
+    let mut items = reply.into_iter();
+    let count = items
+        .next()
+        .and_then(|v| usize::from_redis_value(v).ok())
+        .unwrap_or(0);
+    let mut users = Vec::with_capacity(limit.min(items.len()));
+    for item in items {
+        let json = String::from_redis_value(item).map_err(|e| PresenceError::Redis(e.into()))?;
+        users.push(parse_user(&json, names)?);
+    }
+    let next = if users.len() > limit {
+        users.truncate(limit);
+        users.last().map(|u| u.id.to_string())
+    } else {
+        None
+    };
+    Ok(Page { users, count, next })
 }
 
 fn user_json(user: &User) -> Result<String, PresenceError> {
@@ -148,9 +180,19 @@ fn parse_user(json: &str, key: &str) -> Result<User, PresenceError> {
 #[async_trait::async_trait]
 impl Presence for RedisPresence {
     async fn join(&self, room: &RoomId, member: &Member) -> Result<(), PresenceError> {
+        self.join_page(room, member, 0).await.map(drop)
+    }
+
+    async fn join_page(
+        &self,
+        room: &RoomId,
+        member: &Member,
+        limit: usize,
+    ) -> Result<Page, PresenceError> {
         let json = user_json(&member.user)?;
+        let keys = self.keys(room);
         let mut invocation = self.scripts.join.prepare_invoke();
-        for key in self.keys(room) {
+        for key in &keys {
             invocation.key(key);
         }
         invocation
@@ -159,13 +201,13 @@ impl Presence for RedisPresence {
             .arg(json)
             .arg(member.user.id.as_str())
             .arg(self.key_ttl_ms())
-            .arg((self.channel_of)(room));
-        let mut con = self.connection().await?;
-        let _: i64 = invocation
-            .invoke_async(&mut con)
-            .await
-            .map_err(PresenceError::Redis)?;
-        Ok(())
+            .arg((self.channel_of)(room))
+            // One more than asked, to know whether another page follows.
+            .arg(limit.saturating_add(1));
+        let reply: Vec<Value> = self
+            .run(|mut con| async move { invocation.invoke_async(&mut con).await })
+            .await?;
+        page_from(reply, &keys[4], limit)
     }
 
     async fn leave(&self, room: &RoomId, member: &Member) -> Result<(), PresenceError> {
@@ -179,11 +221,9 @@ impl Presence for RedisPresence {
             .arg(now_ms())
             .arg(self.ttl_ms)
             .arg((self.channel_of)(room));
-        let mut con = self.connection().await?;
-        let last: i64 = invocation
-            .invoke_async(&mut con)
-            .await
-            .map_err(PresenceError::Redis)?;
+        let last: i64 = self
+            .run(|mut con| async move { invocation.invoke_async(&mut con).await })
+            .await?;
         if last < 0 {
             return Err(PresenceError::Corrupt(format!(
                 "{} held no readable user for {}",
@@ -200,36 +240,17 @@ impl Presence for RedisPresence {
         limit: usize,
     ) -> Result<Page, PresenceError> {
         let keys = self.keys(room);
-        let mut con = self.connection().await?;
         // One more than asked, to know whether another page follows.
-        let reply: Vec<Value> = self
-            .scripts
-            .page
+        let mut invocation = self.scripts.page.prepare_invoke();
+        invocation
             .key(&keys[3])
             .key(&keys[4])
             .arg(after.unwrap_or(""))
-            .arg(limit.saturating_add(1))
-            .invoke_async(&mut con)
-            .await
-            .map_err(PresenceError::Redis)?;
-        let mut items = reply.into_iter();
-        let count = items
-            .next()
-            .and_then(|v| usize::from_redis_value(v).ok())
-            .unwrap_or(0);
-        let mut users = Vec::new();
-        for item in items {
-            let json =
-                String::from_redis_value(item).map_err(|e| PresenceError::Redis(e.into()))?;
-            users.push(parse_user(&json, &keys[4])?);
-        }
-        let next = if users.len() > limit {
-            users.truncate(limit);
-            users.last().map(|u| u.id.to_string())
-        } else {
-            None
-        };
-        Ok(Page { users, count, next })
+            .arg(limit.saturating_add(1));
+        let reply: Vec<Value> = self
+            .run(|mut con| async move { invocation.invoke_async(&mut con).await })
+            .await?;
+        page_from(reply, &keys[4], limit)
     }
 
     async fn refresh(&self, entries: &[(RoomId, Member)]) -> Result<(), PresenceError> {
@@ -261,7 +282,6 @@ impl Presence for RedisPresence {
         // (the rooms benchmark's p99). A pipeline does not load scripts on
         // NOSCRIPT by itself, so each starts with SCRIPT LOAD (a no-op when
         // the script is cached).
-        let mut con = self.connection().await?;
         for (rooms, invocations) in groups
             .chunks(REFRESH_CHUNK)
             .zip(invocations.chunks(REFRESH_CHUNK))
@@ -271,10 +291,9 @@ impl Presence for RedisPresence {
             for inv in invocations {
                 pipe.invoke_script(inv);
             }
-            let replies: Vec<Value> = pipe
-                .query_async(&mut con)
-                .await
-                .map_err(PresenceError::Redis)?;
+            let replies: Vec<Value> = self
+                .run(|mut con| async move { pipe.query_async(&mut con).await })
+                .await?;
             for ((room, _), reply) in rooms.iter().zip(replies) {
                 let (corrupt, restored, departed) = <(i64, i64, i64)>::from_redis_value(reply)
                     .map_err(|e| PresenceError::Redis(e.into()))?;

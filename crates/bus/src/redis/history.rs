@@ -4,7 +4,7 @@
 //! Lua script (`lua/publish_message.lua`), so the stream order is the live
 //! order and the id the ack carries is the stream position in its epoch.
 
-use super::publisher::Publisher;
+use super::commands::Commands;
 use crate::history::{Draft, Epoch, HistoryPage, HistoryQuery, Position, Record, StreamId};
 use crate::{BusError, Topic};
 use banter_protocol::{Message, RoomId};
@@ -41,7 +41,7 @@ fn keys(prefix: &str, room: &RoomId) -> [String; 2] {
 
 /// Stores `draft` in its room's stream and publishes it. See the module docs.
 pub(super) async fn publish_message(
-    publisher: &Publisher,
+    commands: &Commands,
     prefix: &str,
     retention: Retention,
     draft: &Draft,
@@ -53,7 +53,7 @@ pub(super) async fn publish_message(
     let channel = Topic::Room(draft.room.clone()).channel(prefix);
     let [stream, epoch] = keys(prefix, &draft.room);
     let ttl_ms = u64::try_from(retention.ttl.as_millis()).unwrap_or(u64::MAX);
-    let (epoch, id): (String, String) = publisher
+    let (epoch, id): (String, String) = commands
         .run(|mut conn| async move {
             PUBLISH_MESSAGE
                 .key(stream)
@@ -104,7 +104,7 @@ pub(crate) enum Mode {
 
 /// Reads up to `count` entries of `room`'s stream with its epoch and bounds.
 pub(crate) async fn read_raw(
-    publisher: &Publisher,
+    commands: &Commands,
     prefix: &str,
     room: &RoomId,
     mode: Mode,
@@ -116,7 +116,7 @@ pub(crate) async fn read_raw(
         Mode::Latest => ("latest", String::from("+")),
     };
     let [stream, epoch] = keys(prefix, room);
-    let flat: Vec<redis::Value> = publisher
+    let flat: Vec<redis::Value> = commands
         .run(|mut conn| async move {
             READ_HISTORY
                 .key(stream)
@@ -155,7 +155,7 @@ pub(crate) async fn read_raw(
 
 /// Reads a room's history. See [`HistoryQuery`].
 pub(super) async fn read(
-    publisher: &Publisher,
+    commands: &Commands,
     prefix: &str,
     room: &RoomId,
     query: HistoryQuery,
@@ -166,7 +166,7 @@ pub(super) async fn read(
         // One more than asked, to know whether the limit cut anything.
         HistoryQuery::After { since, limit } => (Mode::After(since.id), limit + 1),
     };
-    let raw = read_raw(publisher, prefix, room, mode, count).await?;
+    let raw = read_raw(commands, prefix, room, mode, count).await?;
     let Some(epoch) = raw.epoch else {
         return Ok(HistoryPage::default());
     };
@@ -200,13 +200,13 @@ pub(super) async fn read(
 /// Starts a new epoch for `room` unless another node already did; returns
 /// the epoch now in force.
 pub(crate) async fn bump_epoch(
-    publisher: &Publisher,
+    commands: &Commands,
     prefix: &str,
     room: &RoomId,
     seen: Epoch,
 ) -> Result<Option<Epoch>, BusError> {
     let [_, epoch] = keys(prefix, room);
-    let now: Option<String> = publisher
+    let now: Option<String> = commands
         .run(|mut conn| async move {
             BUMP_EPOCH
                 .key(epoch)

@@ -1,7 +1,8 @@
 //! `RedisBus`: Redis pub/sub between the nodes of a cluster.
 //!
-//! - Publishes are pipelined on one multiplexed connection taken from the
-//!   node's deadpool-redis pool ([`publisher`]); the pool serves presence.
+//! - Commands (publishes, history, presence) are pipelined on one
+//!   multiplexed connection taken from the node's deadpool-redis pool
+//!   ([`Commands`], shared with presence by [`RedisBus::commands`]).
 //! - ONE dedicated RESP2 subscriber connection per bus, owned by one
 //!   background task ([`Subscriber::run`]). It subscribes exactly the
 //!   channels the node asked for (never a pattern), so Redis sends a node only
@@ -27,9 +28,10 @@ use redis::{IntoConnectionInfo, ProtocolVersion};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time;
 
+mod commands;
 mod framing;
 mod history;
-mod publisher;
+pub use commands::Commands;
 mod repair;
 mod subscriber;
 
@@ -116,7 +118,7 @@ pub struct RedisBus {
 }
 
 struct Inner {
-    publisher: Arc<publisher::Publisher>,
+    commands: Arc<commands::Commands>,
     prefix: String,
     retention: Retention,
     requests: mpsc::Sender<Request>,
@@ -163,12 +165,12 @@ impl RedisBus {
             size: config.history_size,
             ttl: config.history_ttl,
         };
-        let publisher = Arc::new(publisher::Publisher::new(pool.clone(), status.clone()));
+        let commands = Arc::new(commands::Commands::new(pool.clone(), status.clone()));
         let subscriber_pool = pool.clone();
         let subscriber = Subscriber {
             client,
             pool,
-            publisher: publisher.clone(),
+            commands: commands.clone(),
             prefix: config.key_prefix.clone(),
             health: health.clone(),
             probe_interval: config.probe_interval,
@@ -195,7 +197,7 @@ impl RedisBus {
         // Either outcome of the first attempt is fine; the wait is bounded anyway.
         let _ = time::timeout(CONNECT_TIMEOUT + COMMAND_TIMEOUT, first_rx).await;
         let inner = Inner {
-            publisher,
+            commands,
             prefix: config.key_prefix,
             retention,
             requests: requests_tx,
@@ -207,6 +209,13 @@ impl RedisBus {
             },
             inbox,
         ))
+    }
+
+    /// The bus's command connection, for presence: one multiplexed
+    /// connection for every command a node sends, and no pool checkout
+    /// (with its `PING`) per call.
+    pub fn commands(&self) -> Arc<Commands> {
+        self.inner.commands.clone()
     }
 
     /// Fails fast while Redis cannot be reached, rather than wait out a
@@ -246,7 +255,7 @@ impl Bus for RedisBus {
         let channel = topic.channel(&self.inner.prefix);
         let receivers: i64 = self
             .inner
-            .publisher
+            .commands
             .run(|mut conn| async move {
                 redis::cmd("PUBLISH")
                     .arg(channel)
@@ -261,12 +270,12 @@ impl Bus for RedisBus {
     async fn publish_message(&self, draft: &Draft) -> Result<Message, BusError> {
         self.check_up()?;
         let inner = &self.inner;
-        history::publish_message(&inner.publisher, &inner.prefix, inner.retention, draft).await
+        history::publish_message(&inner.commands, &inner.prefix, inner.retention, draft).await
     }
 
     async fn history(&self, room: &RoomId, query: HistoryQuery) -> Result<HistoryPage, BusError> {
         self.check_up()?;
-        history::read(&self.inner.publisher, &self.inner.prefix, room, query).await
+        history::read(&self.inner.commands, &self.inner.prefix, room, query).await
     }
 
     async fn subscribe(&self, topic: &Topic) -> Result<(), BusError> {

@@ -17,8 +17,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::task::JoinSet;
 
+use super::commands::Commands;
 use super::history::{self, Mode, Raw, Retention};
-use super::publisher::Publisher;
 use crate::history::{Epoch, Position, StreamId};
 use crate::{BusError, BusEvent, Envelope, Topic};
 use banter_protocol::RoomId;
@@ -125,7 +125,7 @@ pub(super) enum Step {
 /// The repairs of one connection; dropped with it (a later connection
 /// starts them again from the cursors).
 pub(super) struct Repairs {
-    publisher: Arc<Publisher>,
+    commands: Arc<Commands>,
     prefix: String,
     retention: Retention,
     active: HashMap<Topic, Active>,
@@ -135,9 +135,9 @@ pub(super) struct Repairs {
 }
 
 impl Repairs {
-    pub fn new(publisher: Arc<Publisher>, prefix: String, retention: Retention) -> Repairs {
+    pub fn new(commands: Arc<Commands>, prefix: String, retention: Retention) -> Repairs {
         Repairs {
-            publisher,
+            commands,
             prefix,
             retention,
             active: HashMap::new(),
@@ -356,12 +356,12 @@ impl Repairs {
             let Topic::Room(room) = &topic else {
                 continue;
             };
-            let (publisher, prefix, room) =
-                (self.publisher.clone(), self.prefix.clone(), room.clone());
+            let (commands, prefix, room) =
+                (self.commands.clone(), self.prefix.clone(), room.clone());
             self.steps.spawn(async move {
                 tokio::time::sleep(delay).await;
                 let raw =
-                    history::read_raw(&publisher, &prefix, &room, Mode::After(after), PAGE).await;
+                    history::read_raw(&commands, &prefix, &room, Mode::After(after), PAGE).await;
                 (topic, Step::Read(raw))
             });
         }
@@ -372,9 +372,9 @@ impl Repairs {
         let Topic::Room(room) = &topic else {
             return;
         };
-        let (publisher, prefix, room) = (self.publisher.clone(), self.prefix.clone(), room.clone());
+        let (commands, prefix, room) = (self.commands.clone(), self.prefix.clone(), room.clone());
         self.steps.spawn(async move {
-            let now = history::bump_epoch(&publisher, &prefix, &room, seen).await;
+            let now = history::bump_epoch(&commands, &prefix, &room, seen).await;
             (topic, Step::Bumped(now, newest))
         });
     }

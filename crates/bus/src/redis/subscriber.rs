@@ -16,8 +16,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::{self, Instant, MissedTickBehavior};
 
+use super::commands::Commands;
 use super::history::{self, Mode, Retention};
-use super::publisher::Publisher;
 use super::repair::{Cursor, Repairs};
 use super::{
     BACKOFF_BASE, BACKOFF_CAP, COMMAND_TIMEOUT, CONNECT_TIMEOUT, PROBE_MISSES, Request, framing,
@@ -87,7 +87,7 @@ pub(super) struct Subscriber {
     pub(super) client: redis::Client,
     pub(super) pool: Pool,
     /// Reads history for baselines and repairs.
-    pub(super) publisher: Arc<Publisher>,
+    pub(super) commands: Arc<Commands>,
     pub(super) prefix: String,
     /// `{prefix}:health:{random}`: this bus's own probe channel. Its
     /// messages never reach the inbox.
@@ -247,10 +247,10 @@ impl Subscriber {
                 out.push((topic, Cursor::live_without_history()));
                 continue;
             };
-            let (publisher, prefix, room) =
-                (self.publisher.clone(), self.prefix.clone(), room.clone());
+            let (commands, prefix, room) =
+                (self.commands.clone(), self.prefix.clone(), room.clone());
             reads.spawn(async move {
-                let raw = history::read_raw(&publisher, &prefix, &room, Mode::Latest, 0).await;
+                let raw = history::read_raw(&commands, &prefix, &room, Mode::Latest, 0).await;
                 (topic, raw)
             });
         }
@@ -322,7 +322,7 @@ impl Subscriber {
         let mut awaiting: Option<(u64, Instant)> = None;
         // Since when `out` has been waiting: the node's lag behind the bus.
         let mut blocked_since: Option<Instant> = None;
-        let mut repairs = Repairs::new(self.publisher.clone(), self.prefix.clone(), self.retention);
+        let mut repairs = Repairs::new(self.commands.clone(), self.prefix.clone(), self.retention);
         for topic in resumed {
             if let Some(cursor) = self.topics.get(&topic) {
                 repairs.start(topic, *cursor, out);

@@ -7,7 +7,7 @@ use crate::metrics::DropReason;
 use crate::presence::snapshot;
 use banter_bus::{Draft, HistoryQuery, Position, Topic};
 use banter_protocol::{
-    DirectMessage, ErrorCode, Message, MessageId, Ref, RoomId, ServerFrame, UserId,
+    DirectMessage, ErrorCode, Message, MessageId, Ref, RoomId, ServerFrame, User, UserId,
 };
 use bytes::Bytes;
 use tokio::time::Instant;
@@ -62,7 +62,7 @@ impl Session {
         self.outlet.set_floor(&room, last);
         ServerFrame::Joined {
             room,
-            users: page.users,
+            users: with_self(page.users, &self.member.user, limit),
             count: page.count,
             history,
             recovered,
@@ -294,4 +294,15 @@ impl Session {
             Err(_) => self.fail(ErrorCode::Unavailable, "history unavailable", None),
         }
     }
+}
+
+/// The users a `joined` lists: the room's first page, and the joiner, who is
+/// online there whether or not their id sorts into it (first, then, in
+/// place of the page's last, so the list stays within `limit`).
+fn with_self(mut users: Vec<User>, me: &User, limit: usize) -> Vec<User> {
+    if limit > 0 && !users.iter().any(|u| u.id == me.id) {
+        users.truncate(limit - 1);
+        users.insert(0, me.clone());
+    }
+    users
 }

@@ -4,7 +4,7 @@
 
 use super::Stop;
 use super::session::Session;
-use crate::outlet::{Kick, Outlet, Overflow, Socket};
+use crate::outlet::{Kick, Outlet, Overflow, Socket, encode_text};
 use banter_protocol::CloseReason;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -53,10 +53,31 @@ pub(crate) fn ws_config(max_frame_bytes: usize) -> WebSocketConfig {
         .accept_unmasked_frames(false)
 }
 
-/// Writes one message, giving up when the socket is kicked (a write that
-/// stops moving gets it kicked: see [`guard`]).
-pub(super) async fn write(ws: &mut Ws, kick: &Kick, msg: WsMessage) -> Result<(), Stop> {
-    guard(ws.send(msg), kick).await
+/// Writes one of the session's text frames and waits until it is out,
+/// giving up when the socket is kicked (a write that stops moving gets it
+/// kicked: see [`guard`]).
+pub(super) async fn write(
+    ws: &mut Ws,
+    kick: &Kick,
+    outlet: &Outlet,
+    text: String,
+) -> Result<(), Stop> {
+    queue(outlet, text)?;
+    guard(ws.flush(), kick).await
+}
+
+/// Queues one of the session's text frames in the outlet, encoded here
+/// rather than by tungstenite: its write buffer keeps the capacity of the
+/// largest frame it ever wrote (a `joined` of a big room is 4 KB) for the
+/// socket's lifetime.
+pub(super) fn queue(outlet: &Outlet, text: String) -> Result<(), Stop> {
+    outlet.own(encode_text(Bytes::from(text))).map_err(|e| {
+        if Overflow::caused(&e) {
+            Stop::Close(CloseReason::SlowConsumer)
+        } else {
+            Stop::Gone
+        }
+    })
 }
 
 /// Runs a write to a registered socket until it completes or the socket is
@@ -158,7 +179,7 @@ impl Session {
                             if let Some(reply) = answered(answer, kick).await? {
                                 // Queued, not written: `release` sends it together
                                 // with what arrived meanwhile (often its own echo).
-                                guard(ws.feed(reply), kick).await?;
+                                queue(outlet, reply)?;
                             }
                             outlet.release();
                             guard(ws.flush(), kick).await?;

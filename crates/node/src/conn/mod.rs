@@ -79,7 +79,7 @@ pub(crate) async fn run(
         },
     };
     let (mut session, kick) = register(&node, user, &outlet, &mode).await;
-    let stop = match Box::pin(greet(&mut ws, &kick, &mut session, mode)).await {
+    let stop = match Box::pin(greet(&mut ws, &kick, &outlet, &mut session, mode)).await {
         Ok(()) => {
             // Live frames held since the registration follow what was just sent.
             outlet.release();
@@ -143,22 +143,28 @@ async fn register(
 
 /// The socket's first frames: `welcome` (and the `?room=` join's answer),
 /// or in `/text` mode the room's recent history as lines.
-async fn greet(ws: &mut Ws, kick: &Kick, session: &mut Session, mode: Mode) -> Result<(), Stop> {
+async fn greet(
+    ws: &mut Ws,
+    kick: &Kick,
+    outlet: &Outlet,
+    session: &mut Session,
+    mode: Mode,
+) -> Result<(), Stop> {
     match mode {
         Mode::Json { join } => {
-            write(ws, kick, json(&session.welcome())).await?;
+            write(ws, kick, outlet, json(&session.welcome())).await?;
             if let Some(join) = join {
                 let reply = match join {
                     Ok(room) => Box::pin(session.join(room, None)).await,
                     Err(e) => session.error(e),
                 };
-                write(ws, kick, json(&reply)).await?;
+                write(ws, kick, outlet, json(&reply)).await?;
             }
         }
         Mode::Text { room } => match Box::pin(session.join(room, None)).await {
             ServerFrame::Joined { history, .. } => {
                 for message in &history {
-                    write(ws, kick, WsMessage::text(text_line(message))).await?;
+                    write(ws, kick, outlet, text_line(message)).await?;
                 }
             }
             _ => return Err(Stop::Close(CloseReason::Internal)),

@@ -15,7 +15,6 @@ use banter_protocol::{
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 /// The state of one connection's conversation.
 pub(crate) struct Session {
@@ -89,7 +88,7 @@ impl Session {
     }
 
     /// Handles one text frame: the reply to write, if any, or why to close.
-    pub(crate) async fn on_frame(&mut self, text: &str) -> Result<Option<WsMessage>, Stop> {
+    pub(crate) async fn on_frame(&mut self, text: &str) -> Result<Option<String>, Stop> {
         let received = Instant::now();
         let metrics = &self.node.inner.metrics;
         metrics.frames_received.inc();
@@ -146,7 +145,7 @@ impl Session {
     }
 
     /// Plain-text mode: every line is said in the room; only errors answer.
-    async fn on_line(&mut self, text: &str, allowed: bool, received: Instant) -> Option<WsMessage> {
+    async fn on_line(&mut self, text: &str, allowed: bool, received: Instant) -> Option<String> {
         let reply = if allowed {
             let room = self.rooms.first().cloned()?;
             let line = text.trim_end_matches(['\r', '\n']).to_owned();
@@ -156,9 +155,7 @@ impl Session {
             self.fail(ErrorCode::RateLimited, "slow down", None)
         };
         match reply {
-            ServerFrame::Error { code, message, .. } => {
-                Some(WsMessage::text(format!("! {code}: {message}")))
-            }
+            ServerFrame::Error { code, message, .. } => Some(format!("! {code}: {message}")),
             _ => None,
         }
     }
@@ -175,6 +172,6 @@ fn frame_ref(frame: &ClientFrame) -> Option<Ref> {
 }
 
 /// A server frame as a WebSocket text message.
-pub(crate) fn json(frame: &ServerFrame) -> WsMessage {
-    WsMessage::text(frame.to_json())
+pub(crate) fn json(frame: &ServerFrame) -> String {
+    frame.to_json()
 }

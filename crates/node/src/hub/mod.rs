@@ -239,10 +239,10 @@ impl Hub {
         let subscribed = self.bus.subscribe(&topic).await;
         let result = async {
             subscribed?;
-            self.presence.join(room, member).await?;
-            match self.presence.page(room, None, limit).await {
+            match self.presence.join_page(room, member, limit).await {
                 Ok(page) => Ok(page),
                 Err(e) => {
+                    // It may have been recorded all the same (a reply lost).
                     let _ = self.presence.leave(room, member).await;
                     Err(JoinError::from(e))
                 }

@@ -16,7 +16,7 @@ mod delivery;
 mod kick;
 mod socket;
 
-pub(crate) use delivery::{Delivery, Format, text_line};
+pub(crate) use delivery::{Delivery, Format, encode_text, text_line};
 pub(crate) use kick::Kick;
 pub(crate) use socket::{Overflow, Socket};
 

@@ -38,6 +38,41 @@ impl Socket {
     }
 }
 
+impl Outlet {
+    /// Queues one of the session's own frames (a reply, a `/text` line,
+    /// tungstenite's pongs and close), whole, behind what is queued. The
+    /// session's own frames count against the queue's bounds too, in frames
+    /// and in bytes: a client that asks without reading is a slow consumer
+    /// like one that does not read its rooms (`Err` of an [`Overflow`]; one
+    /// reply bigger than the byte limit still goes out, alone).
+    pub fn own(&self, bytes: Bytes) -> io::Result<()> {
+        let mut state = self.lock();
+        if state.queue.len() >= self.limit
+            || (!state.queue.is_empty() && state.queued_bytes + bytes.len() > self.byte_limit)
+        {
+            return Err(io::Error::other(Overflow));
+        }
+        if state.failed {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        state.queued_bytes += bytes.len();
+        state.queue.push_back(Chunk {
+            bytes,
+            at: None,
+            started: false,
+        });
+        // While held, the answer waits for `release`, which sends it with the
+        // live frames that came meanwhile; behind a backlog, for the drain.
+        if state.held.is_none()
+            && state.queue.len() == 1
+            && self.write_now(&mut state) == Offer::Closed
+        {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        Ok(())
+    }
+}
+
 impl AsyncRead for Socket {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -65,38 +100,11 @@ impl AsyncWrite for Socket {
         _cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let outlet = &self.outlet;
-        // The session's own frames count against the queue's bounds too, in
-        // frames and in bytes: a client that asks without reading is a slow
-        // consumer like one that does not read its rooms (one reply bigger
-        // than the byte limit still goes out, alone).
-        {
-            let state = outlet.lock();
-            if state.queue.len() >= outlet.limit
-                || (!state.queue.is_empty() && state.queued_bytes + buf.len() > outlet.byte_limit)
-            {
-                return Poll::Ready(Err(io::Error::other(Overflow)));
-            }
-        }
-        let mut state = outlet.lock();
-        if state.failed {
-            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-        }
-        state.queued_bytes += buf.len();
-        state.queue.push_back(Chunk {
-            bytes: Bytes::copy_from_slice(buf),
-            at: None,
-            started: false,
-        });
-        // While held, the answer waits for `release`, which sends it with the
-        // live frames that came meanwhile; behind a backlog, for the drain.
-        if state.held.is_none()
-            && state.queue.len() == 1
-            && outlet.write_now(&mut state) == Offer::Closed
-        {
-            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-        }
-        Poll::Ready(Ok(buf.len()))
+        Poll::Ready(
+            self.outlet
+                .own(Bytes::copy_from_slice(buf))
+                .map(|()| buf.len()),
+        )
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

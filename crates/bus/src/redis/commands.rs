@@ -1,5 +1,7 @@
-//! This node's writes to Redis (`PUBLISH`, the store-and-publish script,
-//! history reads) share one multiplexed connection taken from the pool:
+//! [`Commands`]: every command this node sends Redis outside the subscriber
+//! connection (`PUBLISH`, the store-and-publish script, history reads, and
+//! presence, which gets it from the bus) shares one multiplexed connection
+//! taken from the pool:
 //! commands are pipelined instead of each checking a connection out (which
 //! costs deadpool a `PING` round trip), and this node's publishes reach Redis
 //! in the order they were made.
@@ -24,8 +26,9 @@ const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(2);
 /// would turn a slow success into a reported failure.
 const IN_FLIGHT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// See the module docs.
-pub(super) struct Publisher {
+/// See the module docs. Shared as an `Arc` ([`super::RedisBus::commands`]).
+#[derive(Debug)]
+pub struct Commands {
     pool: Pool,
     /// The shared connection and the bus generation (reconnect count) it
     /// belongs to: after the subscriber reconnected, Redis came back, and a
@@ -34,13 +37,20 @@ pub(super) struct Publisher {
     status: watch::Receiver<BusStatus>,
 }
 
-impl Publisher {
-    pub(super) fn new(pool: Pool, status: watch::Receiver<BusStatus>) -> Publisher {
-        Publisher {
+impl Commands {
+    pub(super) fn new(pool: Pool, status: watch::Receiver<BusStatus>) -> Commands {
+        Commands {
             pool,
             conn: Mutex::new(None),
             status,
         }
+    }
+
+    /// Commands over `pool` outside any bus (tools, tests): a connection
+    /// that fails is replaced, there is no reconnect generation to follow.
+    pub fn on_pool(pool: Pool) -> std::sync::Arc<Commands> {
+        let (_, status) = watch::channel(BusStatus::default());
+        std::sync::Arc::new(Commands::new(pool, status))
     }
 
     /// The shared connection, or a fresh one from the pool.
@@ -64,7 +74,7 @@ impl Publisher {
 
     /// Runs one command on the shared connection. A broken connection is
     /// dropped so the next command takes a fresh one.
-    pub(super) async fn run<T, F, Fut>(&self, command: F) -> Result<T, BusError>
+    pub async fn run<T, F, Fut>(&self, command: F) -> Result<T, BusError>
     where
         F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
