@@ -40,9 +40,16 @@ fn charset(s: &str, max: usize, extra: &[u8]) -> bool {
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident, $check:expr, $err:expr) => {
         $(#[$doc])*
-        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[serde(try_from = "String", into = "String")]
+        #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+        #[serde(try_from = "String")]
         pub struct $name(String);
+
+        // By hand: serde's `into = "String"` would clone the text each time.
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
 
         impl $name {
             /// The validated text.
@@ -122,9 +129,15 @@ string_id!(
 /// are removed first (see [`DisplayName::invisible`]); a name with nothing
 /// visible left is refused. It is only ever shown as text; it never builds
 /// a key.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
 pub struct DisplayName(String);
+
+impl Serialize for DisplayName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
 
 impl DisplayName {
     /// The validated name.
