@@ -42,29 +42,6 @@ pub enum Topic {
     User(UserId),
 }
 
-impl Topic {
-    /// The Redis channel name: `{prefix}:room:{room}` or `{prefix}:user:{id}`.
-    /// Built only from validated ids, so it cannot escape the prefix.
-    pub fn channel(&self, prefix: &str) -> String {
-        match self {
-            Topic::Room(r) => format!("{prefix}:room:{r}"),
-            Topic::User(u) => format!("{prefix}:user:{u}"),
-        }
-    }
-
-    /// The inverse of [`channel`](Self::channel); `None` for anything else.
-    pub fn from_channel(prefix: &str, channel: &str) -> Option<Topic> {
-        let rest = channel.strip_prefix(prefix)?.strip_prefix(':')?;
-        if let Some(room) = rest.strip_prefix("room:") {
-            room.parse().ok().map(Topic::Room)
-        } else if let Some(user) = rest.strip_prefix("user:") {
-            user.parse().ok().map(Topic::User)
-        } else {
-            None
-        }
-    }
-}
-
 /// One publish, as it reaches a subscribed node: the topic, the history
 /// position of what it holds (a stored chat message), and the frame's JSON
 /// exactly as published (nodes publish ready-to-send JSON frames).
@@ -117,6 +94,10 @@ pub struct BusStatus {
     pub writable: bool,
     /// How many times the subscriber connection was re-established.
     pub reconnects: u64,
+    /// On Redis Cluster, how many shard primaries the subscriber holds a
+    /// live connection to (0 while it is down); `None` on one Redis or in
+    /// memory.
+    pub shards: Option<usize>,
 }
 
 /// Why the bus did not do what it was asked.

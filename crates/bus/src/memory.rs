@@ -96,6 +96,7 @@ impl MemoryNetwork {
             up: true,
             writable: true,
             reconnects: 0,
+            shards: None,
         };
         MemoryNetwork {
             shared: Arc::new(Shared {

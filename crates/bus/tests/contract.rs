@@ -1,6 +1,6 @@
 //! The bus contract, run against both implementations: `MemoryBus` (several
 //! nodes on one `MemoryNetwork`) and `RedisBus` (several nodes on one real
-//! `redis-server`). The Redis-only promises are in redis_bus.rs.
+//! `redis-server`, and on a real Redis Cluster of three primaries). The Redis-only promises are in redis_bus.rs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,7 +9,7 @@ use banter_bus::DEFAULT_HISTORY;
 use common::*;
 
 use banter_bus::{Bus, BusStatus};
-use banter_testkit::RedisServer;
+use banter_testkit::{RedisCluster, RedisServer};
 use bytes::Bytes;
 use tokio::time::timeout;
 
@@ -28,6 +28,12 @@ macro_rules! contract {
             async fn redis() {
                 let server = RedisServer::start();
                 super::$point(redis_nodes(&server, $nodes, DEFAULT_HISTORY).await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis_cluster() {
+                let cluster = RedisCluster::start(3, 0);
+                super::$point(cluster_nodes(&cluster, $nodes, DEFAULT_HISTORY).await).await;
             }
         }
     };
@@ -154,7 +160,8 @@ async fn memory_status_is_up() {
         BusStatus {
             up: true,
             writable: true,
-            reconnects: 0
+            reconnects: 0,
+            shards: None
         }
     );
 }

@@ -141,7 +141,8 @@ async fn redis_slow_inbox_is_not_a_dead_connection() {
         BusStatus {
             up: true,
             writable: true,
-            reconnects: 0
+            reconnects: 0,
+            shards: None
         }
     );
 }

@@ -21,6 +21,9 @@ pub(crate) async fn run(node: Node, stop: CancellationToken) {
     loop {
         let bus = *status.borrow_and_update();
         inner.metrics.bus_up.set(i64::from(bus.up));
+        if let Some(shards) = bus.shards {
+            inner.metrics.shards_up(shards);
+        }
         if bus.reconnects > reconnects_seen {
             inner
                 .metrics

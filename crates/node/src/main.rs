@@ -21,6 +21,10 @@ struct Args {
     /// Redis URL (`redis.url`): join the cluster that shares this Redis.
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
+    /// Redis Cluster seed nodes, comma-separated (`redis.url` with
+    /// `redis.mode = "cluster"`): rooms spread over the shards.
+    #[arg(long, value_name = "URL[,URL..]", conflicts_with = "redis")]
+    redis_cluster: Option<String>,
     /// This node's id (`node.id`).
     #[arg(long, value_name = "ID")]
     node_id: Option<String>,
@@ -34,6 +38,7 @@ fn main() -> ExitCode {
     let overrides = Overrides {
         listen: args.listen,
         redis: args.redis,
+        redis_cluster: args.redis_cluster,
         node_id: args.node_id,
     };
     let config = match Config::load(args.config.as_deref(), "BANTER", &overrides) {

@@ -69,6 +69,11 @@ pub struct Metrics {
     pub bus_up: IntGauge,
     /// `banter_bus_reconnects_total`.
     pub bus_reconnects: IntCounter,
+    /// `banter_bus_shards_up`: on Redis Cluster, the shard primaries the
+    /// subscriber holds a live connection to. Registered only in cluster
+    /// mode, by [`Metrics::shards_up`].
+    shards_up: IntGauge,
+    shards_registered: std::sync::Once,
     /// `banter_bus_gaps_total{outcome="repaired"}`: interruptions of a
     /// topic's delivery whose missed messages came from history.
     pub gaps_repaired: IntCounter,
@@ -88,6 +93,17 @@ pub struct Metrics {
 
 impl Metrics {
     /// Registers every series with the `node` label set to `node_id`.
+    /// Sets `banter_bus_shards_up`, registering it on first use (it exists
+    /// only on a node in cluster mode).
+    pub fn shards_up(&self, up: usize) {
+        self.shards_registered.call_once(|| {
+            if let Err(e) = self.registry.register(Box::new(self.shards_up.clone())) {
+                tracing::warn!(error = %e, "cannot register banter_bus_shards_up");
+            }
+        });
+        self.shards_up.set(i64::try_from(up).unwrap_or(i64::MAX));
+    }
+
     pub fn new(node_id: &str) -> Result<Metrics, prometheus::Error> {
         let labels = HashMap::from([("node".to_owned(), node_id.to_owned())]);
         let registry = Registry::new_custom(None, Some(labels))?;
@@ -180,6 +196,11 @@ impl Metrics {
             )?,
             rooms_local: gauge("banter_rooms_local", "Rooms with a member on this node")?,
             bus_up: gauge("banter_bus_up", "1 while the bus is connected")?,
+            shards_up: IntGauge::new(
+                "banter_bus_shards_up",
+                "Redis Cluster shard primaries the subscriber is connected to",
+            )?,
+            shards_registered: std::sync::Once::new(),
             bus_reconnects: counter("banter_bus_reconnects_total", "Bus reconnections")?,
             gaps_repaired: gaps.with_label_values(&["repaired"]),
             gaps_unrepaired: gaps.with_label_values(&["unrepaired"]),

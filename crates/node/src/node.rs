@@ -3,12 +3,12 @@
 //! how it is built on Redis or in memory.
 
 use crate::auth::Verifier;
-use crate::config::Config;
+use crate::config::{Config, RedisMode};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use banter_bus::{Bus, BusError, BusStatus, Inbox, MemoryNetwork, RedisBus, RedisBusConfig, Topic};
+use banter_bus::{Bus, BusError, BusStatus, Inbox, MemoryNetwork, RedisBus, RedisBusConfig};
 use banter_presence::{MemoryPresence, Presence, RedisPresence};
-use banter_protocol::{MessageId, RoomId};
+use banter_protocol::MessageId;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -93,31 +93,30 @@ impl Node {
             return Node::with_backends(config, Arc::new(bus), inbox, Arc::new(presence));
         }
         let redis = &config.redis;
-        let mut pool_config = deadpool_redis::Config::from_url(redis.url.clone());
-        pool_config.pool = Some(deadpool_redis::PoolConfig {
-            max_size: redis.pool_size,
-            timeouts: deadpool_redis::Timeouts {
-                wait: Some(POOL_TIMEOUT),
-                create: Some(POOL_TIMEOUT),
-                recycle: Some(POOL_TIMEOUT),
-            },
-            ..Default::default()
-        });
-        let pool = pool_config.create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
         let bus_config = RedisBusConfig {
             history_size: config.history.size,
             history_ttl: config.history_ttl(),
             ..RedisBusConfig::new(redis.url.clone(), redis.key_prefix.clone())
         };
-        let (bus, inbox) = RedisBus::connect(pool, bus_config).await?;
-        let prefix = redis.key_prefix.clone();
-        let channel_of = Arc::new(move |room: &RoomId| Topic::Room(room.clone()).channel(&prefix));
-        let presence = RedisPresence::new(
-            bus.commands(),
-            redis.key_prefix.clone(),
-            channel_of,
-            presence_entry_ttl(&config),
-        );
+        let (bus, inbox) = match redis.mode {
+            RedisMode::Cluster => RedisBus::connect_cluster(&redis.seeds(), bus_config).await?,
+            RedisMode::Standalone => {
+                let mut pool_config = deadpool_redis::Config::from_url(redis.url.clone());
+                pool_config.pool = Some(deadpool_redis::PoolConfig {
+                    max_size: redis.pool_size,
+                    timeouts: deadpool_redis::Timeouts {
+                        wait: Some(POOL_TIMEOUT),
+                        create: Some(POOL_TIMEOUT),
+                        recycle: Some(POOL_TIMEOUT),
+                    },
+                    ..Default::default()
+                });
+                let pool = pool_config.create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
+                RedisBus::connect(pool, bus_config).await?
+            }
+        };
+        let presence =
+            RedisPresence::new(bus.commands(), bus.keyspace(), presence_entry_ttl(&config));
         Node::with_backends(config, Arc::new(bus), inbox, Arc::new(presence))
     }
 

@@ -1,5 +1,6 @@
 //! Two nodes sharing a bus and presence: every scenario runs on one real
-//! Redis (started by the test) and on one in-memory network.
+//! Redis (started by the test), on a real Redis Cluster of three primaries,
+//! and on one in-memory network.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -42,6 +43,11 @@ async fn message_crosses_nodes(p: Pair) {
 #[tokio::test]
 async fn message_crosses_nodes_redis() {
     message_crosses_nodes(Pair::redis().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_crosses_nodes_redis_cluster() {
+    message_crosses_nodes(Pair::redis_cluster().await).await;
 }
 
 #[tokio::test]
@@ -110,6 +116,11 @@ async fn one_room_one_order_redis() {
     one_room_one_order(Pair::redis().await).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_room_one_order_redis_cluster() {
+    one_room_one_order(Pair::redis_cluster().await).await;
+}
+
 #[tokio::test]
 async fn one_room_one_order_memory() {
     one_room_one_order(Pair::memory().await).await;
@@ -173,6 +184,11 @@ async fn presence_across_nodes(p: Pair) {
 #[tokio::test]
 async fn presence_across_nodes_redis() {
     presence_across_nodes(Pair::redis().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_across_nodes_redis_cluster() {
+    presence_across_nodes(Pair::redis_cluster().await).await;
 }
 
 #[tokio::test]

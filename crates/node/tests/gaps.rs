@@ -144,7 +144,11 @@ async fn a_restarted_single_node_does_not_vouch_for_ids_of_before() {
 /// is not acked: `not_found`, on one node and across nodes.
 #[tokio::test]
 async fn a_dm_to_a_user_who_just_left_is_not_found() {
-    for p in [Pair::memory().await, Pair::redis().await] {
+    for p in [
+        Pair::memory().await,
+        Pair::redis().await,
+        Pair::redis_cluster().await,
+    ] {
         let mut ann = p.a.client("name=Ann").await;
         let bob = p.b.client("name=Bob").await;
         let bob_id = bob.user.id.clone();

@@ -102,6 +102,11 @@ async fn recovery_under_load_redis() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_under_load_redis_cluster() {
+    recovery_under_load(Pair::redis_cluster().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovery_under_load_memory() {
     recovery_under_load(Pair::memory().await).await;
 }

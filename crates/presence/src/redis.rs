@@ -1,6 +1,8 @@
 //! [`RedisPresence`]: presence shared by every node of a cluster.
 //!
-//! Per room, six keys, all under `{prefix}:presence:{room}`:
+//! Per room, six keys, all under the room's presence base
+//! ([`Keyspace::presence`]: `{prefix}:presence:{room}`, on Redis Cluster with
+//! the room in a hash tag, so a room's keys and channel share one slot):
 //!
 //! | key | type | holds |
 //! | --- | --- | --- |
@@ -28,16 +30,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use banter_bus::redis::Commands;
+use banter_bus::Topic;
+use banter_bus::redis::{Commands, Conn, Keyspace};
 use banter_protocol::{RoomId, User};
 use redis::{FromRedisValue, Script, Value};
 
 use crate::memory::{duration_ms, group_by_room, now_ms};
 use crate::{Member, Page, Presence, PresenceError};
-
-/// How a room's channel is named: the bus owns the naming, the node hands
-/// it over (so presence changes go where the room's messages go).
-pub type ChannelOf = Arc<dyn Fn(&RoomId) -> String + Send + Sync>;
 
 /// Presence in Redis, shared by every node that uses the same Redis and key
 /// prefix. Cheap to clone: the pool and the scripts are shared.
@@ -45,10 +44,9 @@ pub type ChannelOf = Arc<dyn Fn(&RoomId) -> String + Send + Sync>;
 pub struct RedisPresence {
     /// The bus's command connection (shared, multiplexed).
     commands: Arc<Commands>,
-    /// `redis.key_prefix`: every key starts with `{prefix}:`.
-    prefix: Arc<str>,
-    /// Where a room's changes are published.
-    channel_of: ChannelOf,
+    /// The bus's names of keys and channels: a room's changes are published
+    /// on the room's channel, where its messages go.
+    names: Keyspace,
     /// How long an entry lives after its last join or refresh, in ms.
     ttl_ms: u64,
     /// Built once; each is sent by hash (EVALSHA) and loaded on NOSCRIPT,
@@ -59,7 +57,7 @@ pub struct RedisPresence {
 impl std::fmt::Debug for RedisPresence {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisPresence")
-            .field("prefix", &self.prefix)
+            .field("names", &self.names)
             .field("ttl_ms", &self.ttl_ms)
             .finish_non_exhaustive()
     }
@@ -77,17 +75,14 @@ struct Scripts {
 const REFRESH_CHUNK: usize = 64;
 
 impl RedisPresence {
-    /// Presence over the bus's `commands` with keys under `{key_prefix}:presence:`,
-    /// publishing each room's changes on `channel_of(room)`, with entries
-    /// that expire `ttl` after their last join or refresh
+    /// Presence over the bus's `commands` with the bus's `names` (keys under
+    /// `{prefix}:presence:`, each room's changes published on its channel),
+    /// with entries that expire `ttl` after their last join or refresh
     /// (`presence.ttl_ms`). Does no I/O.
-    pub fn new(
-        commands: Arc<Commands>,
-        key_prefix: impl Into<String>,
-        channel_of: ChannelOf,
-        ttl: Duration,
-    ) -> RedisPresence {
+    pub fn new(commands: Arc<Commands>, names: Keyspace, ttl: Duration) -> RedisPresence {
+        let publish = format!("local PUBLISH = '{}'\n", names.publish_command());
         let shared = [
+            publish.as_str(),
             include_str!("lua/user_id.lua"),
             include_str!("lua/announce.lua"),
             include_str!("lua/page_of.lua"),
@@ -96,8 +91,7 @@ impl RedisPresence {
         let script = |body: &str| Script::new(&format!("{shared}{body}"));
         RedisPresence {
             commands,
-            prefix: Arc::from(key_prefix.into()),
-            channel_of,
+            names,
             ttl_ms: duration_ms(ttl),
             scripts: Arc::new(Scripts {
                 join: script(include_str!("lua/join.lua")),
@@ -117,7 +111,7 @@ impl RedisPresence {
     /// The room's six keys, in the scripts' order: set, users, counts,
     /// roster, names, left (see the module docs).
     fn keys(&self, room: &RoomId) -> [String; 6] {
-        let set = format!("{}:presence:{}", self.prefix, room);
+        let set = self.names.presence(room);
         let more = |k: &str| format!("{set}:{k}");
         [
             set.clone(),
@@ -129,10 +123,15 @@ impl RedisPresence {
         ]
     }
 
+    /// The room's channel, where its changes are published.
+    fn channel(&self, room: &RoomId) -> String {
+        self.names.channel(&Topic::Room(room.clone()))
+    }
+
     /// Runs `command` on the bus's command connection.
     async fn run<T, F, Fut>(&self, command: F) -> Result<T, PresenceError>
     where
-        F: FnOnce(redis::aio::MultiplexedConnection) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = Result<T, redis::RedisError>>,
     {
         self.commands.run(command).await.map_err(PresenceError::Bus)
@@ -201,7 +200,7 @@ impl Presence for RedisPresence {
             .arg(json)
             .arg(member.user.id.as_str())
             .arg(self.key_ttl_ms())
-            .arg((self.channel_of)(room))
+            .arg(self.channel(room))
             // One more than asked, to know whether another page follows.
             .arg(limit.saturating_add(1));
         let reply: Vec<Value> = self
@@ -220,7 +219,7 @@ impl Presence for RedisPresence {
             .arg(member.conn.as_str())
             .arg(now_ms())
             .arg(self.ttl_ms)
-            .arg((self.channel_of)(room));
+            .arg(self.channel(room));
         let last: i64 = self
             .run(|mut con| async move { invocation.invoke_async(&mut con).await })
             .await?;
@@ -268,7 +267,7 @@ impl Presence for RedisPresence {
             inv.arg(now)
                 .arg(now.saturating_add(self.ttl_ms))
                 .arg(self.key_ttl_ms())
-                .arg((self.channel_of)(room));
+                .arg(self.channel(room));
             for member in members {
                 inv.arg(member.conn.as_str())
                     .arg(user_json(&member.user)?)
@@ -286,14 +285,24 @@ impl Presence for RedisPresence {
             .chunks(REFRESH_CHUNK)
             .zip(invocations.chunks(REFRESH_CHUNK))
         {
-            let mut pipe = redis::pipe();
-            pipe.load_script(&self.scripts.refresh).ignore();
-            for inv in invocations {
-                pipe.invoke_script(inv);
-            }
-            let replies: Vec<Value> = self
-                .run(|mut con| async move { pipe.query_async(&mut con).await })
-                .await?;
+            let replies: Vec<Value> = if self.commands.is_cluster() {
+                // A cluster pipeline must not mix slots: one script per
+                // room, all in flight at once (each loads itself on NOSCRIPT).
+                let each = invocations.iter().map(|inv| {
+                    self.run(
+                        move |mut con| async move { inv.invoke_async::<Value>(&mut con).await },
+                    )
+                });
+                futures_util::future::try_join_all(each).await?
+            } else {
+                let mut pipe = redis::pipe();
+                pipe.load_script(&self.scripts.refresh).ignore();
+                for inv in invocations {
+                    pipe.invoke_script(inv);
+                }
+                self.run(|mut con| async move { pipe.query_async(&mut con).await })
+                    .await?
+            };
             for ((room, _), reply) in rooms.iter().zip(replies) {
                 let (corrupt, restored, departed) = <(i64, i64, i64)>::from_redis_value(reply)
                     .map_err(|e| PresenceError::Redis(e.into()))?;

@@ -1,7 +1,8 @@
 //! [`Commands`]: every command this node sends Redis outside the subscriber
 //! connection (`PUBLISH`, the store-and-publish script, history reads, and
 //! presence, which gets it from the bus) shares one multiplexed connection
-//! taken from the pool:
+//! taken from the pool (on Redis Cluster: one cluster connection, which
+//! routes each command to the shard that owns its key and follows `MOVED`):
 //! commands are pipelined instead of each checking a connection out (which
 //! costs deadpool a `PING` round trip), and this node's publishes reach Redis
 //! in the order they were made.
@@ -14,8 +15,10 @@
 
 use crate::{BusError, BusStatus};
 use deadpool_redis::{Pool, PoolError, TimeoutType};
-use redis::RedisError;
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, Value};
 use std::time::Duration;
 use tokio::sync::{Mutex, watch};
 use tokio::time;
@@ -24,26 +27,100 @@ use tokio::time;
 const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest a command already sent may take. redis-rs's default (500 ms)
 /// would turn a slow success into a reported failure.
-const IN_FLIGHT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const IN_FLIGHT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// See the module docs. Shared as an `Arc` ([`super::RedisBus::commands`]).
-#[derive(Debug)]
 pub struct Commands {
-    pool: Pool,
+    source: Source,
     /// The shared connection and the bus generation (reconnect count) it
     /// belongs to: after the subscriber reconnected, Redis came back, and a
     /// connection from before is likely dead, so a fresh one is taken.
-    conn: Mutex<Option<(MultiplexedConnection, u64)>>,
+    conn: Mutex<Option<(Conn, u64)>>,
     status: watch::Receiver<BusStatus>,
+}
+
+impl std::fmt::Debug for Commands {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let cluster = matches!(self.source, Source::Cluster(_));
+        f.debug_struct("Commands")
+            .field("cluster", &cluster)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where connections come from.
+enum Source {
+    Pool(Pool),
+    Cluster(Box<ClusterClient>),
+}
+
+/// A command connection: to one Redis, or to a Redis Cluster.
+#[derive(Clone)]
+pub enum Conn {
+    /// One Redis.
+    Single(MultiplexedConnection),
+    /// A Redis Cluster: each command goes to the shard of its key.
+    Cluster(ClusterConnection),
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Conn::Single(_) => "Conn::Single",
+            Conn::Cluster(_) => "Conn::Cluster",
+        })
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 impl Commands {
     pub(super) fn new(pool: Pool, status: watch::Receiver<BusStatus>) -> Commands {
         Commands {
-            pool,
+            source: Source::Pool(pool),
             conn: Mutex::new(None),
             status,
         }
+    }
+
+    pub(super) fn cluster(client: ClusterClient, status: watch::Receiver<BusStatus>) -> Commands {
+        Commands {
+            source: Source::Cluster(Box::new(client)),
+            conn: Mutex::new(None),
+            status,
+        }
+    }
+
+    /// Whether the commands go to a Redis Cluster (where a pipeline must not
+    /// mix slots).
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.source, Source::Cluster(_))
     }
 
     /// Commands over `pool` outside any bus (tools, tests): a connection
@@ -53,21 +130,38 @@ impl Commands {
         std::sync::Arc::new(Commands::new(pool, status))
     }
 
-    /// The shared connection, or a fresh one from the pool.
-    async fn conn(&self) -> Result<MultiplexedConnection, BusError> {
-        let generation = self.status.borrow().reconnects;
+    /// The shared connection, or a fresh one from the pool. A cluster
+    /// connection is kept across reconnects: it replaces its own node
+    /// connections.
+    async fn conn(&self) -> Result<Conn, BusError> {
+        let generation = match self.source {
+            Source::Pool(_) => self.status.borrow().reconnects,
+            Source::Cluster(_) => 0,
+        };
         let mut shared = self.conn.lock().await;
         if let Some((conn, taken)) = shared.as_ref()
             && *taken == generation
         {
             return Ok(conn.clone());
         }
-        let pooled = time::timeout(CHECKOUT_TIMEOUT, self.pool.get())
-            .await
-            .map_err(|_| BusError::Pool(PoolError::Timeout(TimeoutType::Wait)))?
-            .map_err(BusError::Pool)?;
-        let mut conn = deadpool_redis::Connection::take(pooled);
-        conn.set_response_timeout(IN_FLIGHT_TIMEOUT);
+        let conn = match &self.source {
+            Source::Pool(pool) => {
+                let pooled = time::timeout(CHECKOUT_TIMEOUT, pool.get())
+                    .await
+                    .map_err(|_| BusError::Pool(PoolError::Timeout(TimeoutType::Wait)))?
+                    .map_err(BusError::Pool)?;
+                let mut conn = deadpool_redis::Connection::take(pooled);
+                conn.set_response_timeout(IN_FLIGHT_TIMEOUT);
+                Conn::Single(conn)
+            }
+            Source::Cluster(client) => {
+                let conn = time::timeout(CHECKOUT_TIMEOUT, client.get_async_connection())
+                    .await
+                    .map_err(|_| BusError::Down)?
+                    .map_err(BusError::Redis)?;
+                Conn::Cluster(conn)
+            }
+        };
         *shared = Some((conn.clone(), generation));
         Ok(conn)
     }
@@ -76,7 +170,7 @@ impl Commands {
     /// dropped so the next command takes a fresh one.
     pub async fn run<T, F, Fut>(&self, command: F) -> Result<T, BusError>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
         let conn = self.conn().await?;

@@ -1,9 +1,10 @@
-//! Room history in Redis: one stream per room, `{prefix}:history:{room}`,
+//! Room history in Redis: one stream per room ([`Keyspace::history`]),
 //! capped with `XADD MAXLEN ~ size`, and its epoch beside it in
-//! `{prefix}:history:{room}:epoch`. Storing and publishing a message is one
+//! `{stream}:epoch`. Storing and publishing a message is one
 //! Lua script (`lua/publish_message.lua`), so the stream order is the live
 //! order and the id the ack carries is the stream position in its epoch.
 
+use super::Keyspace;
 use super::commands::Commands;
 use crate::history::{Draft, Epoch, HistoryPage, HistoryQuery, Position, Record, StreamId};
 use crate::{BusError, Topic};
@@ -33,8 +34,8 @@ pub(crate) struct Retention {
 }
 
 /// The stream and epoch keys of a room.
-fn keys(prefix: &str, room: &RoomId) -> [String; 2] {
-    let stream = format!("{prefix}:history:{room}");
+fn keys(names: &Keyspace, room: &RoomId) -> [String; 2] {
+    let stream = names.history(room);
     let epoch = format!("{stream}:epoch");
     [stream, epoch]
 }
@@ -42,7 +43,7 @@ fn keys(prefix: &str, room: &RoomId) -> [String; 2] {
 /// Stores `draft` in its room's stream and publishes it. See the module docs.
 pub(super) async fn publish_message(
     commands: &Commands,
-    prefix: &str,
+    names: &Keyspace,
     retention: Retention,
     draft: &Draft,
 ) -> Result<Message, BusError> {
@@ -50,8 +51,9 @@ pub(super) async fn publish_message(
     let (head, tail) = draft.frame_parts();
     // `MAXLEN ~ 0` may keep a whole radix node: no history means exactly none.
     let trim = if retention.size == 0 { "=" } else { "~" };
-    let channel = Topic::Room(draft.room.clone()).channel(prefix);
-    let [stream, epoch] = keys(prefix, &draft.room);
+    let channel = names.channel(&Topic::Room(draft.room.clone()));
+    let publish = names.publish_command();
+    let [stream, epoch] = keys(names, &draft.room);
     let ttl_ms = u64::try_from(retention.ttl.as_millis()).unwrap_or(u64::MAX);
     let (epoch, id): (String, String) = commands
         .run(|mut conn| async move {
@@ -66,6 +68,7 @@ pub(super) async fn publish_message(
                 .arg(tail)
                 .arg(Epoch::random().to_string())
                 .arg(ttl_ms)
+                .arg(publish)
                 .invoke_async(&mut conn)
                 .await
         })
@@ -105,7 +108,7 @@ pub(crate) enum Mode {
 /// Reads up to `count` entries of `room`'s stream with its epoch and bounds.
 pub(crate) async fn read_raw(
     commands: &Commands,
-    prefix: &str,
+    names: &Keyspace,
     room: &RoomId,
     mode: Mode,
     count: usize,
@@ -115,7 +118,7 @@ pub(crate) async fn read_raw(
         Mode::Before(id) => ("before", id.to_string()),
         Mode::Latest => ("latest", String::from("+")),
     };
-    let [stream, epoch] = keys(prefix, room);
+    let [stream, epoch] = keys(names, room);
     let flat: Vec<redis::Value> = commands
         .run(|mut conn| async move {
             READ_HISTORY
@@ -156,7 +159,7 @@ pub(crate) async fn read_raw(
 /// Reads a room's history. See [`HistoryQuery`].
 pub(super) async fn read(
     commands: &Commands,
-    prefix: &str,
+    names: &Keyspace,
     room: &RoomId,
     query: HistoryQuery,
 ) -> Result<HistoryPage, BusError> {
@@ -166,7 +169,7 @@ pub(super) async fn read(
         // One more than asked, to know whether the limit cut anything.
         HistoryQuery::After { since, limit } => (Mode::After(since.id), limit + 1),
     };
-    let raw = read_raw(commands, prefix, room, mode, count).await?;
+    let raw = read_raw(commands, names, room, mode, count).await?;
     let Some(epoch) = raw.epoch else {
         return Ok(HistoryPage::default());
     };
@@ -201,11 +204,11 @@ pub(super) async fn read(
 /// the epoch now in force.
 pub(crate) async fn bump_epoch(
     commands: &Commands,
-    prefix: &str,
+    names: &Keyspace,
     room: &RoomId,
     seen: Epoch,
 ) -> Result<Option<Epoch>, BusError> {
-    let [_, epoch] = keys(prefix, room);
+    let [_, epoch] = keys(names, room);
     let now: Option<String> = commands
         .run(|mut conn| async move {
             BUMP_EPOCH

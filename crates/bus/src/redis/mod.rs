@@ -1,4 +1,8 @@
-//! `RedisBus`: Redis pub/sub between the nodes of a cluster.
+//! `RedisBus`: Redis pub/sub between the nodes of a cluster, on one Redis
+//! ([`RedisBus::connect`]) or on a Redis Cluster with sharded pub/sub
+//! ([`RedisBus::connect_cluster`]: keys in hash tags per room, see
+//! [`Keyspace`]; one subscriber connection per shard primary, see
+//! `shards.rs`).
 //!
 //! - Commands (publishes, history, presence) are pipelined on one
 //!   multiplexed connection taken from the node's deadpool-redis pool
@@ -24,18 +28,24 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use deadpool_redis::{Pool, PoolError, TimeoutType};
-use redis::{IntoConnectionInfo, ProtocolVersion};
+use futures_util::future::BoxFuture;
+use redis::cluster::ClusterClient;
+use redis::{ConnectionInfo, IntoConnectionInfo, ProtocolVersion};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time;
 
 mod commands;
 mod framing;
 mod history;
-pub use commands::Commands;
+mod keyspace;
+pub use commands::{Commands, Conn};
+pub use keyspace::{Keyspace, SLOTS, slot};
+mod link;
 mod repair;
+mod shards;
 mod subscriber;
 
-use subscriber::Subscriber;
+use subscriber::{Connector, Subscriber};
 
 use crate::history::{DEFAULT_HISTORY, Draft, HistoryPage, HistoryQuery};
 use crate::{Bus, BusError, BusStatus, Inbox, Topic, inbox};
@@ -119,7 +129,7 @@ pub struct RedisBus {
 
 struct Inner {
     commands: Arc<commands::Commands>,
-    prefix: String,
+    names: Keyspace,
     retention: Retention,
     requests: mpsc::Sender<Request>,
     status: watch::Receiver<BusStatus>,
@@ -128,7 +138,7 @@ struct Inner {
 impl fmt::Debug for Inner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisBus")
-            .field("prefix", &self.prefix)
+            .field("names", &self.names)
             .field("status", &*self.status.borrow())
             .finish_non_exhaustive()
     }
@@ -149,30 +159,102 @@ impl RedisBus {
         pool: Pool,
         config: RedisBusConfig,
     ) -> Result<(RedisBus, Inbox), BusError> {
+        let client = subscriber_client(&config.url)?;
+        let names = Keyspace::standalone(config.key_prefix.clone());
+        let health = names.health(&format!("{:016x}", rand::random::<u64>()), 0);
+        let (status_tx, status) = watch::channel(BusStatus::default());
+        let commands = Arc::new(commands::Commands::new(pool.clone(), status.clone()));
+        let (probe_pool, probe_channel) = (pool.clone(), health.clone());
+        let writable = move || -> BoxFuture<'static, bool> {
+            let (pool, channel) = (probe_pool.clone(), probe_channel.clone());
+            Box::pin(async move { pool_publish(&pool, &channel, b"w").await.is_ok() })
+        };
+        let connector = Connector::Single { client, pool };
+        RedisBus::start(
+            config, names, health, connector, commands, writable, status_tx, status,
+        )
+        .await
+    }
+
+    /// The bus on a Redis Cluster found from `seeds` (`redis://host:port`
+    /// of some of its nodes): commands go through one cluster connection,
+    /// messages by sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`), each room's
+    /// keys and channel in one slot. Like [`connect`](Self::connect), an
+    /// unreachable cluster is not an error.
+    pub async fn connect_cluster(
+        seeds: &[String],
+        config: RedisBusConfig,
+    ) -> Result<(RedisBus, Inbox), BusError> {
+        if seeds.is_empty() {
+            return Err(BusError::Config(
+                "a Redis Cluster needs at least one seed node",
+            ));
+        }
+        let seeds = seeds
+            .iter()
+            .map(|url| url.as_str().into_connection_info().map_err(BusError::Url))
+            .collect::<Result<Vec<ConnectionInfo>, BusError>>()?;
+        let client = ClusterClient::builder(seeds.clone())
+            .connection_timeout(CONNECT_TIMEOUT)
+            .response_timeout(commands::IN_FLIGHT_TIMEOUT)
+            .build()
+            .map_err(BusError::Url)?;
+        let names = Keyspace::cluster(config.key_prefix.clone());
+        let id = format!("{:016x}", rand::random::<u64>());
+        let health = names.health(&id, 0);
+        let (status_tx, status) = watch::channel(BusStatus {
+            shards: Some(0),
+            ..BusStatus::default()
+        });
+        let commands = Arc::new(commands::Commands::cluster(client, status.clone()));
+        let (probe_commands, probe_channel) = (commands.clone(), health.clone());
+        let writable = move || -> BoxFuture<'static, bool> {
+            let (commands, channel) = (probe_commands.clone(), probe_channel.clone());
+            Box::pin(async move {
+                let publish = commands.run(|mut conn| async move {
+                    redis::cmd("SPUBLISH")
+                        .arg(channel)
+                        .arg("w")
+                        .query_async::<i64>(&mut conn)
+                        .await
+                });
+                matches!(time::timeout(COMMAND_TIMEOUT, publish).await, Ok(Ok(_)))
+            })
+        };
+        let connector = Connector::Cluster { seeds, id };
+        RedisBus::start(
+            config, names, health, connector, commands, writable, status_tx, status,
+        )
+        .await
+    }
+
+    /// Starts the subscriber task and the writability watch, and waits (at
+    /// most a few seconds) for the first connection.
+    #[allow(clippy::too_many_arguments)]
+    async fn start(
+        config: RedisBusConfig,
+        names: Keyspace,
+        health: String,
+        connector: Connector,
+        commands: Arc<Commands>,
+        writable: impl Fn() -> BoxFuture<'static, bool> + Send + 'static,
+        status_tx: watch::Sender<BusStatus>,
+        status: watch::Receiver<BusStatus>,
+    ) -> Result<(RedisBus, Inbox), BusError> {
         if config.probe_interval.is_zero() {
             return Err(BusError::Config("probe_interval must be above zero"));
         }
-        let client = subscriber_client(&config.url)?;
         let (inbox_tx, inbox) = inbox::channel();
         let (requests_tx, requests) = mpsc::channel(REQUEST_QUEUE);
-        let (status_tx, status) = watch::channel(BusStatus::default());
-        let health = format!(
-            "{}:health:{:016x}",
-            config.key_prefix,
-            rand::random::<u64>()
-        );
         let retention = Retention {
             size: config.history_size,
             ttl: config.history_ttl,
         };
-        let commands = Arc::new(commands::Commands::new(pool.clone(), status.clone()));
-        let subscriber_pool = pool.clone();
         let subscriber = Subscriber {
-            client,
-            pool,
+            connector,
             commands: commands.clone(),
-            prefix: config.key_prefix.clone(),
-            health: health.clone(),
+            names: names.clone(),
+            health,
             probe_interval: config.probe_interval,
             max_lag: config.max_lag,
             retention,
@@ -188,17 +270,12 @@ impl RedisBus {
         };
         let (first_tx, first_rx) = oneshot::channel();
         tokio::spawn(subscriber.run(first_tx));
-        tokio::spawn(watch_writable(
-            subscriber_pool,
-            health.clone(),
-            config.probe_interval,
-            status_tx,
-        ));
+        tokio::spawn(watch_writable(writable, config.probe_interval, status_tx));
         // Either outcome of the first attempt is fine; the wait is bounded anyway.
         let _ = time::timeout(CONNECT_TIMEOUT + COMMAND_TIMEOUT, first_rx).await;
         let inner = Inner {
             commands,
-            prefix: config.key_prefix,
+            names,
             retention,
             requests: requests_tx,
             status,
@@ -209,6 +286,11 @@ impl RedisBus {
             },
             inbox,
         ))
+    }
+
+    /// How this bus names its keys and channels (presence uses the same).
+    pub fn keyspace(&self) -> Keyspace {
+        self.inner.names.clone()
     }
 
     /// The bus's command connection, for presence: one multiplexed
@@ -252,12 +334,13 @@ impl RedisBus {
 impl Bus for RedisBus {
     async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<usize, BusError> {
         self.check_up()?;
-        let channel = topic.channel(&self.inner.prefix);
+        let channel = self.inner.names.channel(topic);
+        let command = self.inner.names.publish_command();
         let receivers: i64 = self
             .inner
             .commands
             .run(|mut conn| async move {
-                redis::cmd("PUBLISH")
+                redis::cmd(command)
                     .arg(channel)
                     .arg(&payload[..])
                     .query_async(&mut conn)
@@ -270,12 +353,12 @@ impl Bus for RedisBus {
     async fn publish_message(&self, draft: &Draft) -> Result<Message, BusError> {
         self.check_up()?;
         let inner = &self.inner;
-        history::publish_message(&inner.commands, &inner.prefix, inner.retention, draft).await
+        history::publish_message(&inner.commands, &inner.names, inner.retention, draft).await
     }
 
     async fn history(&self, room: &RoomId, query: HistoryQuery) -> Result<HistoryPage, BusError> {
         self.check_up()?;
-        history::read(&self.inner.commands, &self.inner.prefix, room, query).await
+        history::read(&self.inner.commands, &self.inner.names, room, query).await
     }
 
     async fn subscribe(&self, topic: &Topic) -> Result<(), BusError> {
@@ -310,13 +393,12 @@ fn subscriber_client(url: &str) -> Result<redis::Client, BusError> {
 }
 
 /// Keeps `writable` in the bus status true while Redis takes a publish
-/// through the pool (every `interval`, within [`COMMAND_TIMEOUT`]),
-/// whatever becomes of the subscriber connection: a node whose subscriber
-/// is being replaced goes on storing and publishing. Ends when every status
-/// receiver is gone.
+/// (`writable()`, every `interval`, within [`COMMAND_TIMEOUT`]), whatever
+/// becomes of the subscriber connection: a node whose subscriber is being
+/// replaced goes on storing and publishing. Ends when every status receiver
+/// is gone.
 async fn watch_writable(
-    pool: Pool,
-    channel: String,
+    writable: impl Fn() -> BoxFuture<'static, bool>,
     interval: Duration,
     status: watch::Sender<BusStatus>,
 ) {
@@ -327,7 +409,7 @@ async fn watch_writable(
             () = status.closed() => return,
             _ = tick.tick() => {}
         }
-        let writable = pool_publish(&pool, &channel, b"w").await.is_ok();
+        let writable = writable().await;
         status.send_if_modified(|s| std::mem::replace(&mut s.writable, writable) != writable);
     }
 }

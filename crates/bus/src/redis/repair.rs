@@ -17,6 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::task::JoinSet;
 
+use super::Keyspace;
 use super::commands::Commands;
 use super::history::{self, Mode, Raw, Retention};
 use crate::history::{Epoch, Position, StreamId};
@@ -126,7 +127,7 @@ pub(super) enum Step {
 /// starts them again from the cursors).
 pub(super) struct Repairs {
     commands: Arc<Commands>,
-    prefix: String,
+    names: Keyspace,
     retention: Retention,
     active: HashMap<Topic, Active>,
     /// Reads waiting for one of the [`MAX_READS`] slots.
@@ -135,10 +136,10 @@ pub(super) struct Repairs {
 }
 
 impl Repairs {
-    pub fn new(commands: Arc<Commands>, prefix: String, retention: Retention) -> Repairs {
+    pub fn new(commands: Arc<Commands>, names: Keyspace, retention: Retention) -> Repairs {
         Repairs {
             commands,
-            prefix,
+            names,
             retention,
             active: HashMap::new(),
             queued: VecDeque::new(),
@@ -356,12 +357,11 @@ impl Repairs {
             let Topic::Room(room) = &topic else {
                 continue;
             };
-            let (commands, prefix, room) =
-                (self.commands.clone(), self.prefix.clone(), room.clone());
+            let (commands, names, room) = (self.commands.clone(), self.names.clone(), room.clone());
             self.steps.spawn(async move {
                 tokio::time::sleep(delay).await;
                 let raw =
-                    history::read_raw(&commands, &prefix, &room, Mode::After(after), PAGE).await;
+                    history::read_raw(&commands, &names, &room, Mode::After(after), PAGE).await;
                 (topic, Step::Read(raw))
             });
         }
@@ -372,9 +372,9 @@ impl Repairs {
         let Topic::Room(room) = &topic else {
             return;
         };
-        let (commands, prefix, room) = (self.commands.clone(), self.prefix.clone(), room.clone());
+        let (commands, names, room) = (self.commands.clone(), self.names.clone(), room.clone());
         self.steps.spawn(async move {
-            let now = history::bump_epoch(&commands, &prefix, &room, seen).await;
+            let now = history::bump_epoch(&commands, &names, &room, seen).await;
             (topic, Step::Bumped(now, newest))
         });
     }

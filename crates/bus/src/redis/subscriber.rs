@@ -1,4 +1,4 @@
-//! The bus's one subscriber connection and the task that owns it: the
+//! The bus's subscriber link ([`super::link`]) and the task that owns it: the
 //! wanted topics and where each one's delivery stands, (re)subscribing, the
 //! health probe, reconnecting with jittered backoff, handing events to the
 //! inbox, and gap repair ([`super::repair`]) after every interruption.
@@ -8,20 +8,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_redis::Pool;
-use futures_util::StreamExt;
 use rand::RngExt;
-use redis::RedisError;
-use redis::aio::{PubSubSink, PubSubStream};
+use redis::{ConnectionInfo, RedisError};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::{self, Instant, MissedTickBehavior};
 
 use super::commands::Commands;
 use super::history::{self, Mode, Retention};
+use super::link::{Sink, Stream};
 use super::repair::{Cursor, Repairs};
+use super::shards::{self, Incoming};
 use super::{
-    BACKOFF_BASE, BACKOFF_CAP, COMMAND_TIMEOUT, CONNECT_TIMEOUT, PROBE_MISSES, Request, framing,
-    pool_publish,
+    BACKOFF_BASE, BACKOFF_CAP, COMMAND_TIMEOUT, CONNECT_TIMEOUT, Keyspace, PROBE_MISSES, Request,
+    framing,
 };
 use crate::inbox::InboxSender;
 use crate::{BusError, BusEvent, BusStatus, Envelope, Topic};
@@ -81,16 +81,28 @@ enum Ended {
     Lost(String),
 }
 
-/// The background task that owns the subscriber connection and the set of
+/// Where the subscriber connects.
+pub(super) enum Connector {
+    /// One Redis: a RESP2 pub/sub connection from `client`; probes are
+    /// published through `pool`.
+    Single { client: redis::Client, pool: Pool },
+    /// A Redis Cluster, found from its seed nodes; `id` names this node's
+    /// probe channels (one per shard).
+    Cluster {
+        seeds: Vec<ConnectionInfo>,
+        id: String,
+    },
+}
+
+/// The background task that owns the subscriber link and the set of
 /// topics the node wants.
 pub(super) struct Subscriber {
-    pub(super) client: redis::Client,
-    pub(super) pool: Pool,
+    pub(super) connector: Connector,
     /// Reads history for baselines and repairs.
     pub(super) commands: Arc<Commands>,
-    pub(super) prefix: String,
-    /// `{prefix}:health:{random}`: this bus's own probe channel. Its
-    /// messages never reach the inbox.
+    pub(super) names: Keyspace,
+    /// `{prefix}:health:{random}`: this bus's own probe channel on one
+    /// Redis. Its messages never reach the inbox.
     pub(super) health: String,
     pub(super) probe_interval: Duration,
     /// Behind the bus by more than this (see [`Lag`]), or blocked on a full
@@ -147,8 +159,13 @@ impl Subscriber {
                 }
             };
             if let Some((conn, resumed)) = conn {
+                let shards = match &conn.0 {
+                    Sink::Sharded(shards) => Some(shards.len()),
+                    Sink::Single { .. } => None,
+                };
                 self.status.send_modify(|s| {
                     s.up = true;
+                    s.shards = shards;
                     s.writable = true;
                     if ever_up {
                         s.reconnects += 1;
@@ -169,7 +186,10 @@ impl Subscriber {
                 }
                 let since = Instant::now();
                 let ended = self.serve(conn, resumed).await;
-                self.status.send_modify(|s| s.up = false);
+                self.status.send_modify(|s| {
+                    s.up = false;
+                    s.shards = s.shards.map(|_| 0);
+                });
                 match ended {
                     Ended::Exit => return,
                     Ended::Lost(reason) => {
@@ -192,21 +212,43 @@ impl Subscriber {
         }
     }
 
+    /// Connects the link: one pub/sub connection subscribed to the health
+    /// channel, or one per shard primary of a cluster, each subscribed to
+    /// its own.
+    async fn link(&mut self) -> Option<Result<(Sink, Stream), RedisError>> {
+        match &self.connector {
+            Connector::Single { client, .. } => {
+                let client = client.clone();
+                let health = self.health.clone();
+                let connect = async move {
+                    let pubsub = time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
+                        .await
+                        .map_err(|_| timed_out("connect"))??;
+                    let (sink, stream) = pubsub.split();
+                    Ok((Sink::Single { sink, health }, Stream::Single(stream)))
+                };
+                self.while_down(connect).await
+            }
+            Connector::Cluster { seeds, id } => {
+                let (seeds, id, names) = (seeds.clone(), id.clone(), self.names.clone());
+                let connect = async move {
+                    let (sink, stream) = shards::connect(&seeds, &names, &id).await?;
+                    Ok((Sink::Sharded(sink), Stream::Sharded(stream)))
+                };
+                self.while_down(connect).await
+            }
+        }
+    }
+
     /// One connection attempt: connect, take a baseline of every room that
-    /// has none yet, then SUBSCRIBE the health channel and every wanted
-    /// topic in one command. Returns the connection and the topics whose
-    /// delivery was interrupted (to repair). `None`: nobody needs the task.
+    /// has none yet, then subscribe the health channel and every wanted
+    /// topic. Returns the link and the topics whose delivery was
+    /// interrupted (to repair). `None`: nobody needs the task.
     #[allow(clippy::type_complexity)]
-    async fn establish(
-        &mut self,
-    ) -> Option<Result<((PubSubSink, PubSubStream), Vec<Topic>), RedisError>> {
-        let client = self.client.clone();
-        let connect =
-            async move { time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub()).await };
-        let pubsub = match self.while_down(connect).await? {
-            Ok(Ok(pubsub)) => pubsub,
-            Ok(Err(e)) => return Some(Err(e)),
-            Err(_) => return Some(Err(timed_out("connect"))),
+    async fn establish(&mut self) -> Option<Result<((Sink, Stream), Vec<Topic>), RedisError>> {
+        let (mut sink, stream) = match self.link().await? {
+            Ok(link) => link,
+            Err(e) => return Some(Err(e)),
         };
         let pending: Vec<Topic> = self
             .topics
@@ -223,10 +265,12 @@ impl Subscriber {
         for (topic, cursor) in self.baselines(pending).await {
             self.topics.insert(topic, cursor);
         }
-        let (mut sink, stream) = pubsub.split();
-        let mut channels = vec![self.health.clone()];
-        channels.extend(self.topics.keys().map(|t| t.channel(&self.prefix)));
-        match time::timeout(COMMAND_TIMEOUT, sink.subscribe(channels)).await {
+        let mut channels = Vec::with_capacity(self.topics.len() + 1);
+        if let Sink::Single { health, .. } = &sink {
+            channels.push(health.clone());
+        }
+        channels.extend(self.topics.keys().map(|t| self.names.channel(t)));
+        match time::timeout(COMMAND_TIMEOUT, sink.subscribe(&channels)).await {
             Ok(Ok(())) => Some(Ok(((sink, stream), resumed))),
             Ok(Err(e)) => Some(Err(e)),
             Err(_) => Some(Err(timed_out("SUBSCRIBE"))),
@@ -247,10 +291,9 @@ impl Subscriber {
                 out.push((topic, Cursor::live_without_history()));
                 continue;
             };
-            let (commands, prefix, room) =
-                (self.commands.clone(), self.prefix.clone(), room.clone());
+            let (commands, names, room) = (self.commands.clone(), self.names.clone(), room.clone());
             reads.spawn(async move {
-                let raw = history::read_raw(&commands, &prefix, &room, Mode::Latest, 0).await;
+                let raw = history::read_raw(&commands, &names, &room, Mode::Latest, 0).await;
                 (topic, raw)
             });
         }
@@ -297,7 +340,7 @@ impl Subscriber {
     /// Reads one live connection: requests, messages into the inbox, probes,
     /// and the repair of `resumed` topics. What waits for the inbox when it
     /// ends is kept for the next connection.
-    async fn serve(&mut self, conn: (PubSubSink, PubSubStream), resumed: Vec<Topic>) -> Ended {
+    async fn serve(&mut self, conn: (Sink, Stream), resumed: Vec<Topic>) -> Ended {
         let mut out = std::mem::take(&mut self.out);
         let ended = self.serve_with(conn, resumed, &mut out).await;
         self.out = out;
@@ -306,7 +349,7 @@ impl Subscriber {
 
     async fn serve_with(
         &mut self,
-        (mut sink, mut stream): (PubSubSink, PubSubStream),
+        (mut sink, mut stream): (Sink, Stream),
         resumed: Vec<Topic>,
         out: &mut VecDeque<BusEvent>,
     ) -> Ended {
@@ -318,11 +361,13 @@ impl Subscriber {
         let window = self.probe_interval * PROBE_MISSES;
         let mut probes: JoinSet<Result<(), BusError>> = JoinSet::new();
         let mut sequence: u64 = 0;
-        // The probe in flight and when it must be back.
+        // The probe in flight and when it must be back, and the newest probe
+        // each probe channel brought back.
         let mut awaiting: Option<(u64, Instant)> = None;
+        let mut seen = vec![0u64; sink.probes()];
         // Since when `out` has been waiting: the node's lag behind the bus.
         let mut blocked_since: Option<Instant> = None;
-        let mut repairs = Repairs::new(self.commands.clone(), self.prefix.clone(), self.retention);
+        let mut repairs = Repairs::new(self.commands.clone(), self.names.clone(), self.retention);
         for topic in resumed {
             if let Some(cursor) = self.topics.get(&topic) {
                 repairs.start(topic, *cursor, out);
@@ -354,21 +399,24 @@ impl Subscriber {
                 Some(done) = repairs.next() => {
                     repairs.finish_step(done, &mut self.topics, out);
                 }
-                message = stream.next(), if out.is_empty() => {
-                    let Some(message) = message else {
-                        return Ended::Lost("connection closed".into());
+                incoming = stream.next(), if out.is_empty() => {
+                    let message = match incoming {
+                        Incoming::Message(message) => message,
+                        Incoming::Lost(reason) => return Ended::Lost(reason),
                     };
                     let channel = message.get_channel_name();
-                    if channel == self.health {
-                        let seen = probe_number(message.get_payload_bytes());
-                        if let (Some(seen), Some((wanted, _))) = (seen, awaiting)
-                            && seen >= wanted
+                    if let Some(index) = sink.health_index(channel) {
+                        if let Some(number) = probe_number(message.get_payload_bytes()) {
+                            seen[index] = seen[index].max(number);
+                        }
+                        if let Some((wanted, _)) = awaiting
+                            && seen.iter().all(|s| *s >= wanted)
                         {
                             awaiting = None;
                         }
                         continue;
                     }
-                    let Some(topic) = Topic::from_channel(&self.prefix, channel) else {
+                    let Some(topic) = self.names.topic(channel) else {
                         continue;
                     };
                     let Some(cursor) = self.topics.get_mut(&topic) else {
@@ -436,11 +484,11 @@ impl Subscriber {
                         None => {
                             sequence += 1;
                             awaiting = Some((sequence, now + window));
-                            let (pool, channel) = (self.pool.clone(), self.health.clone());
-                            let payload = sequence.to_string();
-                            probes.spawn(async move {
-                                pool_publish(&pool, &channel, payload.as_bytes()).await.map(drop)
-                            });
+                            let pool = match &self.connector {
+                                Connector::Single { pool, .. } => Some(pool),
+                                Connector::Cluster { .. } => None,
+                            };
+                            probes.spawn(sink.probe(pool, sequence));
                         }
                     }
                 }
@@ -452,7 +500,7 @@ impl Subscriber {
     /// failed and must be replaced (the wanted set is already updated).
     async fn answer(
         &mut self,
-        sink: &mut PubSubSink,
+        sink: &mut Sink,
         request: Request,
         repairs: &mut Repairs,
     ) -> Result<(), String> {
@@ -468,16 +516,21 @@ impl Subscriber {
                     .into_iter()
                     .next()
                     .map_or(Cursor::live_without_history(), |(_, c)| c);
-                let channel = topic.channel(&self.prefix);
+                let channel = self.names.channel(&topic);
                 self.topics.insert(topic.clone(), cursor);
-                match time::timeout(COMMAND_TIMEOUT, sink.subscribe(&channel)).await {
+                match time::timeout(COMMAND_TIMEOUT, sink.subscribe(&[channel])).await {
                     Ok(Ok(())) => {
                         let _ = reply.send(Ok(()));
                         Ok(())
                     }
                     // Redis refused it (ACL, ...): the connection is fine,
                     // the topic cannot be had.
-                    Ok(Err(e)) if matches!(e.kind(), redis::ErrorKind::Server(_)) => {
+                    // (A cluster's MOVED, ASK, TRYAGAIN or CLUSTERDOWN is not
+                    // a refusal: the topology changed, the link is rebuilt.)
+                    Ok(Err(e))
+                        if matches!(e.kind(), redis::ErrorKind::Server(_))
+                            && !e.is_cluster_error() =>
+                    {
                         self.topics.remove(&topic);
                         let _ = reply.send(Err(BusError::Redis(e)));
                         Ok(())
@@ -541,7 +594,7 @@ impl Subscriber {
     /// Unsubscribes, in one command, every room idle for longer than the delay.
     async fn unsubscribe_idle(
         &mut self,
-        sink: &mut PubSubSink,
+        sink: &mut Sink,
         repairs: &mut Repairs,
     ) -> Result<(), String> {
         let now = Instant::now();
@@ -572,7 +625,7 @@ impl Subscriber {
     /// connection failed and must be replaced.
     async fn drop_topics(
         &mut self,
-        sink: &mut PubSubSink,
+        sink: &mut Sink,
         topics: Vec<Topic>,
         repairs: &mut Repairs,
     ) -> Result<(), String> {
@@ -580,13 +633,13 @@ impl Subscriber {
         for topic in topics {
             repairs.forget(&topic);
             if self.topics.remove(&topic).is_some() {
-                channels.push(topic.channel(&self.prefix));
+                channels.push(self.names.channel(&topic));
             }
         }
         if channels.is_empty() {
             return Ok(());
         }
-        match time::timeout(COMMAND_TIMEOUT, sink.unsubscribe(channels)).await {
+        match time::timeout(COMMAND_TIMEOUT, sink.unsubscribe(&channels)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(format!("UNSUBSCRIBE failed: {e}")),
             Err(_) => Err("UNSUBSCRIBE timed out".into()),

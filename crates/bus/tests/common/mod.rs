@@ -7,7 +7,7 @@ use banter_bus::{
     Bus, BusEvent, BusStatus, Envelope, INBOX_CAPACITY, Inbox, MemoryNetwork, RedisBus,
     RedisBusConfig, Topic,
 };
-use banter_testkit::RedisServer;
+use banter_testkit::{RedisCluster, RedisServer};
 use bytes::Bytes;
 use deadpool_redis::Runtime;
 use std::sync::Arc;
@@ -54,6 +54,40 @@ pub async fn redis_bus(url: &str, history: usize) -> (RedisBus, Inbox) {
         ..RedisBusConfig::new(url, "banter")
     };
     RedisBus::connect(pool, config).await.unwrap()
+}
+
+/// One bus on the Redis Cluster whose seed nodes are `seeds`.
+pub async fn cluster_bus(seeds: &[String], history: usize) -> (RedisBus, Inbox) {
+    let config = RedisBusConfig {
+        probe_interval: PROBE,
+        history_size: history,
+        unsubscribe_delay: Duration::ZERO,
+        ..RedisBusConfig::new(seeds.join(","), "banter")
+    };
+    RedisBus::connect_cluster(seeds, config).await.unwrap()
+}
+
+/// `n` nodes on the Redis Cluster `cluster`, each up before it is returned.
+pub async fn cluster_nodes(cluster: &RedisCluster, n: usize, history: usize) -> Vec<Node> {
+    let mut nodes = Vec::new();
+    for _ in 0..n {
+        let (bus, inbox) = cluster_bus(&cluster.urls(), history).await;
+        nodes.push(up(bus, inbox).await);
+    }
+    nodes
+}
+
+/// The node of `bus`, once its status says up.
+async fn up(bus: RedisBus, inbox: Inbox) -> Node {
+    let mut status = bus.status();
+    timeout(Duration::from_secs(10), status.wait_for(|s| s.up))
+        .await
+        .expect("bus up in time")
+        .expect("status sender gone");
+    Node {
+        bus: Arc::new(bus),
+        inbox,
+    }
 }
 
 /// `n` Redis nodes on `server`, each up before it is returned.

@@ -17,6 +17,8 @@ pub struct Overrides {
     pub listen: Option<String>,
     /// `--redis`
     pub redis: Option<String>,
+    /// `--redis-cluster`: seed nodes; sets `redis.url` and `redis.mode = "cluster"`.
+    pub redis_cluster: Option<String>,
     /// `--node-id`
     pub node_id: Option<String>,
 }
@@ -70,6 +72,11 @@ impl Config {
         builder = builder
             .set_override_option("server.listen", overrides.listen.clone())?
             .set_override_option("redis.url", overrides.redis.clone())?
+            .set_override_option("redis.url", overrides.redis_cluster.clone())?
+            .set_override_option(
+                "redis.mode",
+                overrides.redis_cluster.as_ref().map(|_| "cluster"),
+            )?
             .set_override_option("node.id", overrides.node_id.clone())?;
         let config: Config = builder.build()?.try_deserialize()?;
         config.validate()?;
@@ -95,7 +102,18 @@ impl Config {
         }
         let url = &self.redis.url;
         let schemes = ["redis://", "rediss://", "unix://"];
-        if !url.is_empty() && !schemes.iter().any(|s| url.starts_with(s)) {
+        if self.redis.mode == super::RedisMode::Cluster {
+            let seeds = self.redis.seeds();
+            if seeds.is_empty() {
+                return invalid("redis.url", "cluster mode needs at least one seed node");
+            }
+            if !seeds.iter().all(|s| s.starts_with("redis://")) {
+                return invalid(
+                    "redis.url",
+                    "cluster seeds are comma-separated redis://host:port URLs",
+                );
+            }
+        } else if !url.is_empty() && !schemes.iter().any(|s| url.starts_with(s)) {
             return invalid(
                 "redis.url",
                 "must start with redis://, rediss:// or unix://",

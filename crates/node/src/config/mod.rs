@@ -96,7 +96,11 @@ impl Default for NodeConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
     /// Empty = in-memory bus and presence: one complete node on its own.
+    /// In cluster mode, a comma-separated list of seed nodes.
     pub url: String,
+    /// `standalone` (one Redis) or `cluster` (Redis Cluster with sharded
+    /// pub/sub).
+    pub mode: RedisMode,
     /// Publisher/command pool size (deadpool-redis). Pub/sub uses one extra connection.
     pub pool_size: usize,
     /// Every key and channel starts with `{prefix}:`, so several clusters can share one Redis.
@@ -107,9 +111,34 @@ impl Default for RedisConfig {
     fn default() -> Self {
         Self {
             url: String::new(),
+            mode: RedisMode::Standalone,
             pool_size: 16,
             key_prefix: "banter".into(),
         }
+    }
+}
+
+/// `redis.mode`: what `redis.url` points at.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    /// One Redis (or a proxy that looks like one).
+    #[default]
+    Standalone,
+    /// A Redis Cluster: `redis.url` lists seed nodes; rooms spread over the
+    /// shards, messages go by sharded pub/sub.
+    Cluster,
+}
+
+impl RedisConfig {
+    /// The seed nodes of `url` in cluster mode (its comma-separated items).
+    pub fn seeds(&self) -> Vec<String> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect()
     }
 }
 

@@ -42,8 +42,21 @@ impl TestNode {
         TestNode::serve(node).await
     }
 
-    /// Serves an already built node.
+    /// A node on the backends its config names, serving, perhaps not ready.
+    pub async fn start_unready(config: Config) -> TestNode {
+        let node = Node::connect(config).await.expect("node");
+        TestNode::serve_unready(node).await
+    }
+
+    /// Serves an already built node, once it is ready.
     pub async fn serve(node: Node) -> TestNode {
+        let t = TestNode::serve_unready(node).await;
+        t.wait_ready().await;
+        t
+    }
+
+    /// Serves an already built node.
+    pub async fn serve_unready(node: Node) -> TestNode {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
@@ -51,19 +64,22 @@ impl TestNode {
             let (node, shutdown) = (node.clone(), shutdown.clone());
             async move { run(listener, node, shutdown).await.expect("run") }
         });
-        let t = TestNode {
+        TestNode {
             addr,
             node,
             shutdown,
             task,
-        };
-        t.wait_ready().await;
-        t
+        }
     }
 
     /// Waits until `/readyz` answers 200.
     pub async fn wait_ready(&self) {
-        let deadline = tokio::time::Instant::now() + WAIT;
+        self.wait_ready_within(WAIT).await;
+    }
+
+    /// Waits until `/readyz` answers 200, at most `limit`.
+    pub async fn wait_ready_within(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
         loop {
             if let Ok((200, _)) = http(self.addr, "GET", "/readyz", &[], "").await {
                 return;
@@ -98,6 +114,7 @@ pub struct Pair {
     pub a: TestNode,
     pub b: TestNode,
     pub redis: Option<banter_testkit::RedisServer>,
+    pub cluster: Option<banter_testkit::RedisCluster>,
 }
 
 impl Pair {
@@ -109,6 +126,26 @@ impl Pair {
             a,
             b,
             redis: Some(redis),
+            cluster: None,
+        }
+    }
+
+    /// Two nodes on a real Redis Cluster of three primaries (`redis.mode =
+    /// "cluster"`, every node's address a seed).
+    pub async fn redis_cluster() -> Pair {
+        let cluster = banter_testkit::RedisCluster::start(3, 0);
+        let config = |id: &str| {
+            let mut c = config(id, Some(&cluster.url()));
+            c.redis.mode = banter_node::config::RedisMode::Cluster;
+            c
+        };
+        let a = TestNode::start(config("node-a")).await;
+        let b = TestNode::start(config("node-b")).await;
+        Pair {
+            a,
+            b,
+            redis: None,
+            cluster: Some(cluster),
         }
     }
 
@@ -128,6 +165,11 @@ impl Pair {
         }
         let b = nodes.pop().unwrap();
         let a = nodes.pop().unwrap();
-        Pair { a, b, redis: None }
+        Pair {
+            a,
+            b,
+            redis: None,
+            cluster: None,
+        }
     }
 }

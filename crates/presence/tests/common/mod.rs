@@ -7,7 +7,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use banter_bus::redis::Commands;
+use banter_bus::redis::{Commands, Keyspace};
 use banter_bus::{Bus, BusEvent, Inbox, MemoryNetwork, RedisBus, RedisBusConfig, Topic};
 use banter_presence::{Change, Member, MemoryPresence, Presence, RedisPresence};
 use banter_protocol::{ConnId, RoomId, User};
@@ -38,11 +38,9 @@ pub fn pool(server: &RedisServer) -> deadpool_redis::Pool {
 
 /// Presence on `server` under `prefix`, publishing where the bus names rooms.
 pub fn redis_presence(server: &RedisServer, prefix: &str, ttl: Duration) -> RedisPresence {
-    let p = prefix.to_owned();
     RedisPresence::new(
         Commands::on_pool(pool(server)),
-        prefix,
-        Arc::new(move |room: &RoomId| Topic::Room(room.clone()).channel(&p)),
+        Keyspace::standalone(prefix),
         ttl,
     )
 }

@@ -13,6 +13,8 @@
 -- ARGV[6]  the frame's JSON after its id
 -- ARGV[7]  a fresh epoch, used if the room has none
 -- ARGV[8]  the history's expiry in ms after this message (0: never)
+-- ARGV[9]  the publish command: PUBLISH, or SPUBLISH on Redis Cluster (the
+--          channel hashes to the stream's slot there)
 --
 -- The id is `epoch:stream-id`. What is published is '@' .. id .. '\n' ..
 -- frame: a header with the position, which the subscriber strips (see
@@ -25,7 +27,7 @@ if not epoch then
 end
 local sid = redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[1], ARGV[2], '*', 'm', ARGV[3])
 local id = epoch .. ':' .. sid
-redis.call('PUBLISH', ARGV[4], '@' .. id .. '\n' .. ARGV[5] .. id .. ARGV[6])
+redis.call(ARGV[9], ARGV[4], '@' .. id .. '\n' .. ARGV[5] .. id .. ARGV[6])
 if tonumber(ARGV[8]) > 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[8])
   redis.call('PEXPIRE', KEYS[2], ARGV[8])
