@@ -33,6 +33,13 @@ async fn a_cluster_node_reports_its_shards_and_a_standalone_one_does_not() {
             == Some("banter_bus_shards_up{node=\"node-a\"} 3")
     })
     .await;
+    // The probes of every shard come back: the link holds (three probe
+    // intervals of 1 s without a probe would rebuild it).
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    assert_eq!(
+        metric(&node, "banter_bus_reconnects_total").await.as_deref(),
+        Some("banter_bus_reconnects_total{node=\"node-a\"} 0")
+    );
     let alone = TestNode::start(config("node-m", None)).await;
     assert_eq!(metric(&alone, "banter_bus_shards_up").await, None);
 }
