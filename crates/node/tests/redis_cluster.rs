@@ -37,7 +37,9 @@ async fn a_cluster_node_reports_its_shards_and_a_standalone_one_does_not() {
     // intervals of 1 s without a probe would rebuild it).
     tokio::time::sleep(Duration::from_millis(3_500)).await;
     assert_eq!(
-        metric(&node, "banter_bus_reconnects_total").await.as_deref(),
+        metric(&node, "banter_bus_reconnects_total")
+            .await
+            .as_deref(),
         Some("banter_bus_reconnects_total{node=\"node-a\"} 0")
     );
     let alone = TestNode::start(config("node-m", None)).await;

@@ -276,31 +276,34 @@ async fn ssubscribe(conn: &mut MultiplexedConnection, channel: &str) -> Result<(
 /// One slot range and its primary: start, end, host, port.
 type Range = (u16, u16, String, u16);
 
-/// `CLUSTER SLOTS` from the first seed that answers, with that seed.
+/// `CLUSTER SLOTS` from the first seed that answers, with that seed. All
+/// seeds are asked at once: a dead or hung one costs nothing.
 async fn topology(seeds: &[ConnectionInfo]) -> Result<(ConnectionInfo, Vec<Range>), RedisError> {
-    let mut last = cluster_error("no seed nodes");
-    for seed in seeds {
-        let asked = async {
-            let client = redis::Client::open(seed.clone())?;
-            let mut conn = client.get_multiplexed_async_connection().await?;
-            redis::cmd("CLUSTER")
-                .arg("SLOTS")
-                .query_async::<Value>(&mut conn)
-                .await
-        };
-        match time::timeout(CONNECT_TIMEOUT + COMMAND_TIMEOUT, asked).await {
-            Ok(Ok(reply)) => {
-                let host = match seed.addr() {
-                    ConnectionAddr::Tcp(host, _) => host.clone(),
-                    _ => String::new(),
-                };
-                return Ok((seed.clone(), parse_slots(reply, &host)?));
-            }
-            Ok(Err(e)) => last = e,
-            Err(_) => last = cluster_error("CLUSTER SLOTS timed out"),
-        }
+    if seeds.is_empty() {
+        return Err(cluster_error("no seed nodes"));
     }
-    Err(last)
+    let asks = seeds.iter().map(|seed| {
+        Box::pin(async move {
+            let asked = async {
+                let client = redis::Client::open(seed.clone())?;
+                let mut conn = client.get_multiplexed_async_connection().await?;
+                redis::cmd("CLUSTER")
+                    .arg("SLOTS")
+                    .query_async::<Value>(&mut conn)
+                    .await
+            };
+            let reply = time::timeout(CONNECT_TIMEOUT + COMMAND_TIMEOUT, asked)
+                .await
+                .map_err(|_| cluster_error("CLUSTER SLOTS timed out"))??;
+            let host = match seed.addr() {
+                ConnectionAddr::Tcp(host, _) => host.clone(),
+                _ => String::new(),
+            };
+            Ok::<_, RedisError>((seed.clone(), parse_slots(reply, &host)?))
+        })
+    });
+    let (found, _) = futures_util::future::select_ok(asks).await?;
+    Ok(found)
 }
 
 /// Reads a `CLUSTER SLOTS` reply: `[[start, end, [host, port, id, ..], replicas..], ..]`.
