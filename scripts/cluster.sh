@@ -7,7 +7,14 @@
 # (unchanged); only the node addresses are generated.
 #
 #   scripts/cluster.sh up            start everything, print the URLs
-#   scripts/cluster.sh status        what runs, and whether it answers
+#   scripts/cluster.sh up --redis-cluster
+#                                    the same on a Redis Cluster instead of one
+#                                    redis-server: six redis-server instances with
+#                                    --cluster-enabled yes (3 primaries, 3 replicas)
+#                                    joined by redis-cli --cluster create; the nodes
+#                                    run with --redis-cluster and all six as seeds
+#   scripts/cluster.sh status        what runs, and whether it answers (a Redis
+#                                    Cluster: each instance's role, the cluster's state)
 #   scripts/cluster.sh stop-node N   SIGTERM node N (1-based) and wait for its drain
 #   scripts/cluster.sh down          SIGTERM everything and wait
 #   scripts/cluster.sh render        only write the generated configs
@@ -17,12 +24,20 @@
 #   NGINX_PORT         the public port [8080]
 #   NODE_PORTS         one port per node, space or comma separated [8081 8082 8083]
 #   REDIS_PORT         [6390]
+#   REDIS_CLUSTER_PORTS
+#                      --redis-cluster: six ports, space or comma separated; each
+#                      instance's cluster bus is on its port + 10000
+#                      [7000 7001 7002 7003 7004 7005]
+#   REDIS_CLUSTER_NODE_TIMEOUT
+#                      --redis-cluster: cluster-node-timeout in ms, how long a
+#                      primary may be unreachable before its replica takes over [2000]
 #   PROMETHEUS_PORT    [9090]
 #   NGINX_READ_TIMEOUT nginx proxy_read_timeout [3600s]
 #   BANTER_BIN         the banter-node binary [built with cargo build --release]
 #   BANTER__*          passed on to every node (e.g. BANTER__HEARTBEAT__PING_INTERVAL_MS)
 #
-# Needs the Debian packages redis-server, nginx and prometheus.
+# Needs the Debian packages redis-server, nginx and prometheus; --redis-cluster
+# also needs redis-tools (redis-cli) and Redis 7.0 or later (sharded pub/sub).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -30,9 +45,12 @@ STATE=${CLUSTER_DIR:-$ROOT/.cluster}
 NGINX_PORT=${NGINX_PORT:-8080}
 NODE_PORTS=${NODE_PORTS:-8081 8082 8083}
 REDIS_PORT=${REDIS_PORT:-6390}
+REDIS_CLUSTER_PORTS=${REDIS_CLUSTER_PORTS:-7000 7001 7002 7003 7004 7005}
+REDIS_CLUSTER_NODE_TIMEOUT=${REDIS_CLUSTER_NODE_TIMEOUT:-2000}
 PROMETHEUS_PORT=${PROMETHEUS_PORT:-9090}
 NGINX_READ_TIMEOUT=${NGINX_READ_TIMEOUT:-3600s}
 read -r -a PORTS <<<"${NODE_PORTS//,/ }"
+read -r -a CLUSTER_PORTS <<<"${REDIS_CLUSTER_PORTS//,/ }"
 # Debian puts nginx in /usr/sbin, which is not on a normal user's PATH.
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
@@ -93,10 +111,18 @@ pid_of() {
 # Every service with a pid file, in start order.
 services() {
   local name
-  for name in redis $(node_names) nginx prometheus; do
+  for name in redis $(cluster_names) $(node_names) nginx prometheus; do
     [ -f "$PIDS/$name.pid" ] && echo "$name"
   done
   return 0
+}
+
+# The Redis Cluster instances (up --redis-cluster) with a pid file: redis-PORT.
+cluster_names() {
+  local f
+  for f in "$PIDS"/redis-*.pid; do
+    if [ -e "$f" ]; then basename "$f" .pid; fi
+  done | sort -V
 }
 
 node_names() {
@@ -123,16 +149,76 @@ answers() { # PORT PATH: 200
   [ "$(http_code "$1" "$2")" = 200 ]
 }
 
-redis_pong() {
-  local reply
+redis_pong() { # [PORT]
+  local reply port=${1:-$REDIS_PORT}
   reply=$(
     exec 2>/dev/null
-    exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT" || exit 1
+    exec 3<>"/dev/tcp/127.0.0.1/$port" || exit 1
     printf 'PING\r\n' >&3
     read -r -t 2 line <&3 || exit 1
     printf '%s' "$line"
   ) || return 1
   [[ $reply == +PONG* ]]
+}
+
+# redis-cli on the instance at PORT, given 2 s: a stopped instance must not
+# hang the script.
+cli() { # PORT ARGS...
+  local port=$1
+  shift
+  timeout 2 redis-cli -p "$port" "$@" 2>/dev/null
+}
+
+# A field of CLUSTER INFO on the instance at PORT (cluster_state: ok or
+# fail), or nothing when it does not answer.
+cluster_info() { # PORT FIELD
+  { cli "$1" cluster info || true; } | tr -d '\r' | sed -n "s/^$2://p"
+}
+
+# primary, replica, or "no answer": the role of the instance at PORT now.
+role_of() { # PORT
+  case $(cli "$1" role | head -n 1) in
+    master) echo primary ;;
+    slave) echo replica ;;
+    *) echo "no answer" ;;
+  esac
+}
+
+# Whether every instance of the Redis Cluster reports cluster_state:ok.
+cluster_ok() {
+  local p
+  for p in "${CLUSTER_PORTS[@]}"; do
+    [ "$(cluster_info "$p" cluster_state)" = ok ] || return 1
+  done
+}
+
+# Starts the Redis Cluster: six empty instances, joined by redis-cli into
+# three primaries with a replica each, and waits until every instance
+# reports cluster_state:ok. The seeds the nodes get are in CLUSTER_SEEDS.
+start_redis_cluster() {
+  local p dir addrs=() seeds=()
+  rm -rf "$STATE/redis-cluster"
+  for p in "${CLUSTER_PORTS[@]}"; do
+    dir=$STATE/redis-cluster/$p
+    mkdir -p "$dir"
+    # As the single Redis: no persistence, the same pub/sub buffer limit
+    # (shard channels are pub/sub clients too).
+    start "redis-$p" redis-server --port "$p" --bind 127.0.0.1 --protected-mode no \
+      --cluster-enabled yes --cluster-config-file "$dir/nodes.conf" \
+      --cluster-node-timeout "$REDIS_CLUSTER_NODE_TIMEOUT" \
+      --save '' --appendonly no --dir "$dir" \
+      --client-output-buffer-limit 'pubsub 64mb 16mb 60'
+    addrs+=("127.0.0.1:$p")
+    seeds+=("redis://127.0.0.1:$p/")
+  done
+  for p in "${CLUSTER_PORTS[@]}"; do
+    wait_until "redis-$p" 10 redis_pong "$p"
+  done
+  redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes \
+    >>"$LOGS/redis-cluster-create.log" 2>&1 </dev/null ||
+    die "redis-cli --cluster create failed: see $LOGS/redis-cluster-create.log"
+  wait_until "redis-${CLUSTER_PORTS[0]}" 30 cluster_ok
+  CLUSTER_SEEDS=$(IFS=,; echo "${seeds[*]}")
 }
 
 # Writes the configs nginx and Prometheus run with into $STATE.
@@ -224,6 +310,12 @@ on_failed_start() {
 }
 
 up() {
+  local redis_cluster=false
+  case $#:${1:-} in
+    0:) ;;
+    1:--redis-cluster) redis_cluster=true ;;
+    *) usage ;;
+  esac
   local already
   already=$(running_services | tr '\n' ' ')
   [ -z "$already" ] || die "already running (${already% }): run '$0 down' first"
@@ -231,8 +323,23 @@ up() {
   [ -x "$NGINX" ] || die "nginx not found: apt-get install nginx"
   command -v prometheus >/dev/null || die "prometheus not found: apt-get install prometheus"
   [ "${#PORTS[@]}" -ge 1 ] || die "NODE_PORTS is empty"
-  local p
-  for p in "$REDIS_PORT" "${PORTS[@]}" "$NGINX_PORT" "$PROMETHEUS_PORT"; do
+  local p redis_ports=("$REDIS_PORT")
+  if $redis_cluster; then
+    command -v redis-cli >/dev/null || die "redis-cli not found: apt-get install redis-tools"
+    local version
+    version=$(redis-server --version | sed -n 's/.* v=\([0-9]*\)\..*/\1/p')
+    [ "${version:-0}" -ge 7 ] ||
+      die "--redis-cluster needs Redis 7.0 or later (sharded pub/sub): $(redis-server --version)"
+    [ "${#CLUSTER_PORTS[@]}" -eq 6 ] ||
+      die "REDIS_CLUSTER_PORTS must hold six ports (3 primaries, 3 replicas)"
+    redis_ports=()
+    for p in "${CLUSTER_PORTS[@]}"; do
+      [[ $p =~ ^[0-9]+$ ]] && [ "$p" -le 55535 ] ||
+        die "REDIS_CLUSTER_PORTS: $p is not a port below 55536 (its cluster bus is on port + 10000)"
+      redis_ports+=("$p" "$((p + 10000))")
+    done
+  fi
+  for p in "${redis_ports[@]}" "${PORTS[@]}" "$NGINX_PORT" "$PROMETHEUS_PORT"; do
     ! port_busy "$p" || die "port $p is in use"
   done
 
@@ -248,11 +355,17 @@ up() {
   # Whatever fails from here on, leave nothing running.
   trap on_failed_start EXIT
 
-  mkdir -p "$STATE/redis"
-  start redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --protected-mode no \
-    --save '' --appendonly no --dir "$STATE/redis" \
-    --client-output-buffer-limit 'pubsub 64mb 16mb 60'
-  wait_until redis 10 redis_pong
+  local redis_flag=(--redis "redis://127.0.0.1:$REDIS_PORT/")
+  if $redis_cluster; then
+    start_redis_cluster
+    redis_flag=(--redis-cluster "$CLUSTER_SEEDS")
+  else
+    mkdir -p "$STATE/redis"
+    start redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --protected-mode no \
+      --save '' --appendonly no --dir "$STATE/redis" \
+      --client-output-buffer-limit 'pubsub 64mb 16mb 60'
+    wait_until redis 10 redis_pong
+  fi
 
   local i
   # Plain log lines in the log files (tracing colours them otherwise), and
@@ -260,7 +373,7 @@ up() {
   export NO_COLOR=${NO_COLOR-1}
   export BANTER__SERVER__TRUSTED_PROXIES=${BANTER__SERVER__TRUSTED_PROXIES-127.0.0.1}
   for i in "${!PORTS[@]}"; do
-    start "node$((i + 1))" "$bin" --redis "redis://127.0.0.1:$REDIS_PORT/" \
+    start "node$((i + 1))" "$bin" "${redis_flag[@]}" \
       --node-id "node$((i + 1))" --listen "127.0.0.1:${PORTS[$i]}"
   done
   for i in "${!PORTS[@]}"; do
@@ -282,7 +395,11 @@ up() {
   for i in "${!PORTS[@]}"; do
     echo "  node$((i + 1))       http://127.0.0.1:${PORTS[$i]}/  (metrics: /metrics)"
   done
-  echo "  redis       redis://127.0.0.1:$REDIS_PORT/"
+  if $redis_cluster; then
+    echo "  redis       a Redis Cluster of 3 primaries and 3 replicas: $CLUSTER_SEEDS"
+  else
+    echo "  redis       redis://127.0.0.1:$REDIS_PORT/"
+  fi
   echo "  prometheus  http://127.0.0.1:$PROMETHEUS_PORT/"
   echo "  logs        $LOGS/"
 }
@@ -324,16 +441,21 @@ down() {
   # The nodes drain while Redis is still there (presence is cleaned up).
   # shellcheck disable=SC2046 # node names are single words
   stop prometheus nginx $(node_names)
-  stop redis
+  # shellcheck disable=SC2046 # instance names are single words
+  stop redis $(cluster_names)
   echo "Banter cluster down"
 }
 
 status() {
   local name health port
-  for name in redis $(node_names) nginx prometheus; do
+  for name in redis $(cluster_names) $(node_names) nginx prometheus; do
     if running "$name"; then
       case $name in
         redis) redis_pong && health="PONG" || health="no answer" ;;
+        redis-*)
+          port=${name#redis-}
+          health="127.0.0.1:$port $(role_of "$port") cluster_state:$(cluster_info "$port" cluster_state)"
+          ;;
         node*)
           port=${PORTS[$((${name#node} - 1))]:-?}
           health="127.0.0.1:$port /readyz $(http_code "$port" /readyz)"
@@ -345,6 +467,14 @@ status() {
     elif [ -f "$PIDS/$name.pid" ]; then
       printf '%-11s exited: see %s\n' "$name" "$LOGS/$name.log"
     fi
+  done
+  for name in $(cluster_names); do
+    running "$name" || continue
+    port=${name#redis-}
+    printf '%-11s cluster_state:%s, %s primaries serving slots, %s instances known (as 127.0.0.1:%s sees it)\n' \
+      "redis-cluster" "$(cluster_info "$port" cluster_state)" "$(cluster_info "$port" cluster_size)" \
+      "$(cluster_info "$port" cluster_known_nodes)" "$port"
+    break
   done
   [ -n "$(running_services)" ] || echo "Banter cluster not running"
 }
@@ -358,7 +488,7 @@ stop_node() {
 }
 
 case ${1:-} in
-  up) up ;;
+  up) up "${@:2}" ;;
   down) down ;;
   status) status ;;
   stop-node) stop_node "${2:-}" ;;

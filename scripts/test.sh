@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine with Rust installed:
-# installs what the tests need with apt (redis-server; nginx, prometheus,
-# docker-compose and openssl for the cluster tests; chromium and node/npm for
-# the browser tests), checks formatting and lints, runs every workspace test
+# installs what the tests need with apt (redis-server and redis-tools; nginx,
+# prometheus, docker-compose and openssl for the cluster tests; chromium and
+# node/npm for the browser tests), checks formatting and lints, runs every workspace test
 # against real processes (including a banter-load smoke run), then the
 # browser tests against the process cluster.
 set -euo pipefail
@@ -10,6 +10,8 @@ cd "$(dirname "$0")/.."
 
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+# redis-cli joins the Redis Clusters of the cluster-mode tests.
+command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 # The cluster tests (crates/node/tests/process_cluster.rs and
 # crates/deploy-checks): nginx in front of the
 # nodes, Prometheus and promtool, `docker-compose config`, a self-signed
