@@ -1,17 +1,18 @@
 //! The process cluster of `scripts/cluster.sh` — Redis, three `banter-node`
 //! processes (the binary cargo built for this package), nginx and
 //! Prometheus, using the same nginx and Prometheus files as docker compose —
-//! works end to end through nginx. The static checks of those files (their
-//! own tools' checks, what they must contain) are in crates/deploy-checks.
+//! works end to end through nginx, on one Redis and (`up --redis-cluster`)
+//! on a Redis Cluster. The static checks of those files (their own tools'
+//! checks, what they must contain) are in crates/deploy-checks.
 //!
-//! The tools are Debian packages (`nginx`, `prometheus`, `redis-server`);
-//! scripts/test.sh installs them. A missing tool fails the test with the
-//! package to install: it is never a skip.
+//! The tools are Debian packages (`nginx`, `prometheus`, `redis-server`,
+//! `redis-tools`); scripts/test.sh installs them. A missing tool fails the
+//! test with the package to install: it is never a skip.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 use banter_testkit::deploy::{Cluster, dashboard};
-use banter_testkit::{run_ok, tool};
+use banter_testkit::{redis, run_ok, tool};
 use common::*;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -90,6 +91,10 @@ async fn upgrade_status(addr: SocketAddr, origin: &str) -> String {
     text.lines().next().unwrap_or_default().to_owned()
 }
 
+/// One process cluster at a time: each is a dozen processes, and CI has
+/// two cores.
+static ONE_CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Waits for a chat message with this text (other frames skipped).
 async fn message(c: &mut Client, text: &str) -> banter_protocol::Message {
     loop {
@@ -102,6 +107,7 @@ async fn message(c: &mut Client, text: &str) -> banter_protocol::Message {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn process_cluster_behind_nginx() {
+    let _one = ONE_CLUSTER.lock().await;
     let c = Cluster::new(
         "cluster",
         &[
@@ -260,6 +266,153 @@ async fn process_cluster_behind_nginx() {
     assert!(c.sh(&["status"]).contains("not running"));
     assert!(
         started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// A command on the Redis Cluster instance at `port`.
+fn redis_query<T: redis::FromRedisValue>(port: u16, cmd: &mut redis::Cmd) -> T {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+    let mut con = client
+        .get_connection_with_timeout(Duration::from_secs(2))
+        .unwrap();
+    con.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    cmd.query(&mut con).unwrap()
+}
+
+/// `up --redis-cluster`: six `redis-server --cluster-enabled yes` instances
+/// (three primaries, three replicas) instead of one Redis, and the nodes on
+/// `--redis-cluster` with all six as seeds. Messages cross nodes through
+/// nginx in rooms on each of the three primaries, every node holds a
+/// subscriber connection to each primary, and `status` and `down` handle the
+/// instances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn process_cluster_on_redis_cluster() {
+    let _one = ONE_CLUSTER.lock().await;
+    tool("redis-server", "redis-server");
+    tool("redis-cli", "redis-tools");
+    tool("nginx", "nginx");
+    tool("prometheus", "prometheus");
+    let c = Cluster::new(
+        "redis-cluster",
+        &[
+            ("BANTER_BIN", env!("CARGO_BIN_EXE_banter-node")),
+            ("BANTER__SERVER__DRAIN_TIMEOUT_MS", "3000"),
+        ],
+    );
+    let started = Instant::now();
+    let up = c.sh(&["up", "--redis-cluster"]);
+    let seeds: Vec<String> = c
+        .redis_cluster_ports
+        .iter()
+        .map(|p| format!("redis://127.0.0.1:{p}/"))
+        .collect();
+    assert!(up.contains(&seeds.join(",")), "{up}");
+
+    // Each node runs with --redis-cluster and all six seeds.
+    for n in 1..=3 {
+        let pid = c.file(&format!("pids/node{n}.pid"));
+        let pid = pid.split_whitespace().next().unwrap();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        let args: Vec<_> = cmdline
+            .split(|b| *b == 0)
+            .map(String::from_utf8_lossy)
+            .collect();
+        let flag = args.iter().position(|a| a == "--redis-cluster");
+        let flag = flag.unwrap_or_else(|| panic!("node{n}: {args:?}"));
+        assert_eq!(args[flag + 1], seeds.join(","), "node{n}");
+        assert!(!args.iter().any(|a| a == "--redis"), "node{n}: {args:?}");
+    }
+
+    // status: six instances, three primaries and three replicas, all ok.
+    let status = c.sh(&["status"]);
+    for p in &c.redis_cluster_ports {
+        assert!(status.contains(&format!("redis-{p} running")), "{status}");
+    }
+    assert_eq!(
+        status.matches(" primary cluster_state:ok").count(),
+        3,
+        "{status}"
+    );
+    assert_eq!(
+        status.matches(" replica cluster_state:ok").count(),
+        3,
+        "{status}"
+    );
+    assert!(
+        status.contains("redis-cluster cluster_state:ok, 3 primaries serving slots"),
+        "{status}"
+    );
+
+    // Every node holds a subscriber connection to each of the three primaries.
+    for (n, node) in c.nodes.iter().enumerate() {
+        let want = format!("banter_bus_shards_up{{node=\"node{}\"}} 3", n + 1);
+        within(10, &want, async || {
+            let (code, body) = get(*node, "/metrics").await;
+            code == 200 && body.lines().any(|l| l == want)
+        })
+        .await;
+    }
+
+    // Two clients through nginx land on two nodes, and talk in three rooms
+    // whose slots (by the rooms' names) are on the three primaries.
+    let mut ann = Client::connect(c.nginx, "name=Ann").await;
+    let mut bob = Client::connect(c.nginx, "name=Bob").await;
+    assert_ne!(ann.node, bob.node, "least_conn spreads two sockets");
+    let rooms = ["news", "lobby", "dev"];
+    for room in rooms {
+        ann.join(room).await;
+        bob.join(room).await;
+        ann.say(room, &format!("{room}: hi from Ann")).await;
+        let m = message(&mut bob, &format!("{room}: hi from Ann")).await;
+        assert_eq!((m.room.as_str(), &m.from), (room, &ann.user));
+        bob.say(room, &format!("{room}: hi from Bob")).await;
+        message(&mut ann, &format!("{room}: hi from Bob")).await;
+    }
+    // Each room's channel is a shard channel, subscribed by both nodes on the
+    // primary that owns its slot and nowhere else.
+    let mut owners = Vec::new();
+    for room in rooms {
+        let channel = format!("banter:room:{{{room}}}");
+        let subscribed: Vec<(u16, i64)> = c
+            .redis_cluster_ports
+            .iter()
+            .map(|&p| {
+                let (_, n): (String, i64) =
+                    redis_query(p, redis::cmd("PUBSUB").arg("SHARDNUMSUB").arg(&channel));
+                (p, n)
+            })
+            .filter(|&(_, n)| n > 0)
+            .collect();
+        let [(port, 2)] = subscribed[..] else {
+            panic!("{channel}: subscribers per instance {subscribed:?}");
+        };
+        let role: Vec<redis::Value> = redis_query(port, &mut redis::cmd("ROLE"));
+        assert_eq!(
+            role.first(),
+            Some(&redis::Value::BulkString(b"master".to_vec())),
+            "{channel} on {port}"
+        );
+        owners.push(port);
+    }
+    owners.sort_unstable();
+    owners.dedup();
+    assert_eq!(owners.len(), 3, "the rooms are on three primaries");
+    ann.close().await;
+    bob.close().await;
+
+    let down = c.sh(&["down"]);
+    assert!(down.contains("down"), "{down}");
+    assert!(c.sh(&["status"]).contains("not running"));
+    for p in &c.redis_cluster_ports {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", *p)).is_err(),
+            "redis-{p} still answers after down"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
         "{:?}",
         started.elapsed()
     );

@@ -3,6 +3,7 @@
 //! the Grafana dashboard's panels. Used by the static deployment checks
 //! (crates/deploy-checks) and by the live cluster test of banter-node.
 
+use crate::redis_cluster::free_cluster_port;
 use crate::{free_port, repo_root, run_ok};
 use serde_json::Value;
 use std::net::SocketAddr;
@@ -23,6 +24,11 @@ pub struct Cluster {
     pub nginx: SocketAddr,
     /// Prometheus's address.
     pub prometheus: SocketAddr,
+    /// The nodes' own addresses (`NODE_PORTS`), node1 first: their
+    /// `/metrics`, which nginx does not serve.
+    pub nodes: Vec<SocketAddr>,
+    /// `REDIS_CLUSTER_PORTS`: the six instances of `up --redis-cluster`.
+    pub redis_cluster_ports: Vec<u16>,
 }
 
 impl Cluster {
@@ -33,11 +39,18 @@ impl Cluster {
         let _ = std::fs::remove_dir_all(&dir);
         let port = || free_port().to_string();
         let (nginx, prometheus) = (port(), port());
+        let nodes = [port(), port(), port()];
+        let redis_cluster_ports = cluster_ports(6);
+        let list = |ports: &[u16]| ports.iter().map(u16::to_string).collect::<Vec<_>>();
         let mut env = vec![
             ("CLUSTER_DIR".to_owned(), dir.display().to_string()),
             ("NGINX_PORT".into(), nginx.clone()),
-            ("NODE_PORTS".into(), [port(), port(), port()].join(",")),
+            ("NODE_PORTS".into(), nodes.join(",")),
             ("REDIS_PORT".into(), port()),
+            (
+                "REDIS_CLUSTER_PORTS".into(),
+                list(&redis_cluster_ports).join(","),
+            ),
             ("PROMETHEUS_PORT".into(), prometheus.clone()),
         ];
         env.extend(
@@ -45,12 +58,14 @@ impl Cluster {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string())),
         );
-        let addr = |p: String| format!("127.0.0.1:{p}").parse().unwrap();
+        let addr = |p: &str| format!("127.0.0.1:{p}").parse().unwrap();
         Cluster {
             dir,
             env,
-            nginx: addr(nginx),
-            prometheus: addr(prometheus),
+            nginx: addr(&nginx),
+            prometheus: addr(&prometheus),
+            nodes: nodes.iter().map(|p| addr(p)).collect(),
+            redis_cluster_ports,
         }
     }
 
@@ -71,6 +86,20 @@ impl Cluster {
         let path = self.dir.join(path);
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     }
+}
+
+/// `n` distinct free ports for Redis Cluster instances: none is another's
+/// cluster-bus port (port + 10000).
+fn cluster_ports(n: usize) -> Vec<u16> {
+    let mut ports: Vec<u16> = Vec::with_capacity(n);
+    while ports.len() < n {
+        let p = free_cluster_port();
+        let clash = |q: u16| q == p || q == p + 10_000 || q + 10_000 == p;
+        if !ports.iter().any(|&q| clash(q)) {
+            ports.push(p);
+        }
+    }
+    ports
 }
 
 impl Drop for Cluster {

@@ -33,7 +33,7 @@ pub struct RedisCluster {
 }
 
 /// A free port below 55536 whose cluster-bus twin (port + 10000) is free too.
-fn free_cluster_port() -> u16 {
+pub(crate) fn free_cluster_port() -> u16 {
     loop {
         let Ok(l) = TcpListener::bind("127.0.0.1:0") else {
             continue;
