@@ -175,26 +175,41 @@ cluster_info() { # PORT FIELD
   { cli "$1" cluster info || true; } | tr -d '\r' | sed -n "s/^$2://p"
 }
 
-# primary, replica, or "no answer": the role of the instance at PORT now.
+# A field of INFO replication on the instance at PORT (role: master or
+# slave; master_link_status: up or down), or nothing when it does not answer.
+replication() { # PORT FIELD
+  { cli "$1" info replication || true; } | tr -d '\r' | sed -n "s/^$2://p"
+}
+
+# The role of the instance at PORT now: primary, replica (with the state of
+# its link to its primary), or "no answer".
 role_of() { # PORT
-  case $(cli "$1" role | head -n 1) in
+  case $(replication "$1" role) in
     master) echo primary ;;
-    slave) echo replica ;;
+    slave) echo "replica (link $(replication "$1" master_link_status))" ;;
     *) echo "no answer" ;;
   esac
 }
 
-# Whether every instance of the Redis Cluster reports cluster_state:ok.
+# Whether every instance of the Redis Cluster reports cluster_state:ok and
+# every replica has its primary's data: a replica that never synced cannot
+# take over, so until then the cluster would not survive losing a primary.
 cluster_ok() {
   local p
   for p in "${CLUSTER_PORTS[@]}"; do
     [ "$(cluster_info "$p" cluster_state)" = ok ] || return 1
+    case $(replication "$p" role) in
+      master) ;;
+      slave) [ "$(replication "$p" master_link_status)" = up ] || return 1 ;;
+      *) return 1 ;;
+    esac
   done
 }
 
 # Starts the Redis Cluster: six empty instances, joined by redis-cli into
 # three primaries with a replica each, and waits until every instance
-# reports cluster_state:ok. The seeds the nodes get are in CLUSTER_SEEDS.
+# reports cluster_state:ok and every replica has synced. The seeds the
+# nodes get are in CLUSTER_SEEDS.
 start_redis_cluster() {
   local p dir addrs=() seeds=()
   rm -rf "$STATE/redis-cluster"
@@ -202,10 +217,13 @@ start_redis_cluster() {
     dir=$STATE/redis-cluster/$p
     mkdir -p "$dir"
     # As the single Redis: no persistence, the same pub/sub buffer limit
-    # (shard channels are pub/sub clients too).
+    # (shard channels are pub/sub clients too). A primary sends its replica
+    # the first copy at once, not after Redis's default 5 s wait for more
+    # replicas.
     start "redis-$p" redis-server --port "$p" --bind 127.0.0.1 --protected-mode no \
       --cluster-enabled yes --cluster-config-file "$dir/nodes.conf" \
       --cluster-node-timeout "$REDIS_CLUSTER_NODE_TIMEOUT" \
+      --repl-diskless-sync-delay 0 \
       --save '' --appendonly no --dir "$dir" \
       --client-output-buffer-limit 'pubsub 64mb 16mb 60'
     addrs+=("127.0.0.1:$p")

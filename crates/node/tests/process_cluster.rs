@@ -281,12 +281,27 @@ fn redis_query<T: redis::FromRedisValue>(port: u16, cmd: &mut redis::Cmd) -> T {
     cmd.query(&mut con).unwrap()
 }
 
+/// Polls every node until its `/readyz` is 200 and its
+/// `banter_bus_shards_up` is 3.
+async fn shards_up(c: &Cluster, secs: u64) {
+    for (n, node) in c.nodes.iter().enumerate() {
+        let want = format!("banter_bus_shards_up{{node=\"node{}\"}} 3", n + 1);
+        within(secs, &format!("{want}, ready"), async || {
+            let (code, body) = get(*node, "/metrics").await;
+            let up = code == 200 && body.lines().any(|l| l == want);
+            up && get(*node, "/readyz").await.0 == 200
+        })
+        .await;
+    }
+}
+
 /// `up --redis-cluster`: six `redis-server --cluster-enabled yes` instances
 /// (three primaries, three replicas) instead of one Redis, and the nodes on
 /// `--redis-cluster` with all six as seeds. Messages cross nodes through
 /// nginx in rooms on each of the three primaries, every node holds a
-/// subscriber connection to each primary, and `status` and `down` handle the
-/// instances.
+/// subscriber connection to each primary, the cluster `up` returns survives
+/// losing a primary at once (its replicas have synced), and `status` and
+/// `down` handle the instances.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn process_cluster_on_redis_cluster() {
     let _one = ONE_CLUSTER.lock().await;
@@ -330,30 +345,16 @@ async fn process_cluster_on_redis_cluster() {
     for p in &c.redis_cluster_ports {
         assert!(status.contains(&format!("redis-{p} running")), "{status}");
     }
-    assert_eq!(
-        status.matches(" primary cluster_state:ok").count(),
-        3,
-        "{status}"
-    );
-    assert_eq!(
-        status.matches(" replica cluster_state:ok").count(),
-        3,
-        "{status}"
-    );
+    let primaries = |s: &str| s.matches(" primary cluster_state:ok").count();
+    let replicas = |s: &str| s.matches(" replica (link up) cluster_state:ok").count();
+    assert_eq!((primaries(&status), replicas(&status)), (3, 3), "{status}");
     assert!(
         status.contains("redis-cluster cluster_state:ok, 3 primaries serving slots"),
         "{status}"
     );
 
     // Every node holds a subscriber connection to each of the three primaries.
-    for (n, node) in c.nodes.iter().enumerate() {
-        let want = format!("banter_bus_shards_up{{node=\"node{}\"}} 3", n + 1);
-        within(10, &want, async || {
-            let (code, body) = get(*node, "/metrics").await;
-            code == 200 && body.lines().any(|l| l == want)
-        })
-        .await;
-    }
+    shards_up(&c, 10).await;
 
     // Two clients through nginx land on two nodes, and talk in three rooms
     // whose slots (by the rooms' names) are on the three primaries.
@@ -396,9 +397,26 @@ async fn process_cluster_on_redis_cluster() {
         );
         owners.push(port);
     }
+    let news = owners[0];
     owners.sort_unstable();
     owners.dedup();
     assert_eq!(owners.len(), 3, "the rooms are on three primaries");
+
+    // The primary of `news` dies: its replica takes over, every node is back
+    // on three shards, and the same sockets chat on in that room.
+    let pid = c.file(&format!("pids/redis-{news}.pid"));
+    let pid = pid.split_whitespace().next().unwrap();
+    run_ok(std::process::Command::new("kill").args(["-KILL", pid]));
+    within(15, "a replica took over", async || {
+        let s = c.sh(&["status"]);
+        s.contains(&format!("redis-{news} exited")) && primaries(&s) == 3 && replicas(&s) == 2
+    })
+    .await;
+    shards_up(&c, 10).await;
+    ann.say("news", "after the failover").await;
+    message(&mut bob, "after the failover").await;
+    bob.say("news", "still here").await;
+    message(&mut ann, "still here").await;
     ann.close().await;
     bob.close().await;
 
