@@ -297,6 +297,24 @@ pub struct ChaosArgs {
     /// The redis-server binary.
     #[arg(long, value_name = "PATH", default_value = "redis-server")]
     pub redis_bin: PathBuf,
+    /// Run every round on a Redis Cluster (--shards primaries, each with
+    /// --replicas replicas, no persistence) instead of one redis-server, the
+    /// nodes started with `--redis-cluster` and every instance as a seed.
+    #[arg(long)]
+    pub redis_cluster: bool,
+    /// Primaries of the Redis Cluster (with --redis-cluster).
+    #[arg(long, default_value_t = 3)]
+    pub shards: usize,
+    /// Replicas of each primary (with --redis-cluster).
+    #[arg(long, default_value_t = 1)]
+    pub replicas: usize,
+    /// The cluster's `cluster-node-timeout`: how long a primary may be
+    /// unreachable before its replica takes over (with --redis-cluster).
+    #[arg(long, value_parser = parse_duration, default_value = "1500ms")]
+    pub node_timeout: Duration,
+    /// The redis-cli binary (with --redis-cluster: `--cluster create`).
+    #[arg(long, value_name = "PATH", default_value = "redis-cli")]
+    pub redis_cli: PathBuf,
     /// Publishers, on the first node.
     #[arg(long, default_value_t = 1)]
     pub publishers: usize,
@@ -314,7 +332,9 @@ pub struct ChaosArgs {
     pub size: usize,
     /// Faults, comma-separated, one round (and one fresh cluster) each:
     /// kill-pubsub, sigstop, restart, oom, debug-sleep, node-kill, rolling,
-    /// overload; a `+aof` suffix gives that round a persistent Redis (e.g.
+    /// overload; with --redis-cluster also primary-kill and reshard (and the
+    /// Redis faults strike the first room's primary; kill-pubsub every
+    /// primary). A `+aof` suffix gives that round a persistent Redis (e.g.
     /// restart+aof). `overload` takes its size after colons, each optional:
     /// `overload:readers=3000:rate=2000:size=200:for=15s` (the defaults).
     #[arg(

@@ -1,9 +1,11 @@
-//! The cluster a chaos round owns: one `redis-server` and N `banter-node`
-//! child processes on free loopback ports, their logs in a work directory.
+//! The cluster a chaos round owns: its Redis (one `redis-server`, or a Redis
+//! Cluster: see [`super::redis`]) and N `banter-node` child processes on
+//! free loopback ports, their logs in a work directory.
 //! Everything is killed when the [`Cluster`] is dropped (error, Ctrl-C) and
 //! stopped in order by [`Cluster::stop`]; every wait is bounded.
 
 use super::probe::{self, NodeCounters};
+use super::redis::{Redis, RedisSpec};
 use anyhow::{Context, anyhow, bail};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,12 +26,11 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 pub struct Spec {
     /// The `banter-node` binary.
     pub node_bin: PathBuf,
-    /// The `redis-server` binary.
-    pub redis_bin: PathBuf,
+    /// The Redis (`persistence`: `appendonly yes` and `appendfsync always`,
+    /// in the work dir).
+    pub redis: RedisSpec,
     /// How many nodes.
     pub nodes: usize,
-    /// Redis with `appendonly yes` and `appendfsync always` (in the work dir).
-    pub persistence: bool,
     /// `history.size` of the nodes (0: their default).
     pub history_size: usize,
     /// Keep the logs here (None: a temporary directory, removed at the end).
@@ -52,8 +53,7 @@ pub struct Cluster {
     spec: Spec,
     dir: PathBuf,
     remove_dir: bool,
-    redis_port: u16,
-    redis: Option<Child>,
+    redis: Redis,
     nodes: Vec<NodeProc>,
     /// Counters of node lives that ended.
     ended: NodeCounters,
@@ -76,7 +76,12 @@ impl Cluster {
         };
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        // The nodes' ports, and one for a single redis-server.
         let ports = probe::free_ports(spec.nodes + 1)?;
+        let redis_ports = match spec.redis.cluster {
+            None => vec![ports[0]],
+            Some(t) => probe::free_cluster_ports(t.instances(), &ports)?,
+        };
         let nodes = (0..spec.nodes)
             .map(|i| NodeProc {
                 id: format!("chaos-{}", (b'a' + (i % 26) as u8) as char),
@@ -86,16 +91,24 @@ impl Cluster {
                 last: NodeCounters::default(),
             })
             .collect();
+        let redis = Redis::start(&spec.redis, &dir, &redis_ports).await;
+        let redis = match redis {
+            Ok(r) => r,
+            Err(e) => {
+                if remove_dir {
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+                return Err(e);
+            }
+        };
         let mut c = Cluster {
             spec: spec.clone(),
             dir,
             remove_dir,
-            redis_port: ports[0],
-            redis: None,
+            redis,
             nodes,
             ended: NodeCounters::default(),
         };
-        c.start_redis().await?;
         for i in 0..spec.nodes {
             c.spawn_node(i)?;
         }
@@ -115,93 +128,40 @@ impl Cluster {
         self.nodes.get(i)?.child.as_ref()?.id()
     }
 
-    /// Redis's port.
-    pub fn redis_port(&self) -> u16 {
-        self.redis_port
+    /// The round's Redis.
+    pub fn redis(&self) -> &Redis {
+        &self.redis
     }
 
-    /// Starts `redis-server` (again) on its port and waits for `PING`.
-    pub async fn start_redis(&mut self) -> anyhow::Result<()> {
-        let port = self.redis_port.to_string();
-        let mut cmd = Command::new(&self.spec.redis_bin);
-        cmd.args([
-            "--port",
-            &port,
-            "--bind",
-            "127.0.0.1",
-            "--protected-mode",
-            "no",
-        ])
-        .args(["--save", "", "--enable-debug-command", "local"])
-        .args(["--loglevel", "warning"])
-        .arg("--dir")
-        .arg(&self.dir)
-        .arg("--logfile")
-        .arg(self.dir.join("redis.log"));
-        if self.spec.persistence {
-            cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
-        } else {
-            cmd.args(["--appendonly", "no"]);
-        }
-        let child = quiet(&mut cmd).spawn().with_context(|| {
-            format!(
-                "cannot start {} (install the Debian package redis-server, or pass --redis-bin)",
-                self.spec.redis_bin.display()
-            )
-        })?;
-        self.redis = Some(child);
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if let Some(c) = self.redis.as_mut()
-                && let Ok(Some(status)) = c.try_wait()
-            {
-                bail!(
-                    "redis-server exited at start ({status}):\n{}",
-                    self.log_tail()
-                );
-            }
-            let pong = probe::redis(self.redis_port, &["PING"], PROBE_TIMEOUT).await;
-            // While loading an AOF, Redis answers -LOADING: not ready yet.
-            if matches!(pong, Ok(ref r) if r.text() == "PONG") {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "redis-server never answered PING: {pong:?}\n{}",
-                    self.log_tail()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+    /// The round's Redis, to break.
+    pub fn redis_mut(&mut self) -> &mut Redis {
+        &mut self.redis
     }
 
-    /// SIGKILLs Redis and waits for it to be gone.
-    pub async fn kill_redis(&mut self) -> anyhow::Result<()> {
-        if let Some(c) = self.redis.take() {
-            reap(c, "redis-server").await?;
-        }
-        Ok(())
-    }
-
-    /// Sends `sig` (`STOP`, `CONT`, ...) to Redis.
-    pub async fn signal_redis(&self, sig: &str) -> anyhow::Result<()> {
-        let pid = self.redis.as_ref().and_then(Child::id);
+    /// Sends `sig` (`STOP`, `CONT`, ...) to the Redis instance on `port`.
+    pub async fn signal_redis(&self, port: u16, sig: &str) -> anyhow::Result<()> {
+        let pid = self.redis.pid(port);
         signal(
-            pid.ok_or_else(|| anyhow!("redis-server is not running"))?,
+            pid.ok_or_else(|| anyhow!("redis-server {port} is not running"))?,
             sig,
         )
         .await
     }
 
     fn spawn_node(&mut self, i: usize) -> anyhow::Result<()> {
-        let redis = format!("redis://127.0.0.1:{}/", self.redis_port);
+        let flag = if self.redis.is_cluster() {
+            "--redis-cluster"
+        } else {
+            "--redis"
+        };
+        let redis = self.redis.seeds();
         let n = &mut self.nodes[i];
         n.life += 1;
         let log_path = self.dir.join(format!("node-{}-{}.log", n.id, n.life));
         let log = std::fs::File::create(&log_path)
             .with_context(|| format!("create {}", log_path.display()))?;
         let mut cmd = Command::new(&self.spec.node_bin);
-        cmd.arg("--redis")
+        cmd.arg(flag)
             .arg(&redis)
             .arg("--listen")
             .arg(n.addr.to_string())
@@ -323,7 +283,7 @@ impl Cluster {
                 let _ = self.term_node(i).await;
             }
         }
-        let _ = self.kill_redis().await;
+        self.redis.stop().await;
     }
 
     /// The last lines of every log, for error messages.
@@ -358,7 +318,7 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         // kill_on_drop: every child still held gets SIGKILL here.
-        self.redis.take();
+        self.redis.abandon();
         for n in &mut self.nodes {
             n.child.take();
         }

@@ -1,12 +1,19 @@
 //! The faults, each injected once for a bounded time, and the window it
 //! took: from the first action to the moment the cluster was whole again
 //! (Redis answering, the restarted node ready).
+//!
+//! On a Redis Cluster (`--redis-cluster`) a fault that strikes "Redis"
+//! strikes the primary that serves the first room's slot (`kill-pubsub`:
+//! every primary), and the window ends once every instance says
+//! `cluster_state:ok` and agrees on who serves that slot; `primary-kill`
+//! and `reshard` exist only there.
 
 use super::cluster::{Cluster, PROBE_TIMEOUT};
+use super::oom;
 use super::overload::{self, Flood, Overload};
 use super::probe;
+use super::redis::Topology;
 use super::shared::Shared;
-use anyhow::Context;
 use serde::Serialize;
 use std::fmt;
 use std::str::FromStr;
@@ -32,6 +39,12 @@ pub enum Kind {
     Rolling,
     /// A flood the last node's fan-out cannot keep up with (see [`overload`]).
     Overload,
+    /// Redis Cluster: SIGKILL the primary of the first room's slot; its
+    /// replica takes over.
+    PrimaryKill,
+    /// Redis Cluster: move the first room's slot to another primary, its
+    /// keys one at a time, while traffic goes on.
+    Reshard,
 }
 
 /// A fault, and whether its round's Redis persists (`+aof`).
@@ -45,7 +58,7 @@ pub struct Fault {
     pub overload: Overload,
 }
 
-const NAMES: [(&str, Kind); 8] = [
+const NAMES: [(&str, Kind); 10] = [
     ("kill-pubsub", Kind::KillPubsub),
     ("sigstop", Kind::Sigstop),
     ("restart", Kind::Restart),
@@ -54,6 +67,8 @@ const NAMES: [(&str, Kind); 8] = [
     ("node-kill", Kind::NodeKill),
     ("rolling", Kind::Rolling),
     ("overload", Kind::Overload),
+    ("primary-kill", Kind::PrimaryKill),
+    ("reshard", Kind::Reshard),
 ];
 
 impl Fault {
@@ -67,6 +82,28 @@ impl Fault {
                 overload: Overload::default(),
             })
             .collect()
+    }
+
+    /// Whether this fault can run on this Redis (`None`: one
+    /// `redis-server`); why not, if it cannot.
+    pub fn check(&self, cluster: Option<Topology>) -> Result<(), String> {
+        match (self.kind, cluster) {
+            (Kind::PrimaryKill, None) => Err(format!(
+                "`{self}` needs --redis-cluster: a single redis-server has no replica to take \
+                 over (`restart` is its nearest fault)"
+            )),
+            (Kind::PrimaryKill, Some(t)) if t.replicas == 0 => Err(format!(
+                "`{self}` needs --replicas 1 or more: without a replica the killed primary's \
+                 slots stay down"
+            )),
+            (Kind::Reshard, None) => Err(format!(
+                "`{self}` needs --redis-cluster: a single redis-server has no slots to move"
+            )),
+            (Kind::Reshard, Some(t)) if t.shards < 2 => Err(format!(
+                "`{self}` needs --shards 2 or more: the slot needs another primary to move to"
+            )),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -89,7 +126,7 @@ impl FromStr for Fault {
     type Err = String;
 
     /// `kill-pubsub`, `sigstop`, `restart`, `oom`, `debug-sleep`,
-    /// `node-kill`, `rolling`, `overload` (with its size after colons:
+    /// `node-kill`, `rolling`, `primary-kill`, `reshard`, `overload` (with its size after colons:
     /// `overload:readers=3000:rate=2000:size=200:for=15s`, each optional),
     /// each optionally with `+aof`.
     fn from_str(s: &str) -> Result<Fault, String> {
@@ -134,6 +171,13 @@ pub struct Window {
     pub flood: Option<Flood>,
 }
 
+/// How long `reshard` waits between two keys it moves: long enough for
+/// traffic to meet the slot half moved.
+const RESHARD_PAUSE: Duration = Duration::from_millis(100);
+/// How long the nodes may take to hold every shard again
+/// (`banter_bus_shards_up`) once the cluster is whole.
+const SHARDS_UP_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Injects `fault`. `victim` is the node `node-kill` kills; `clients` the
 /// number of clients `rolling` waits for before each node it stops.
 pub async fn inject(
@@ -144,34 +188,58 @@ pub async fn inject(
     hold: Duration,
     victim: usize,
 ) -> anyhow::Result<Window> {
-    let port = cluster.redis_port();
+    let room = shared.rooms.first().cloned().unwrap_or_default();
+    let sharded = cluster.redis().is_cluster();
+    // The Redis the fault strikes: the only one, or the first room's primary.
+    let (slot, port) = cluster.redis().primary_of(&room).await?;
     let mut w = Window {
         start_us: shared.now_us(),
         ..Window::default()
     };
+    if sharded && fault.kind != Kind::KillPubsub {
+        w.notes.push(format!(
+            "the primary of {room}'s slot {slot}: 127.0.0.1:{port}"
+        ));
+    }
     match fault.kind {
         Kind::KillPubsub => {
+            let primaries = cluster.redis().primaries().await?;
             for round in 0..2 {
                 if round > 0 {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
-                let killed =
-                    probe::redis(port, &["CLIENT", "KILL", "TYPE", "pubsub"], PROBE_TIMEOUT)
-                        .await?;
-                w.notes
-                    .push(format!("CLIENT KILL TYPE pubsub: {} killed", killed.text()));
+                // At once on every primary: a node that loses one shard's
+                // connection drops its others itself.
+                let cmd = ["CLIENT", "KILL", "TYPE", "pubsub"];
+                let kills = primaries
+                    .iter()
+                    .map(|&p| probe::redis(p, &cmd, PROBE_TIMEOUT));
+                let killed = futures_util::future::join_all(kills)
+                    .await
+                    .into_iter()
+                    .map(|r| r.map(|k| k.text()))
+                    .collect::<anyhow::Result<Vec<String>>>()?;
+                w.notes.push(if sharded {
+                    format!(
+                        "CLIENT KILL TYPE pubsub on {} primaries: {} killed",
+                        primaries.len(),
+                        killed.join(" + ")
+                    )
+                } else {
+                    format!("CLIENT KILL TYPE pubsub: {} killed", killed.join(" + "))
+                });
             }
         }
         Kind::Sigstop => {
-            cluster.signal_redis("STOP").await?;
+            cluster.signal_redis(port, "STOP").await?;
             tokio::time::sleep(hold).await;
-            cluster.signal_redis("CONT").await?;
+            cluster.signal_redis(port, "CONT").await?;
             w.notes.push(format!("redis stopped for {hold:?}"));
         }
         Kind::Restart => {
-            cluster.kill_redis().await?;
+            cluster.redis_mut().kill(port).await?;
             let killed_us = shared.now_us();
-            cluster.start_redis().await?;
+            cluster.redis_mut().restart(port).await?;
             w.notes.push(format!(
                 "redis killed and answering again after {:.0} ms (persistence: {})",
                 (shared.now_us() - killed_us) as f64 / 1000.0,
@@ -182,10 +250,32 @@ pub async fn inject(
                 }
             ));
         }
-        Kind::Oom => oom(port, hold, &mut w).await?,
+        Kind::Oom => w.notes.push(oom::run(port, hold).await?),
         Kind::DebugSleep => {
             let r = probe::redis(port, &["DEBUG", "SLEEP", "2"], Duration::from_secs(10)).await;
             w.notes.push(format!("DEBUG SLEEP 2: {}", r?.text()));
+        }
+        Kind::PrimaryKill => {
+            cluster.redis_mut().kill(port).await?;
+            w.notes.push("SIGKILLed (not restarted)".into());
+        }
+        Kind::Reshard => {
+            let primaries = cluster.redis().primaries().await?;
+            let to = primaries
+                .iter()
+                .copied()
+                .find(|&p| p != port)
+                .ok_or_else(|| anyhow::anyhow!("no other primary to move slot {slot} to"))?;
+            let moved = cluster
+                .redis()
+                .move_slot(slot, (port, to), RESHARD_PAUSE)
+                .await?;
+            w.notes.push(format!(
+                "slot {slot} moved to 127.0.0.1:{to}: {moved} key(s) MIGRATEd one at a time, \
+                 {} ms apart, in {:.0} ms",
+                RESHARD_PAUSE.as_millis(),
+                (shared.now_us() - w.start_us) as f64 / 1000.0
+            ));
         }
         Kind::NodeKill => {
             cluster.kill_node(victim).await?;
@@ -195,7 +285,6 @@ pub async fn inject(
         }
         Kind::Overload => {
             let (victim_addr, home) = (shared.nodes[victim % shared.nodes.len()], 0);
-            let room = shared.rooms.first().cloned().unwrap_or_default();
             let f = overload::flood(shared, (victim, home), &room, fault.overload).await?;
             w.notes.push(format!(
                 "{} readers on node {victim} (opened in {:.1} s; {} cut off by the node), \
@@ -237,75 +326,54 @@ pub async fn inject(
             }
         }
     }
-    w.end_us = shared.now_us();
+    if sharded {
+        // Whole again: every instance ok, one running primary for the slot.
+        let before = shared.now_us();
+        let owner = cluster.redis().settle(slot).await?;
+        w.notes.push(format!(
+            "cluster_state ok on every instance {:.0} ms later, slot {slot} served by \
+             127.0.0.1:{owner}{}",
+            (shared.now_us() - before) as f64 / 1000.0,
+            if owner == port {
+                ""
+            } else {
+                " (a new primary)"
+            }
+        ));
+        w.end_us = shared.now_us();
+        let shards = cluster.redis().primaries().await?.len();
+        w.notes.push(shards_up(shared, shards).await);
+    } else {
+        w.end_us = shared.now_us();
+    }
     Ok(w)
 }
 
-/// How far above `used_memory` the `oom` fault sets `maxmemory`: less than
-/// one trimmed stream node, so the next writes cross it.
-const OOM_MARGIN: u64 = 1024;
-
-/// A number from `INFO section`'s line `prefix...` (0 when absent).
-async fn info_number(port: u16, section: &str, prefix: &str) -> anyhow::Result<u64> {
-    let info = probe::redis(port, &["INFO", section], PROBE_TIMEOUT).await?;
-    Ok(info
-        .text()
-        .lines()
-        .find_map(|l| l.strip_prefix(prefix))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0))
-}
-
-/// `maxmemory` just above what Redis uses, with `noeviction`: writes are
-/// refused with OOM for `hold`, then the limit is lifted again (also when
-/// setting it failed half-way). Redis's memory saws up and down (streams
-/// are trimmed a node at a time, client buffers come and go), so a limit set
-/// at a peak may sit above the next trough: whenever Redis has refused
-/// nothing for 250 ms, the limit is cut to well below what it uses.
-async fn oom(port: u16, hold: Duration, w: &mut Window) -> anyhow::Result<()> {
-    let used = info_number(port, "memory", "used_memory:").await?;
-    anyhow::ensure!(used > 0, "no used_memory in INFO memory");
-    let limit = used + OOM_MARGIN;
-    let refused_before = info_number(port, "errorstats", "errorstat_OOM:count=").await?;
-    let set = async {
-        let policy = ["CONFIG", "SET", "maxmemory-policy", "noeviction"];
-        probe::redis(port, &policy, PROBE_TIMEOUT).await?;
-        probe::redis(
-            port,
-            &["CONFIG", "SET", "maxmemory", &limit.to_string()],
-            PROBE_TIMEOUT,
-        )
-        .await?;
-        let until = tokio::time::Instant::now() + hold;
-        let (mut seen, mut cuts) = (refused_before, 0);
-        loop {
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_millis(250)) => {}
-                () = tokio::time::sleep_until(until) => break,
-            }
-            let refused = info_number(port, "errorstats", "errorstat_OOM:count=").await?;
-            if refused == seen {
-                let now = info_number(port, "memory", "used_memory:").await?;
-                let cut = (now.min(limit) / 2).to_string();
-                probe::redis(port, &["CONFIG", "SET", "maxmemory", &cut], PROBE_TIMEOUT).await?;
-                cuts += 1;
-            }
-            seen = refused;
+/// Waits (bounded) until every node's `banter_bus_shards_up` is `shards`;
+/// what it saw, for the notes.
+async fn shards_up(shared: &Shared, shards: usize) -> String {
+    let start = tokio::time::Instant::now();
+    let mut seen = Vec::new();
+    while start.elapsed() < SHARDS_UP_TIMEOUT {
+        seen.clear();
+        for &addr in &shared.nodes {
+            let m = probe::http_get(addr, "/metrics", PROBE_TIMEOUT).await;
+            seen.push(
+                m.ok()
+                    .and_then(|(_, text)| probe::sample(&text, "banter_bus_shards_up", None)),
+            );
         }
-        anyhow::Ok((cuts, seen - refused_before))
+        if seen.iter().all(|v| *v == Some(shards as f64)) {
+            return format!(
+                "every node's banter_bus_shards_up = {shards} {:.0} ms after that",
+                start.elapsed().as_secs_f64() * 1000.0
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    .await;
-    let restore = probe::redis(port, &["CONFIG", "SET", "maxmemory", "0"], PROBE_TIMEOUT)
-        .await
-        .context("lifting maxmemory again");
-    let (cuts, refused) = set?;
-    restore?;
-    w.notes.push(format!(
-        "maxmemory {limit} (used_memory {used} + {OOM_MARGIN} B), noeviction, for {hold:?} \
-         (cut to half after 250 ms with no refusal: {cuts} times); Redis refused {refused} \
-         commands with OOM"
-    ));
-    Ok(())
+    format!(
+        "banter_bus_shards_up not {shards} on every node within {SHARDS_UP_TIMEOUT:?}: {seen:?}"
+    )
 }
 
 #[cfg(test)]
@@ -331,5 +399,25 @@ mod tests {
         assert_eq!(o.to_string().parse::<Fault>(), Ok(o));
         assert_eq!("overload".parse::<Fault>().unwrap().to_string(), "overload");
         assert!("sigstop:readers=3".parse::<Fault>().is_err());
+    }
+
+    #[test]
+    fn cluster_faults_need_a_cluster_that_can_take_them() {
+        let t = |shards, replicas| {
+            Some(Topology {
+                shards,
+                replicas,
+                node_timeout: Duration::from_millis(1500),
+            })
+        };
+        let (kill, reshard): (Fault, Fault) =
+            ("primary-kill".parse().unwrap(), "reshard".parse().unwrap());
+        assert!(kill.check(None).unwrap_err().contains("--redis-cluster"));
+        assert!(kill.check(t(3, 0)).unwrap_err().contains("--replicas"));
+        assert!(reshard.check(None).unwrap_err().contains("--redis-cluster"));
+        assert!(kill.check(t(3, 1)).is_ok() && reshard.check(t(3, 0)).is_ok());
+        for f in Fault::all() {
+            assert!(f.check(t(3, 1)).is_ok(), "{f}");
+        }
     }
 }

@@ -15,6 +15,9 @@ use std::collections::HashMap;
 /// A message: (publisher number, its sequence number).
 pub type Key = (u32, u64);
 
+/// Messages lost silently, once each: (room index, message).
+pub type LostSet = std::collections::BTreeSet<(usize, Key)>;
+
 /// A message a publisher saw acked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Acked {
@@ -118,6 +121,8 @@ pub struct Accounting {
     pub per_subscriber: Vec<Tally>,
     /// A few silent losses, as (subscriber, publisher, seq), for a look in the logs.
     pub lost_examples: Vec<(usize, u32, u64)>,
+    /// Every message some subscriber lost silently, once, with its room.
+    pub lost_messages: LostSet,
     /// From `resume_from_us` to the first moment a message sent after it
     /// had reached every subscriber of its room (the slowest room), µs.
     pub resume_us: Option<u64>,
@@ -210,7 +215,8 @@ pub fn account(
     for (s, views) in all_views.iter().enumerate() {
         let mut t = Tally::default();
         for (r, view) in views.iter().enumerate() {
-            classify(s, view, &room_acked[r], &mut t, &mut out.lost_examples);
+            let lost = (&mut out.lost_examples, &mut out.lost_messages);
+            classify((s, r), view, &room_acked[r], &mut t, lost);
             t.duplicated += view.duplicated;
             t.reordered += order::reordered(view, &ranks[r], &by_key);
             let times = view
@@ -240,13 +246,13 @@ pub fn account(
     out
 }
 
-/// Sorts the acked messages of one room for one subscriber.
+/// Sorts the acked messages of room `r` for subscriber `s`.
 fn classify(
-    s: usize,
+    (s, r): (usize, usize),
     view: &RoomView,
     acked: &[&Acked],
     t: &mut Tally,
-    lost: &mut Vec<(usize, u32, u64)>,
+    (examples, lost): (&mut Vec<(usize, u32, u64)>, &mut LostSet),
 ) {
     let Some(joined_at) = view.joined_at else {
         return;
@@ -283,8 +289,9 @@ fn classify(
                     t.announced += 1;
                 } else {
                     t.lost += 1;
-                    if lost.len() < 20 {
-                        lost.push((s, a.key.0, a.key.1));
+                    lost.insert((r, a.key));
+                    if examples.len() < 20 {
+                        examples.push((s, a.key.0, a.key.1));
                     }
                 }
             }

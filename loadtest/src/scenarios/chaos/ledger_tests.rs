@@ -83,6 +83,7 @@ fn a_loss_a_duplicate_a_reorder_and_announced_holes_are_told_apart() {
     );
     assert_eq!((a.duplicated, a.reordered), (1, 1), "{a:?}");
     assert_eq!(acc.lost_examples, vec![(0, 0, 3)]);
+    assert_eq!(acc.lost_messages.iter().collect::<Vec<_>>(), [&(0, (0, 3))]);
     let b = acc.per_subscriber[1];
     assert_eq!((b.expected, b.live, b.lost, b.reordered), (11, 11, 0, 0));
     assert_eq!(acc.total.lost, 1);

@@ -1,15 +1,17 @@
 //! `chaos`: proves that no acked message is silently lost, duplicated or
 //! reordered through faults. Each fault gets a round on a fresh cluster the
-//! tool starts itself (one `redis-server`, `--nodes` `banter-node`s on free
-//! loopback ports): publishers on the first node send open-loop, subscribers
-//! on the others read, the fault strikes, clients that lose their socket
-//! reconnect and re-join with `since`, and the accounting sorts every
-//! (subscriber, acked message) pair into live, recovered, announced or lost.
+//! tool starts itself (one `redis-server` or, with `--redis-cluster`, a Redis
+//! Cluster; `--nodes` `banter-node`s on free loopback ports): publishers on
+//! the first node send open-loop, subscribers on the others read, the fault
+//! strikes, clients that lose their socket reconnect and re-join with
+//! `since`, and the accounting sorts every (subscriber, acked message) pair
+//! into live, recovered, announced or lost.
 //!
-//! - [`cluster`]: the child processes; [`probe`]: Redis, HTTP and metrics.
+//! - [`cluster`]: the child processes, [`redis`]: the Redis ones (one
+//!   server or a cluster); [`probe`]: Redis, HTTP and metrics.
 //! - [`faults`]: what goes wrong; [`round`]: one round end to end;
-//!   [`overload`]: the flood a node's fan-out cannot keep up with, and the
-//!   watch of that node's memory.
+//!   [`oom`]: Redis refusing writes; [`overload`]: the flood a node's
+//!   fan-out cannot keep up with, and the watch of that node's memory.
 //! - [`publisher`], [`subscriber`], [`shared`]: the clients.
 //! - [`ledger`], [`order`]: the accounting, a pure function of the logs.
 //! - [`table`]: the one-row-per-fault table and the report.
@@ -17,10 +19,12 @@
 pub mod cluster;
 pub mod faults;
 pub mod ledger;
+pub mod oom;
 mod order;
 pub mod overload;
 pub mod probe;
 pub mod publisher;
+pub mod redis;
 pub mod round;
 pub mod shared;
 pub mod subscriber;
@@ -47,6 +51,8 @@ pub struct ChaosOutcome {
     pub subscribers: usize,
     /// Rooms.
     pub rooms: usize,
+    /// What Redis each round ran on.
+    pub redis: String,
     /// Offered messages per second, all publishers.
     pub rate: f64,
     /// The node binary used.
@@ -92,7 +98,7 @@ fn round_budget(args: &ChaosArgs) -> Duration {
         + args.after
         + args.drain
         + args.hold
-        + Duration::from_secs(90)
+        + Duration::from_secs(if args.redis_cluster { 150 } else { 90 })
         + per_node * u32::try_from(args.nodes).unwrap_or(u32::MAX)
 }
 
@@ -103,11 +109,29 @@ pub async fn run(args: &ChaosArgs) -> anyhow::Result<ChaosOutcome> {
     anyhow::ensure!(args.subscribers >= 1, "--subscribers must be at least 1");
     anyhow::ensure!(args.rate > 0.0, "--rate must be positive");
     anyhow::ensure!(!args.faults.is_empty(), "--faults is empty");
+    let topology = args.redis_cluster.then_some(redis::Topology {
+        shards: args.shards,
+        replicas: args.replicas,
+        node_timeout: args.node_timeout,
+    });
+    if let Some(t) = topology {
+        anyhow::ensure!(
+            t.shards >= 3,
+            "--shards must be at least 3 (redis-cli --cluster create needs 3 primaries)"
+        );
+    }
+    for f in &args.faults {
+        f.check(topology).map_err(|e| anyhow!(e))?;
+    }
     let spec = cluster::Spec {
         node_bin: args.node_bin.clone().unwrap_or_else(default_node_bin),
-        redis_bin: args.redis_bin.clone(),
+        redis: redis::RedisSpec {
+            server: args.redis_bin.clone(),
+            cli: args.redis_cli.clone(),
+            persistence: args.persistence,
+            cluster: topology,
+        },
         nodes: args.nodes,
-        persistence: args.persistence,
         history_size: args.history_size,
         logs: args.logs.clone(),
     };
@@ -123,6 +147,7 @@ pub async fn run(args: &ChaosArgs) -> anyhow::Result<ChaosOutcome> {
         publishers: args.publishers.max(1),
         subscribers: args.subscribers,
         rooms: args.rooms.max(1),
+        redis: redis::describe(topology),
         rate: args.rate,
         node_bin: spec.node_bin.display().to_string(),
         rounds: Vec::new(),
@@ -144,7 +169,7 @@ pub async fn run(args: &ChaosArgs) -> anyhow::Result<ChaosOutcome> {
         };
         let row = result.unwrap_or_else(|e| RoundOutcome {
             fault: fault.to_string(),
-            persistence: spec.persistence || fault.aof,
+            persistence: spec.redis.persistence || fault.aof,
             error: Some(format!("{e:#}")),
             ..RoundOutcome::default()
         });

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-/// A Redis reply (arrays are not needed by the faults).
+/// A Redis reply (RESP2).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
     /// `+OK`
@@ -19,31 +19,27 @@ pub enum Reply {
     Int(i64),
     /// `$n` (None: the null bulk string).
     Bulk(Option<String>),
+    /// `*n` (`CLUSTER GETKEYSINSLOT`): the null array is empty.
+    Array(Vec<Reply>),
 }
 
 impl Reply {
-    /// The reply as text.
+    /// The reply as text (an array's items one per line).
     pub fn text(&self) -> String {
         match self {
             Reply::Simple(s) => s.clone(),
             Reply::Int(i) => i.to_string(),
             Reply::Bulk(b) => b.clone().unwrap_or_default(),
+            Reply::Array(items) => items.iter().map(Reply::text).collect::<Vec<_>>().join("\n"),
         }
     }
 }
 
-/// Runs one Redis command on a fresh connection to 127.0.0.1:`port`.
-/// A Redis error reply is an `Err`.
-pub async fn redis(port: u16, args: &[&str], timeout: Duration) -> anyhow::Result<Reply> {
-    let what = args.join(" ");
-    tokio::time::timeout(timeout, async {
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
-        let mut req = format!("*{}\r\n", args.len());
-        for a in args {
-            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        stream.write_all(req.as_bytes()).await?;
-        let mut r = BufReader::new(stream);
+/// Reads one reply; a Redis error reply is an `Err`.
+fn read_reply<'a>(
+    r: &'a mut BufReader<TcpStream>,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<Reply>> + Send + 'a>> {
+    Box::pin(async move {
         let mut line = String::new();
         r.read_line(&mut line).await?;
         let line = line.trim_end();
@@ -63,8 +59,31 @@ pub async fn redis(port: u16, args: &[&str], timeout: Duration) -> anyhow::Resul
                     Reply::Bulk(Some(String::from_utf8_lossy(&buf).into_owned()))
                 }
             }
+            "*" => {
+                let n: i64 = rest.parse()?;
+                let mut items = Vec::new();
+                for _ in 0..n.max(0) {
+                    items.push(read_reply(r).await?);
+                }
+                Reply::Array(items)
+            }
             _ => bail!("unexpected reply `{line:.40}`"),
         })
+    })
+}
+
+/// Runs one Redis command on a fresh connection to 127.0.0.1:`port`.
+/// A Redis error reply is an `Err`.
+pub async fn redis(port: u16, args: &[&str], timeout: Duration) -> anyhow::Result<Reply> {
+    let what = args.join(" ");
+    tokio::time::timeout(timeout, async {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).await?;
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        stream.write_all(req.as_bytes()).await?;
+        read_reply(&mut BufReader::new(stream)).await
     })
     .await
     .map_err(|_| anyhow!("no answer within {timeout:?}"))
@@ -203,29 +222,57 @@ fn sum(text: &str, name: &str, label: Option<&str>) -> Option<f64> {
 /// `n` distinct free ports of 127.0.0.1 below the ephemeral range, so that
 /// no client socket takes one while its process is restarting.
 pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    pick_ports(n, 0, &[])
+}
+
+/// How far above its client port a Redis Cluster instance listens for its
+/// cluster bus (fixed by Redis).
+pub const CLUSTER_BUS_OFFSET: u16 = 10_000;
+
+/// `n` ports for Redis Cluster instances: each port and its bus port
+/// (+[`CLUSTER_BUS_OFFSET`]) free and below the ephemeral range, none of
+/// them in `taken` (the nodes' ports).
+pub fn free_cluster_ports(n: usize, taken: &[u16]) -> anyhow::Result<Vec<u16>> {
+    pick_ports(n, CLUSTER_BUS_OFFSET, taken)
+}
+
+/// `n` ports `p` with `p` and `p + twin` (when `twin` > 0) free, all distinct
+/// and outside `taken`.
+fn pick_ports(n: usize, twin: u16, taken: &[u16]) -> anyhow::Result<Vec<u16>> {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
         .unwrap_or(32768)
         .clamp(12000, 65535);
-    let (base, span) = (10000u32, low - 10000);
+    let base = 10000u32;
+    let top = low.saturating_sub(u32::from(twin));
+    anyhow::ensure!(
+        top > base + n as u32,
+        "the ephemeral port range starts at {low}: no room below it for {n} port pairs"
+    );
+    let span = top - base;
     let seed = std::process::id().wrapping_mul(7919)
         ^ std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
-    let mut out = Vec::with_capacity(n);
+    let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+    let mut out: Vec<u16> = Vec::with_capacity(n);
+    let mut used: Vec<u16> = taken.to_vec();
     for _ in 0..span {
         let k = NEXT.fetch_add(1, Ordering::Relaxed);
         let port = u16::try_from(base + (seed.wrapping_add(k.wrapping_mul(104_729))) % span)?;
-        if !out.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            out.push(port);
-            if out.len() == n {
-                return Ok(out);
-            }
+        let pair = [port, port + twin];
+        if pair.iter().any(|p| used.contains(p)) || !pair.iter().all(|&p| free(p)) {
+            continue;
+        }
+        used.extend(pair);
+        out.push(port);
+        if out.len() == n {
+            return Ok(out);
         }
     }
-    bail!("no {n} free ports on 127.0.0.1 between {base} and {low}")
+    bail!("no {n} free ports on 127.0.0.1 between {base} and {top}")
 }
 
 #[cfg(test)]
@@ -250,6 +297,18 @@ mod tests {
                 .gap_messages,
             None
         );
+    }
+
+    #[test]
+    fn cluster_ports_come_with_free_bus_ports() {
+        let taken = free_ports(2).unwrap();
+        let ports = free_cluster_ports(6, &taken).unwrap();
+        assert_eq!(ports.len(), 6);
+        for p in &ports {
+            let bus = p + CLUSTER_BUS_OFFSET;
+            assert!(!taken.contains(p) && !taken.contains(&bus));
+            assert!(!ports.contains(&bus), "{p}'s bus port is another's port");
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use super::ledger::{self, Accounting, Acked, Key};
 use super::overload::{Flood, Memory, Watch};
 use super::probe::NodeCounters;
 use super::publisher::{self, Outcome, Phases, PubLog, SharedPubLog};
-use super::shared::{Role, Shared};
+use super::shared::{Role, Shared, stamp_key};
 use super::subscriber::{self, SharedSubLog, SubLog, lock};
 use crate::cli::ChaosArgs;
 use crate::report::{Counts, bump, merge_counts};
@@ -75,6 +75,12 @@ pub struct RoundOutcome {
     pub session_ends: Counts,
     /// A few silent losses: subscriber, publisher, seq and the acked id.
     pub lost_examples: Vec<String>,
+    /// Distinct messages some subscriber lost silently.
+    pub lost_messages: u64,
+    /// Of those, how many the room's history still held at the end of the
+    /// round (the node did not deliver what Redis kept), when it was read;
+    /// the others Redis no longer has (lost there, or trimmed).
+    pub lost_in_history: Option<u64>,
     /// What the flood did (`overload`).
     pub flood: Option<Flood>,
     /// The flooded node's RSS and bus counters over the round (`overload`).
@@ -96,7 +102,7 @@ impl RoundOutcome {
 /// Runs one round of `fault`.
 pub async fn run(args: &ChaosArgs, spec: &Spec, fault: Fault) -> anyhow::Result<RoundOutcome> {
     let mut spec = spec.clone();
-    spec.persistence |= fault.aof;
+    spec.redis.persistence |= fault.aof;
     let tag = fault.to_string().replace(['+', ':', '='], "-");
     let mut cluster = Cluster::start(&spec, &tag).await?;
     let nodes = cluster.addrs();
@@ -105,14 +111,18 @@ pub async fn run(args: &ChaosArgs, spec: &Spec, fault: Fault) -> anyhow::Result<
         .collect();
     let shared = Arc::new(Shared::new(nodes.clone(), rooms, args.size));
     let victim = nodes.len().saturating_sub(1);
-    // The flooded node's memory, every 250 ms of the round.
+    // The flooded node's memory, every 250 ms of the round (and that of the
+    // Redis that serves the flooded room).
     let watch = match (fault.kind, cluster.node_pid(victim)) {
-        (Kind::Overload, Some(pid)) => Some(Watch::start(
-            &shared,
-            victim,
-            (pid, nodes[victim]),
-            cluster.redis_port(),
-        )),
+        (Kind::Overload, Some(pid)) => {
+            let (_, redis_port) = cluster.redis().primary_of(&shared.rooms[0]).await?;
+            Some(Watch::start(
+                &shared,
+                victim,
+                (pid, nodes[victim]),
+                redis_port,
+            ))
+        }
         _ => None,
     };
     let (m, p) = (args.subscribers, args.publishers.max(1));
@@ -197,10 +207,9 @@ pub async fn run(args: &ChaosArgs, spec: &Spec, fault: Fault) -> anyhow::Result<
         None => None,
     };
     let counters = cluster.counters().await;
-    cluster.stop().await;
-    let mut o = outcome(
+    let (mut o, lost) = outcome(
         fault,
-        spec.persistence,
+        spec.redis.persistence,
         args,
         &window,
         publishing_secs,
@@ -208,6 +217,10 @@ pub async fn run(args: &ChaosArgs, spec: &Spec, fault: Fault) -> anyhow::Result<
         &subs,
         &pubs,
     );
+    if !lost.is_empty() {
+        o.lost_in_history = in_history(&cluster, &shared, &lost).await;
+    }
+    cluster.stop().await;
     o.flood = window.flood;
     o.memory = memory;
     Ok(o)
@@ -262,6 +275,26 @@ async fn drain(
     }
 }
 
+/// How many of the `lost` messages the rooms' histories hold now (`None`:
+/// a history could not be read).
+async fn in_history(cluster: &Cluster, shared: &Shared, lost: &ledger::LostSet) -> Option<u64> {
+    let mut held = 0;
+    for (r, room) in shared.rooms.iter().enumerate() {
+        if !lost.iter().any(|(lr, _)| *lr == r) {
+            continue;
+        }
+        let texts = cluster.redis().history_texts(room).await.ok()?;
+        let keys: std::collections::HashSet<Key> =
+            texts.iter().filter_map(|t| stamp_key(t)).collect();
+        held += lost
+            .iter()
+            .filter(|(lr, k)| *lr == r && keys.contains(k))
+            .count() as u64;
+    }
+    Some(held)
+}
+
+/// The round's row, and every message lost silently (room, key).
 #[allow(clippy::too_many_arguments)]
 fn outcome(
     fault: Fault,
@@ -272,7 +305,7 @@ fn outcome(
     counters: NodeCounters,
     subs: &[SharedSubLog],
     pubs: &[SharedPubLog],
-) -> RoundOutcome {
+) -> (RoundOutcome, ledger::LostSet) {
     let rooms = args.rooms.max(1);
     let mut o = RoundOutcome {
         fault: fault.to_string(),
@@ -348,5 +381,6 @@ fn outcome(
             format!("subscriber {s}: publisher {p} seq {seq} (id {id})")
         })
         .collect();
-    o
+    o.lost_messages = acc.lost_messages.len() as u64;
+    (o, acc.lost_messages)
 }

@@ -138,8 +138,8 @@ pub fn memory_table(o: &ChaosOutcome) -> String {
 /// when a round watched a node).
 pub fn table(o: &ChaosOutcome) -> String {
     let mut s = format!(
-        "### chaos: {} publisher(s) on node 1, {} subscriber(s) on the other node(s) of {}, {} room(s), {} msg/s\n\n",
-        o.publishers, o.subscribers, o.nodes, o.rooms, o.rate
+        "### chaos: {} publisher(s) on node 1, {} subscriber(s) on the other node(s) of {}, {} room(s), {} msg/s, on {}\n\n",
+        o.publishers, o.subscribers, o.nodes, o.rooms, o.rate, o.redis
     );
     s.push_str(&format!("| {} |\n", HEAD.join(" | ")));
     s.push_str(&format!(
@@ -189,6 +189,18 @@ pub fn report(o: &ChaosOutcome) -> Report {
                     .cloned()
                     .collect::<Vec<_>>()
                     .join("; "),
+            );
+        }
+        if round.lost_messages > 0 {
+            r.row(
+                &format!("{}: messages lost", round.fault),
+                format!(
+                    "{} distinct; of them in the room's history at the end: {}",
+                    round.lost_messages,
+                    round
+                        .lost_in_history
+                        .map_or("unknown (not readable)".into(), |n| n.to_string())
+                ),
             );
         }
         if let Some(m) = &round.memory {
