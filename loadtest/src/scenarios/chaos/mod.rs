@@ -53,6 +53,8 @@ pub struct ChaosOutcome {
     pub rooms: usize,
     /// What Redis each round ran on.
     pub redis: String,
+    /// The Redis Cluster's `cluster-node-timeout`, ms (`None`: one redis-server).
+    pub node_timeout_ms: Option<u64>,
     /// Offered messages per second, all publishers.
     pub rate: f64,
     /// The node binary used.
@@ -148,6 +150,7 @@ pub async fn run(args: &ChaosArgs) -> anyhow::Result<ChaosOutcome> {
         subscribers: args.subscribers,
         rooms: args.rooms.max(1),
         redis: redis::describe(topology),
+        node_timeout_ms: topology.map(|t| t.node_timeout.as_millis() as u64),
         rate: args.rate,
         node_bin: spec.node_bin.display().to_string(),
         rounds: Vec::new(),
