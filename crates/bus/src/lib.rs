@@ -124,6 +124,10 @@ pub enum BusError {
     /// A message that cannot be encoded for storage (a bug).
     #[error("cannot encode the message: {0}")]
     Encode(#[source] serde_json::Error),
+    /// On Redis Cluster, no replica confirmed a stored message in time: the
+    /// primary may be about to lose it (see `Replication`), so it is not acked.
+    #[error("bus unavailable: no replica confirmed the message")]
+    NotReplicated,
     /// Redis answered with something this code did not write.
     #[error("unexpected reply from redis: {0}")]
     Unexpected(String),

@@ -128,27 +128,38 @@ async fn traffic(
             .unwrap();
     }
     let stop = Arc::new(AtomicBool::new(false));
+    // Open loop, as clients send: one publish every 4 ms whatever the
+    // earlier ones are waiting for, so a stalled primary has many in its
+    // socket when it goes on.
     let publishing = {
         let (rooms, stop) = (rooms.clone(), stop.clone());
+        let publisher = Arc::new(publisher);
         tokio::spawn(async move {
-            let mut acked: HashMap<RoomId, Vec<Position>> = HashMap::new();
+            let mut sends = tokio::task::JoinSet::new();
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
-                let room = &rooms[n % rooms.len()];
+                let room = rooms[n % rooms.len()].clone();
                 n += 1;
-                // An error is an unacked message: it may or may not arrive.
-                if let Ok(Ok(m)) = timeout(
-                    Duration::from_secs(3),
-                    publisher.bus.publish_message(&draft(room, n)),
-                )
-                .await
-                {
-                    acked
-                        .entry(room.clone())
-                        .or_default()
-                        .push(Position::parse(m.id.as_str()).unwrap());
-                }
+                let publisher = publisher.clone();
+                sends.spawn(async move {
+                    let sent = timeout(
+                        Duration::from_secs(10),
+                        publisher.bus.publish_message(&draft(&room, n)),
+                    )
+                    .await;
+                    // An error is an unacked message: it may or may not arrive.
+                    match sent {
+                        Ok(Ok(m)) => Some((room, Position::parse(m.id.as_str()).unwrap())),
+                        _ => None,
+                    }
+                });
                 tokio::time::sleep(Duration::from_millis(4)).await;
+            }
+            let mut acked: HashMap<RoomId, Vec<Position>> = HashMap::new();
+            while let Some(done) = sends.join_next().await {
+                if let Some((room, position)) = done.unwrap() {
+                    acked.entry(room).or_default().push(position);
+                }
             }
             acked
         })

@@ -6,6 +6,7 @@
 
 use super::Keyspace;
 use super::commands::Commands;
+use super::shards::Replication;
 use crate::history::{Draft, Epoch, HistoryPage, HistoryQuery, Position, Record, StreamId};
 use crate::{BusError, Topic};
 use banter_protocol::{Message, RoomId};
@@ -23,6 +24,13 @@ static READ_HISTORY: LazyLock<redis::Script> =
 /// Starts a new epoch if the caller's is still current: see the script.
 static BUMP_EPOCH: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("lua/bump_epoch.lua")));
+
+/// How long a stored message waits for a replica's copy (`WAIT`) on Redis
+/// Cluster before the sender is told `unavailable`: replication on a healthy
+/// shard takes well under a millisecond. A `WAIT` holds the node's
+/// connection to that primary while it waits, so this also bounds how long
+/// a replica that is resynchronising stalls the shard's other commands.
+const REPLICA_WAIT: Duration = Duration::from_millis(200);
 
 /// How much history a room keeps.
 #[derive(Clone, Copy, Debug)]
@@ -45,6 +53,7 @@ pub(super) async fn publish_message(
     commands: &Commands,
     names: &Keyspace,
     retention: Retention,
+    replication: Option<&Replication>,
     draft: &Draft,
 ) -> Result<Message, BusError> {
     let record = serde_json::to_string(&draft.to_record()).map_err(BusError::Encode)?;
@@ -55,24 +64,55 @@ pub(super) async fn publish_message(
     let publish = names.publish_command();
     let [stream, epoch] = keys(names, &draft.room);
     let ttl_ms = u64::try_from(retention.ttl.as_millis()).unwrap_or(u64::MAX);
-    let (epoch, id): (String, String) = commands
-        .run(|mut conn| async move {
-            PUBLISH_MESSAGE
-                .key(stream)
-                .key(epoch)
-                .arg(trim)
-                .arg(retention.size)
-                .arg(record)
-                .arg(channel)
-                .arg(head)
-                .arg(tail)
-                .arg(Epoch::random().to_string())
-                .arg(ttl_ms)
-                .arg(publish)
-                .invoke_async(&mut conn)
-                .await
-        })
-        .await?;
+    let replicated = replication.is_some_and(|r| r.replicated(&stream));
+    let fresh = Epoch::random().to_string();
+    let invocation = || {
+        let mut invocation = PUBLISH_MESSAGE.prepare_invoke();
+        invocation
+            .key(&stream)
+            .key(&epoch)
+            .arg(trim)
+            .arg(retention.size)
+            .arg(&record)
+            .arg(&channel)
+            .arg(&head)
+            .arg(&tail)
+            .arg(&fresh)
+            .arg(ttl_ms)
+            .arg(publish);
+        invocation
+    };
+    let (epoch, id): (String, String) = if replicated {
+        // The script and a WAIT in one pipeline, so that both go to the
+        // primary of the room's slot.
+        let wait_ms = u64::try_from(REPLICA_WAIT.as_millis()).unwrap_or(u64::MAX);
+        let (stored, copies): ((String, String), i64) = commands
+            .run(|mut conn| async move {
+                let invocation = invocation();
+                let mut pipe = redis::pipe();
+                pipe.invoke_script(&invocation);
+                pipe.cmd("WAIT").arg(1).arg(wait_ms);
+                match pipe.query_async(&mut conn).await {
+                    Err(e)
+                        if e.kind()
+                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                    {
+                        invocation.load_async(&mut conn).await?;
+                        pipe.query_async(&mut conn).await
+                    }
+                    other => other,
+                }
+            })
+            .await?;
+        if copies < 1 {
+            return Err(BusError::NotReplicated);
+        }
+        stored
+    } else {
+        commands
+            .run(|mut conn| async move { invocation().invoke_async(&mut conn).await })
+            .await?
+    };
     let position = match (Epoch::parse(&epoch), StreamId::parse(&id)) {
         (Some(epoch), Some(id)) => Position { epoch, id },
         _ => return Err(BusError::Unexpected(format!("a position `{epoch}:{id}`"))),

@@ -130,6 +130,9 @@ pub struct RedisBus {
 struct Inner {
     commands: Arc<commands::Commands>,
     names: Keyspace,
+    /// On Redis Cluster, which slots have replicas (a stored message is
+    /// acked once one has it).
+    replication: Option<shards::Replication>,
     retention: Retention,
     requests: mpsc::Sender<Request>,
     status: watch::Receiver<BusStatus>,
@@ -142,6 +145,15 @@ impl fmt::Debug for Inner {
             .field("status", &*self.status.borrow())
             .finish_non_exhaustive()
     }
+}
+
+/// What differs between a bus on one Redis and on a cluster.
+struct Parts {
+    names: Keyspace,
+    health: String,
+    connector: Connector,
+    commands: Arc<Commands>,
+    replication: Option<shards::Replication>,
 }
 
 /// What a `subscribe`/`unsubscribe` asks of the subscriber task.
@@ -170,10 +182,14 @@ impl RedisBus {
             Box::pin(async move { pool_publish(&pool, &channel, b"w").await.is_ok() })
         };
         let connector = Connector::Single { client, pool };
-        RedisBus::start(
-            config, names, health, connector, commands, writable, status_tx, status,
-        )
-        .await
+        let parts = Parts {
+            names,
+            health,
+            connector,
+            commands,
+            replication: None,
+        };
+        RedisBus::start(config, parts, writable, status_tx, status).await
     }
 
     /// The bus on a Redis Cluster found from `seeds` (`redis://host:port`
@@ -207,10 +223,17 @@ impl RedisBus {
             ..BusStatus::default()
         });
         let commands = Arc::new(commands::Commands::cluster(client, status.clone()));
+        let replication = shards::Replication::default();
         let (probe_commands, probe_channel) = (commands.clone(), health.clone());
+        let probe_replication = replication.clone();
         let writable = move || -> BoxFuture<'static, bool> {
             let (commands, channel) = (probe_commands.clone(), probe_channel.clone());
+            let replication = probe_replication.clone();
             Box::pin(async move {
+                // Replicas come and go without the subscriber's link
+                // noticing (a replica that attaches late, one that dies):
+                // which slots have one is read again on every tick.
+                refresh_replication(&commands, &replication).await;
                 let publish = commands.run(|mut conn| async move {
                     redis::cmd("SPUBLISH")
                         .arg(channel)
@@ -221,26 +244,37 @@ impl RedisBus {
                 matches!(time::timeout(COMMAND_TIMEOUT, publish).await, Ok(Ok(_)))
             })
         };
-        let connector = Connector::Cluster { seeds, id };
-        RedisBus::start(
-            config, names, health, connector, commands, writable, status_tx, status,
-        )
-        .await
+        let connector = Connector::Cluster {
+            seeds,
+            id,
+            replication: replication.clone(),
+        };
+        let parts = Parts {
+            names,
+            health,
+            connector,
+            commands,
+            replication: Some(replication),
+        };
+        RedisBus::start(config, parts, writable, status_tx, status).await
     }
 
     /// Starts the subscriber task and the writability watch, and waits (at
     /// most a few seconds) for the first connection.
-    #[allow(clippy::too_many_arguments)]
     async fn start(
         config: RedisBusConfig,
-        names: Keyspace,
-        health: String,
-        connector: Connector,
-        commands: Arc<Commands>,
+        parts: Parts,
         writable: impl Fn() -> BoxFuture<'static, bool> + Send + 'static,
         status_tx: watch::Sender<BusStatus>,
         status: watch::Receiver<BusStatus>,
     ) -> Result<(RedisBus, Inbox), BusError> {
+        let Parts {
+            names,
+            health,
+            connector,
+            commands,
+            replication,
+        } = parts;
         if config.probe_interval.is_zero() {
             return Err(BusError::Config("probe_interval must be above zero"));
         }
@@ -276,6 +310,7 @@ impl RedisBus {
         let inner = Inner {
             commands,
             names,
+            replication,
             retention,
             requests: requests_tx,
             status,
@@ -353,7 +388,15 @@ impl Bus for RedisBus {
     async fn publish_message(&self, draft: &Draft) -> Result<Message, BusError> {
         self.check_up()?;
         let inner = &self.inner;
-        history::publish_message(&inner.commands, &inner.names, inner.retention, draft).await
+        let replication = inner.replication.as_ref();
+        history::publish_message(
+            &inner.commands,
+            &inner.names,
+            inner.retention,
+            replication,
+            draft,
+        )
+        .await
     }
 
     async fn history(&self, room: &RoomId, query: HistoryQuery) -> Result<HistoryPage, BusError> {
@@ -411,6 +454,24 @@ async fn watch_writable(
         }
         let writable = writable().await;
         status.send_if_modified(|s| std::mem::replace(&mut s.writable, writable) != writable);
+    }
+}
+
+/// Reads which slots have replicas anew (`CLUSTER SLOTS` from any node).
+async fn refresh_replication(commands: &Commands, replication: &shards::Replication) {
+    let slots = commands.run(|mut conn| async move {
+        redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async::<redis::Value>(&mut conn)
+            .await
+    });
+    let learned = match time::timeout(COMMAND_TIMEOUT, slots).await {
+        Ok(Ok(reply)) => replication.learn_from(reply).map_err(BusError::Redis),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(BusError::Down),
+    };
+    if let Err(e) = learned {
+        tracing::debug!(error = %e, "redis bus: cannot read which slots have replicas now");
     }
 }
 

@@ -79,10 +79,12 @@ pub(super) async fn connect(
     seeds: &[ConnectionInfo],
     names: &Keyspace,
     id: &str,
+    replication: &Replication,
 ) -> Result<(ShardSink, ShardStream), RedisError> {
     let (seed, ranges) = topology(seeds).await?;
+    replication.learn(&ranges);
     let mut primaries: BTreeMap<(String, u16), Vec<(u16, u16)>> = BTreeMap::new();
-    for (start, end, host, port) in ranges {
+    for (start, end, host, port, _) in ranges {
         primaries
             .entry((host, port))
             .or_default()
@@ -261,6 +263,55 @@ impl ShardStream {
     }
 }
 
+/// Which slots have a replica, as the last topology read said. A message
+/// stored on such a slot's primary is acked only once a replica has it
+/// (`WAIT`): a primary that stalls, is replaced by its replica and comes
+/// back may take writes for a moment before it learns that it was demoted,
+/// and throws them away then; without a replica's copy the sender is told
+/// `unavailable` instead of being acked for a message nobody will get. A
+/// slot without replicas (none configured, or a replica that took over and
+/// has none yet) is acked as soon as its primary stored the message.
+///
+/// The map is read anew with every link to the cluster and on every tick
+/// of the bus's writability check (`CLUSTER SLOTS`, once per probe
+/// interval): a replica that attaches late is waited for, one that died
+/// does not keep its primary's rooms refused.
+#[derive(Clone, Debug, Default)]
+pub struct Replication {
+    replicated: Arc<std::sync::RwLock<Vec<bool>>>,
+}
+
+impl Replication {
+    /// Learns which slots have replicas from a `CLUSTER SLOTS` reply.
+    pub(super) fn learn_from(&self, reply: Value) -> Result<(), RedisError> {
+        self.learn(&parse_slots(reply, "")?);
+        Ok(())
+    }
+
+    fn learn(&self, ranges: &[Range]) {
+        let mut slots = vec![false; usize::from(keyspace::SLOTS)];
+        for &(start, end, _, _, replicas) in ranges {
+            for slot in start..=end.min(keyspace::SLOTS - 1) {
+                slots[usize::from(slot)] = replicas > 0;
+            }
+        }
+        *self
+            .replicated
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = slots;
+    }
+
+    /// Whether `key`'s slot had a replica at the last look.
+    pub fn replicated(&self, key: &str) -> bool {
+        self.replicated
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(usize::from(keyspace::slot(key)))
+            .copied()
+            .unwrap_or(false)
+    }
+}
+
 /// `SSUBSCRIBE channel`, within [`COMMAND_TIMEOUT`]. Redis answers a
 /// RESP3 subscribe with one push, which the client library takes as the
 /// command's reply (and copies to the push sender).
@@ -274,7 +325,9 @@ async fn ssubscribe(conn: &mut MultiplexedConnection, channel: &str) -> Result<(
 }
 
 /// One slot range and its primary: start, end, host, port.
-type Range = (u16, u16, String, u16);
+/// One slot range: start, end, its primary's host and port, and how many
+/// replicas serve it.
+type Range = (u16, u16, String, u16, usize);
 
 /// `CLUSTER SLOTS` from the first seed that answers, with that seed. All
 /// seeds are asked at once: a dead or hung one costs nothing.
@@ -324,6 +377,7 @@ fn parse_slots(reply: Value, seed_host: &str) -> Result<Vec<Range>, RedisError> 
         else {
             return Err(bad());
         };
+        let replicas = fields.count();
         let mut primary = primary.into_iter();
         let host = match primary.next() {
             Some(Value::BulkString(h)) => String::from_utf8(h).map_err(|_| bad())?,
@@ -345,7 +399,7 @@ fn parse_slots(reply: Value, seed_host: &str) -> Result<Vec<Range>, RedisError> 
         ) else {
             return Err(bad());
         };
-        ranges.push((start, end, host, port));
+        ranges.push((start, end, host, port, replicas));
     }
     if ranges.is_empty() {
         return Err(cluster_error("the cluster serves no slots"));
@@ -404,10 +458,17 @@ mod tests {
         assert_eq!(
             ranges,
             [
-                (0, 5460, "127.0.0.1".to_owned(), 7000),
-                (5461, 16383, "10.0.0.1".to_owned(), 7001)
+                (0, 5460, "127.0.0.1".to_owned(), 7000, 1),
+                (5461, 16383, "10.0.0.1".to_owned(), 7001, 0)
             ]
         );
+        let replication = Replication::default();
+        assert!(!replication.replicated("a"));
+        replication.learn(&ranges);
+        let (on_first, on_second) = ("{s2}", "foo");
+        assert!(keyspace::slot(on_first) <= 5460 && keyspace::slot(on_second) > 5460);
+        assert!(replication.replicated(on_first));
+        assert!(!replication.replicated(on_second));
         assert!(parse_slots(Value::Array(vec![]), "").is_err());
         assert!(parse_slots(Value::Int(3), "").is_err());
     }

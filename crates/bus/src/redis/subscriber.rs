@@ -27,6 +27,12 @@ use crate::inbox::InboxSender;
 use crate::{BusError, BusEvent, BusStatus, Envelope, Topic};
 use bytes::Bytes;
 
+/// The backoff cap on a Redis Cluster. A failover makes every attempt fail
+/// until the replica has taken over (about `cluster-node-timeout`), and a
+/// 5 s cap would then keep delivery away for up to 5 s more; the attempts
+/// are spread over the shards, and cheap for a cluster that answers.
+const CLUSTER_BACKOFF_CAP: Duration = Duration::from_secs(1);
+
 /// While Redis stays unreachable, one failed attempt in this many is logged
 /// as a warning (the others at debug), so an outage is seen but not spammed.
 const WARN_EVERY: u32 = 20;
@@ -91,6 +97,7 @@ pub(super) enum Connector {
     Cluster {
         seeds: Vec<ConnectionInfo>,
         id: String,
+        replication: shards::Replication,
     },
 }
 
@@ -204,7 +211,11 @@ impl Subscriber {
             } else if let Some(first) = first.take() {
                 let _ = first.send(());
             }
-            let delay = backoff(attempt);
+            let cap = match self.connector {
+                Connector::Single { .. } => BACKOFF_CAP,
+                Connector::Cluster { .. } => CLUSTER_BACKOFF_CAP,
+            };
+            let delay = backoff(attempt, cap);
             attempt = attempt.saturating_add(1);
             if self.while_down(time::sleep(delay)).await.is_none() {
                 return;
@@ -229,10 +240,15 @@ impl Subscriber {
                 };
                 self.while_down(connect).await
             }
-            Connector::Cluster { seeds, id } => {
+            Connector::Cluster {
+                seeds,
+                id,
+                replication,
+            } => {
                 let (seeds, id, names) = (seeds.clone(), id.clone(), self.names.clone());
+                let replication = replication.clone();
                 let connect = async move {
-                    let (sink, stream) = shards::connect(&seeds, &names, &id).await?;
+                    let (sink, stream) = shards::connect(&seeds, &names, &id, &replication).await?;
                     Ok((Sink::Sharded(sink), Stream::Sharded(stream)))
                 };
                 self.while_down(connect).await
@@ -650,10 +666,10 @@ impl Subscriber {
 /// Capped exponential backoff with full jitter: uniform in
 /// `0..=min(cap, base * 2^attempt)`, so a fleet of nodes does not reconnect
 /// in lockstep after an outage.
-fn backoff(attempt: u32) -> Duration {
+fn backoff(attempt: u32, cap: Duration) -> Duration {
     let ceiling = BACKOFF_BASE
         .saturating_mul(1u32 << attempt.min(16))
-        .min(BACKOFF_CAP);
+        .min(cap);
     let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
     Duration::from_millis(rand::rng().random_range(0..=millis))
 }
