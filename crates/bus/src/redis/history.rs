@@ -6,10 +6,12 @@
 
 use super::Keyspace;
 use super::commands::Commands;
+use super::commands::Conn;
 use super::shards::Replication;
 use crate::history::{Draft, Epoch, HistoryPage, HistoryQuery, Position, Record, StreamId};
 use crate::{BusError, Topic};
 use banter_protocol::{Message, RoomId};
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -82,37 +84,32 @@ pub(super) async fn publish_message(
             .arg(publish);
         invocation
     };
-    let (epoch, id): (String, String) = if replicated {
-        // The script and a WAIT in one pipeline, so that both go to the
-        // primary of the room's slot.
+    let slot = super::keyspace::slot(&stream);
+    let (epoch, id): (String, String) = commands
+        .run(|mut conn| async move { invocation().invoke_async(&mut conn).await })
+        .await?;
+    if replicated {
+        // Apart from the script, so that the client library's retry of a
+        // WAIT that failed (a primary demoted while it waited) never runs
+        // the script a second time on the new primary.
         let wait_ms = u64::try_from(REPLICA_WAIT.as_millis()).unwrap_or(u64::MAX);
-        let (stored, copies): ((String, String), i64) = commands
-            .run(|mut conn| async move {
-                let invocation = invocation();
-                let mut pipe = redis::pipe();
-                pipe.invoke_script(&invocation);
-                pipe.cmd("WAIT").arg(1).arg(wait_ms);
-                match pipe.query_async(&mut conn).await {
-                    Err(e)
-                        if e.kind()
-                            == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                    {
-                        invocation.load_async(&mut conn).await?;
-                        pipe.query_async(&mut conn).await
-                    }
-                    other => other,
-                }
+        let copies: i64 = commands
+            .run(|conn| async move {
+                let Conn::Cluster(mut conn) = conn else {
+                    return Ok(1);
+                };
+                let mut wait = redis::cmd("WAIT");
+                wait.arg(1).arg(wait_ms);
+                let primary = Route::new(slot, SlotAddr::Master);
+                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(primary));
+                let copies = conn.route_command(wait, route).await?;
+                Ok(redis::from_redis_value::<i64>(copies)?)
             })
             .await?;
         if copies < 1 {
             return Err(BusError::NotReplicated);
         }
-        stored
-    } else {
-        commands
-            .run(|mut conn| async move { invocation().invoke_async(&mut conn).await })
-            .await?
-    };
+    }
     let position = match (Epoch::parse(&epoch), StreamId::parse(&id)) {
         (Some(epoch), Some(id)) => Position { epoch, id },
         _ => return Err(BusError::Unexpected(format!("a position `{epoch}:{id}`"))),
