@@ -7,12 +7,12 @@
 #   loadtest/bench.sh                 # the full run (about 15 minutes)
 #   QUICK=1 loadtest/bench.sh         # small sizes, to check the script itself
 #   ONLY=bigroom loadtest/bench.sh    # only these sections (comma-separated:
-#                                     # idle,bigroom,fanout,floor,rooms,churn),
+#                                     # idle,bigroom,fanout,floor,rooms,shards,churn),
 #                                     # spliced into the existing BENCHMARKS.md
 #                                     # in place of their old text; the rest
 #                                     # of the file is kept as it is
 #
-# Needs redis-server, curl and jq. All traffic stays on 127.0.0.0/8; every
+# Needs redis-server, redis-cli (the shards section), curl and jq. All traffic stays on 127.0.0.0/8; every
 # run is bounded in count and time. The nodes run with the rate limit raised
 # (a bench publisher sends far more than a chat user may); nothing else is tuned.
 set -euo pipefail
@@ -22,14 +22,14 @@ QUICK=${QUICK:-0}
 ONLY=${ONLY:-}
 OUT=${OUT:-$ROOT/BENCHMARKS.md}
 FINAL=$OUT
-SECTIONS="idle bigroom fanout floor rooms churn"
+SECTIONS="idle bigroom fanout floor rooms shards churn"
 for s in ${ONLY//,/ }; do
   [[ " $SECTIONS " == *" $s "* ]] || { echo "ONLY: unknown section $s (one of: $SECTIONS)" >&2; exit 1; }
 done
 RES=$ROOT/loadtest/results
 mkdir -p "$RES"
 
-for tool in redis-server curl jq; do
+for tool in redis-server redis-cli curl jq; do
   command -v "$tool" >/dev/null || { echo "bench.sh needs $tool" >&2; exit 1; }
 done
 
@@ -44,9 +44,11 @@ ulimit -n "$(ulimit -Hn)"
 
 if [ "$QUICK" = 1 ]; then
   IDLE_N=2000; SUBS=200; RATES="50 200"; ROOMS=200; WINDOW=5s; WARM=1s; CHURN_RATE=50; CHURN_FOR=3s
+  SHARD_ROOMS=200
   PAIRS=1; PAIR_WINDOW=3s; BIG_N=2000; BIG_HOLD=4s
 else
   IDLE_N=20000; SUBS=1000; RATES="25 50 100 200 400 800"; ROOMS=5000; WINDOW=20s; WARM=5s; CHURN_RATE=200; CHURN_FOR=20s
+  SHARD_ROOMS=2000
   PAIRS=3; PAIR_WINDOW=15s; BIG_N=20000; BIG_HOLD=10s
 fi
 
@@ -65,6 +67,7 @@ declare -A HEADING=(
   [fanout]="## Fan-out"
   [floor]="## The floor"
   [rooms]="## Rooms"
+  [shards]="## Shards"
   [churn]="## Churn"
 )
 want() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
@@ -308,6 +311,104 @@ section_rooms() {
   echo -e "\nBus and delivery counters per node after the run (\`/metrics\`):\n\n\`\`\`" >>"$OUT"
   metrics >>"$OUT"
   echo '```' >>"$OUT"
+}
+
+# --- shards -------------------------------------------------------------------
+# A Redis Cluster of $1 primaries (no replicas) from redis-server
+# --cluster-enabled yes, and two nodes in cluster mode on it: sets what
+# cluster_up sets, and SHARD_PORTS, SHARD_PIDS.
+shards_up() {
+  cleanup
+  local n=$1 i p ports=() seeds=()
+  SHARD_PORTS=(); SHARD_PIDS=()
+  for i in $(seq 1 "$n"); do
+    # The cluster bus listens on port + 10000.
+    p=$(free_port)
+    while [ "$p" -gt 22000 ] || (exec 3<>"/dev/tcp/127.0.0.1/$((p + 10000))") 2>/dev/null; do p=$(free_port); done
+    mkdir -p "$BIN/shard-$p"
+    redis-server --port "$p" --bind 127.0.0.1 --save '' --appendonly no --cluster-enabled yes \
+      --cluster-config-file "$BIN/shard-$p/nodes.conf" --dir "$BIN/shard-$p" \
+      >"$BIN/shard-$p.log" 2>&1 &
+    PIDS+=($!); SHARD_PIDS+=($!); SHARD_PORTS+=("$p")
+    ports+=("127.0.0.1:$p"); seeds+=("redis://127.0.0.1:$p/")
+  done
+  for p in "${SHARD_PORTS[@]}"; do
+    for _ in $(seq 1 50); do redis-cli -p "$p" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  done
+  redis-cli --cluster create "${ports[@]}" --cluster-replicas 0 --cluster-yes >"$BIN/cluster-create.log" 2>&1
+  for _ in $(seq 1 100); do
+    local ok=1
+    for p in "${SHARD_PORTS[@]}"; do
+      redis-cli -p "$p" cluster info | grep -q 'cluster_state:ok' || ok=0
+    done
+    [ "$ok" = 1 ] && break
+    sleep 0.1
+  done
+  local seed_list; seed_list=$(IFS=,; echo "${seeds[*]}")
+  local p1 p2; p1=$(free_port); p2=$(free_port)
+  while [ "$p2" = "$p1" ]; do p2=$(free_port); done
+  env "${NODE_ENV[@]}" "$BIN/banter-node" --redis-cluster "$seed_list" --listen "127.0.0.1:$p1" --node-id a >"$BIN/node-a.log" 2>&1 &
+  local a=$!; PIDS+=($a)
+  env "${NODE_ENV[@]}" "$BIN/banter-node" --redis-cluster "$seed_list" --listen "127.0.0.1:$p2" --node-id b >"$BIN/node-b.log" 2>&1 &
+  local b=$!; PIDS+=($b)
+  N1="127.0.0.1:$p1"; N2="127.0.0.1:$p2"
+  wait_ready "$N1"; wait_ready "$N2"
+  NODES="$N1,$N2"; NODE_PIDS="$a,$b"; REDIS_PORT=${SHARD_PORTS[0]}
+}
+
+# CPU seconds (user + system) Redis on port $1 has used since it started.
+redis_cpu() {
+  redis-cli -p "$1" info cpu | awk -F: '/^used_cpu_(sys|user):/ {s += $2} END {printf "%.2f", s}'
+}
+
+# How many times Redis on port $1 ran command $2 (inside scripts included).
+redis_calls() {
+  redis-cli -p "$1" info commandstats | awk -F'[:=,]' -v c="cmdstat_$2" '$1 == c {print $3; f = 1} END {if (!f) print 0}'
+}
+
+# The rooms shape on one Redis, then on a Redis Cluster of three primaries:
+# per primary, its rooms (history streams), the messages it stored (XADD
+# calls) and its CPU; so messages per Redis CPU-second per shard and the
+# spread of the load over the shards.
+section_shards() {
+  echo -e "\n## Shards: $SHARD_ROOMS rooms of 4 on one Redis and on a Redis Cluster of three primaries\n" >>"$OUT"
+  rerun_note >>"$OUT"
+  {
+    echo "The rooms shape at $SHARD_ROOMS rooms (every member one message every 2 s), first on one"
+    echo 'Redis, then on three `redis-server --cluster-enabled yes` primaries (no replicas) with both'
+    echo 'nodes started with `--redis-cluster`. Redis'"'"'s CPU is read from `INFO cpu` over the'
+    echo "whole run (connecting, joining and presence included), its stored messages from"
+    echo '`INFO commandstats` (XADD, one per message), its rooms by scanning for history streams.'
+  } >>"$OUT"
+  local shards p cpu0 cpu1 calls rooms
+  for shards in 1 3; do
+    if [ "$shards" = 1 ]; then
+      cluster_up
+      SHARD_PORTS=("$REDIS_PORT")
+    else
+      shards_up 3
+    fi
+    declare -A before=()
+    for p in "${SHARD_PORTS[@]}"; do before[$p]=$(redis_cpu "$p"); done
+    echo -e "\n### $shards shard(s)" >>"$OUT"
+    run "shards-$shards" rooms --nodes "$NODES" --pids "$NODE_PIDS" --rooms "$SHARD_ROOMS" --members 4 --interval 2s \
+      --warmup "$WARM" --duration "$WINDOW" --sources 4
+    {
+      echo
+      echo "| shard | rooms | messages stored | Redis CPU | messages per Redis CPU-second |"
+      echo "| --- | ---: | ---: | ---: | ---: |"
+      local i=0
+      for p in "${SHARD_PORTS[@]}"; do
+        i=$((i + 1))
+        cpu1=$(redis_cpu "$p"); cpu0=${before[$p]}
+        calls=$(redis_calls "$p" xadd)
+        rooms=$(redis-cli -p "$p" --scan --pattern 'banter:history:*' | grep -vc ':epoch$' || true)
+        awk -v i="$i" -v r="$rooms" -v m="$calls" -v a="$cpu0" -v b="$cpu1" \
+          'BEGIN { c = b - a; printf "| %d | %d | %d | %.2f s | %d |\n", i, r, m, c, (c > 0 ? m / c : 0) }'
+      done
+    } >>"$OUT"
+    unset before
+  done
 }
 
 # --- churn --------------------------------------------------------------------
