@@ -81,8 +81,8 @@ REDIS_US_PER_CONNECTION = 13  # one SUBSCRIBE: the user's own topic
 # with every member joined, before the chatter).
 RSS_KIB_PER_MEMBER = 7.42
 LARGEST_JOINED_FRAME_B = 4_084
-# Presence frames each member read while the room filled: 0.867 per second.
-PRESENCE_FRAMES_PER_MEMBER_S_FILLING = 0.867
+# Presence frames each member read while the room filled: 1.029 per second.
+PRESENCE_FRAMES_PER_MEMBER_S_FILLING = 1.029
 
 # BENCHMARKS.md "Idle connections":
 #   banter-load idle --nodes A,B --pids PID_A,PID_B -n 20000 --sources 4 --hold 10s
