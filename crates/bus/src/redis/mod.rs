@@ -38,10 +38,12 @@ mod commands;
 mod framing;
 mod history;
 mod keyspace;
+mod lag;
 pub use commands::{Commands, Conn};
 pub use keyspace::{Keyspace, SLOTS, slot};
 mod link;
 mod repair;
+mod requests;
 mod shards;
 mod subscriber;
 
@@ -298,7 +300,7 @@ impl RedisBus {
             idle: HashMap::new(),
             unsubscribe_delay: config.unsubscribe_delay,
             out: VecDeque::new(),
-            lag: subscriber::Lag::default(),
+            lag: lag::Lag::default(),
             inbox: inbox_tx,
             status: status_tx.clone(),
         };

@@ -1,7 +1,9 @@
 //! The bus's subscriber link ([`super::link`]) and the task that owns it: the
 //! wanted topics and where each one's delivery stands, (re)subscribing, the
 //! health probe, reconnecting with jittered backoff, handing events to the
-//! inbox, and gap repair ([`super::repair`]) after every interruption.
+//! inbox, and gap repair ([`super::repair`]) after every interruption. What
+//! it does with requests on a live link is in [`super::requests`], how far
+//! behind the bus it reads in [`super::lag`].
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use tokio::time::{self, Instant, MissedTickBehavior};
 
 use super::commands::Commands;
 use super::history::{self, Mode, Retention};
+use super::lag::Lag;
 use super::link::{Sink, Stream};
 use super::repair::{Cursor, Repairs};
 use super::shards::{self, Incoming};
@@ -36,48 +39,6 @@ const CLUSTER_BACKOFF_CAP: Duration = Duration::from_secs(1);
 /// While Redis stays unreachable, one failed attempt in this many is logged
 /// as a warning (the others at debug), so an outage is seen but not spammed.
 const WARN_EVERY: u32 = 20;
-
-/// How far behind the bus the node reads, from the stream ids of the
-/// messages it takes: each carries Redis's clock when it was stored. The
-/// smallest difference to the node's clock seen so far stands for the
-/// clocks' offset plus the network's latency; what a message's difference
-/// exceeds it by is how long it waited to be read (in the client library's
-/// unbounded buffer, while the fan-out was behind). The floor creeps up by
-/// [`LAG_FLOOR_CREEP`] of the time that passes, so a clock that steps
-/// forward is absorbed instead of counting as lag for ever.
-#[derive(Debug, Default)]
-pub(super) struct Lag {
-    floor: Option<(i64, u64)>,
-    /// The lag of the newest message read.
-    pub(super) now: Duration,
-}
-
-/// The share of elapsed time by which [`Lag`]'s floor may rise (1 %).
-const LAG_FLOOR_CREEP: u64 = 100;
-
-impl Lag {
-    /// Notes a message stored at `stored_ms` (Redis's clock) read at
-    /// `now_ms` (ours); returns its lag.
-    pub(super) fn observe(&mut self, stored_ms: u64, now_ms: u64) -> Duration {
-        let difference = i64::try_from(now_ms).unwrap_or(i64::MAX)
-            - i64::try_from(stored_ms).unwrap_or(i64::MAX);
-        // The floor as of `now_ms`: where it was set, risen since.
-        let risen = self.floor.map(|(floor, at)| {
-            let creep =
-                i64::try_from(now_ms.saturating_sub(at) / LAG_FLOOR_CREEP).unwrap_or(i64::MAX);
-            floor.saturating_add(creep)
-        });
-        let floor = match risen {
-            Some(floor) if floor <= difference => floor,
-            _ => {
-                self.floor = Some((difference, now_ms));
-                difference
-            }
-        };
-        self.now = Duration::from_millis(u64::try_from(difference - floor).unwrap_or(0));
-        self.now
-    }
-}
 
 /// Why [`Subscriber::serve`] stopped.
 enum Ended {
@@ -299,7 +260,7 @@ impl Subscriber {
     /// nothing to know for a user's topic. A room whose history cannot be
     /// read now gets no baseline: an interruption before its first live
     /// message is then announced as a gap rather than repaired.
-    async fn baselines(&self, topics: Vec<Topic>) -> Vec<(Topic, Cursor)> {
+    pub(super) async fn baselines(&self, topics: Vec<Topic>) -> Vec<(Topic, Cursor)> {
         let mut reads = JoinSet::new();
         let mut out = Vec::new();
         for topic in topics {
@@ -511,156 +472,6 @@ impl Subscriber {
             }
         }
     }
-
-    /// Answers one request on a live connection. `Err`: the connection
-    /// failed and must be replaced (the wanted set is already updated).
-    async fn answer(
-        &mut self,
-        sink: &mut Sink,
-        request: Request,
-        repairs: &mut Repairs,
-    ) -> Result<(), String> {
-        match request {
-            Request::Subscribe(topic, reply) => {
-                self.take_ref(&topic);
-                if self.topics.contains_key(&topic) {
-                    let _ = reply.send(Ok(()));
-                    return Ok(());
-                }
-                let baseline = self.baselines(vec![topic.clone()]).await;
-                let cursor = baseline
-                    .into_iter()
-                    .next()
-                    .map_or(Cursor::live_without_history(), |(_, c)| c);
-                let channel = self.names.channel(&topic);
-                self.topics.insert(topic.clone(), cursor);
-                match time::timeout(COMMAND_TIMEOUT, sink.subscribe(&[channel])).await {
-                    Ok(Ok(())) => {
-                        let _ = reply.send(Ok(()));
-                        Ok(())
-                    }
-                    // Redis refused it (ACL, ...): the connection is fine,
-                    // the topic cannot be had.
-                    // (A cluster's MOVED, ASK, TRYAGAIN or CLUSTERDOWN is not
-                    // a refusal: the topology changed, the link is rebuilt.)
-                    Ok(Err(e))
-                        if matches!(e.kind(), redis::ErrorKind::Server(_))
-                            && !e.is_cluster_error() =>
-                    {
-                        self.topics.remove(&topic);
-                        let _ = reply.send(Err(BusError::Redis(e)));
-                        Ok(())
-                    }
-                    // Kept as wanted: the next connection restores it.
-                    Ok(Err(e)) => {
-                        self.topics.insert(topic, Cursor::Pending);
-                        let reason = format!("SUBSCRIBE failed: {e}");
-                        let _ = reply.send(Err(BusError::Redis(e)));
-                        Err(reason)
-                    }
-                    Err(_) => {
-                        self.topics.insert(topic, Cursor::Pending);
-                        let _ = reply.send(Err(BusError::Down));
-                        Err("SUBSCRIBE timed out".into())
-                    }
-                }
-            }
-            Request::Unsubscribe(topic, reply) => {
-                if !self.give_ref(&topic) {
-                    let _ = reply.send(Ok(()));
-                    return Ok(());
-                }
-                if let Topic::Room(_) = topic
-                    && !self.unsubscribe_delay.is_zero()
-                {
-                    self.idle.insert(topic, Instant::now());
-                    let _ = reply.send(Ok(()));
-                    return Ok(());
-                }
-                // A user's topic goes at once: a direct message sent from
-                // now on finds nobody listening, and its sender is told.
-                let result = self.drop_topics(sink, vec![topic], repairs).await;
-                let _ = reply.send(Ok(()));
-                result
-            }
-        }
-    }
-
-    /// Takes a reference on `topic`; it is no longer idle.
-    fn take_ref(&mut self, topic: &Topic) {
-        *self.refs.entry(topic.clone()).or_default() += 1;
-        self.idle.remove(topic);
-    }
-
-    /// Gives a reference back: `true` when it was the topic's last.
-    fn give_ref(&mut self, topic: &Topic) -> bool {
-        match self.refs.get_mut(topic) {
-            Some(n) if *n > 1 => {
-                *n -= 1;
-                false
-            }
-            Some(_) => {
-                self.refs.remove(topic);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Unsubscribes, in one command, every room idle for longer than the delay.
-    async fn unsubscribe_idle(
-        &mut self,
-        sink: &mut Sink,
-        repairs: &mut Repairs,
-    ) -> Result<(), String> {
-        let now = Instant::now();
-        let delay = self.unsubscribe_delay;
-        if !self
-            .idle
-            .values()
-            .any(|since| now.duration_since(*since) >= delay)
-        {
-            return Ok(());
-        }
-        // With one due, those halfway there go too: rooms that emptied
-        // together leave together, in one command.
-        let due: Vec<Topic> = self
-            .idle
-            .iter()
-            .filter(|(_, since)| now.duration_since(**since) >= delay / 2)
-            .map(|(t, _)| t.clone())
-            .collect();
-        for topic in &due {
-            self.idle.remove(topic);
-        }
-        self.drop_topics(sink, due, repairs).await
-    }
-
-    /// Stops delivering `topics` now (the wanted set filters the stream,
-    /// whatever Redis says) and tells Redis in one UNSUBSCRIBE. `Err`: the
-    /// connection failed and must be replaced.
-    async fn drop_topics(
-        &mut self,
-        sink: &mut Sink,
-        topics: Vec<Topic>,
-        repairs: &mut Repairs,
-    ) -> Result<(), String> {
-        let mut channels = Vec::with_capacity(topics.len());
-        for topic in topics {
-            repairs.forget(&topic);
-            if self.topics.remove(&topic).is_some() {
-                channels.push(self.names.channel(&topic));
-            }
-        }
-        if channels.is_empty() {
-            return Ok(());
-        }
-        match time::timeout(COMMAND_TIMEOUT, sink.unsubscribe(&channels)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(format!("UNSUBSCRIBE failed: {e}")),
-            Err(_) => Err("UNSUBSCRIBE timed out".into()),
-        }
-    }
 }
 
 /// Capped exponential backoff with full jitter: uniform in
@@ -684,48 +495,4 @@ fn timed_out(what: &str) -> RedisError {
         std::io::ErrorKind::TimedOut,
         format!("{what} timed out"),
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ms(d: Duration) -> u64 {
-        u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-    }
-
-    #[test]
-    fn lag_is_what_a_message_waited_beyond_the_clocks_offset() {
-        let mut lag = Lag::default();
-        // Redis's clock runs 3 s ahead of ours; messages read at once.
-        assert_eq!(ms(lag.observe(13_000, 10_000)), 0);
-        assert_eq!(ms(lag.observe(13_010, 10_010)), 0);
-        // One read 2 s after it was stored (less the floor's 1 % creep).
-        assert_eq!(ms(lag.observe(13_020, 12_020)), 2_000 - 20);
-        // A faster read lowers the floor at once.
-        assert_eq!(ms(lag.observe(14_100, 11_000)), 0);
-        assert_eq!(ms(lag.observe(14_100, 11_050)), 50);
-        // Frequent reads do not stop the creep.
-        for t in 0..1_000 {
-            lag.observe(14_100 + t, 11_050 + t);
-        }
-        assert_eq!(ms(lag.observe(15_100, 12_050)), 50 - 10);
-    }
-
-    #[test]
-    fn a_clock_that_steps_forward_is_absorbed() {
-        let mut lag = Lag::default();
-        assert_eq!(ms(lag.observe(1_000, 1_000)), 0);
-        // Our clock jumps 10 s ahead: it looks like lag at first (less the
-        // creep of the 10 s that passed)...
-        assert_eq!(ms(lag.observe(1_001, 11_001)), 10_000 - 100);
-        // ... and fades as the floor creeps up (1 % of the time passed).
-        let mut now = 11_001;
-        let mut last = Duration::MAX;
-        for _ in 0..100 {
-            now += 10_000;
-            last = lag.observe(now - 10_000, now);
-        }
-        assert!(last < Duration::from_millis(100), "{last:?}");
-    }
 }
