@@ -285,7 +285,7 @@ impl Presence for RedisPresence {
             .chunks(REFRESH_CHUNK)
             .zip(invocations.chunks(REFRESH_CHUNK))
         {
-            let replies: Vec<Value> = if self.commands.is_cluster() {
+            let replies: Vec<Value> = if self.names.is_cluster() {
                 // A cluster pipeline must not mix slots: one script per
                 // room, all in flight at once (each loads itself on NOSCRIPT).
                 let each = invocations.iter().map(|inv| {

@@ -211,21 +211,6 @@ impl RedisCluster {
         }
     }
 
-    /// Sends `signal` (`STOP`, `CONT`) to the node on `port`: a primary
-    /// stopped for longer than `cluster-node-timeout` is replaced, and when
-    /// it goes on it takes writes for a moment before it learns that.
-    pub fn signal(&self, port: u16, signal: &str) {
-        let node = self.nodes.iter().find(|n| n.port == port);
-        let Some(child) = node.and_then(|n| n.child.as_ref()) else {
-            panic!("no running node on {port}");
-        };
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success(), "kill -{signal} {port}");
-    }
-
     /// Waits until a replica has replaced the (killed) primary on `port`:
     /// as many primaries as before, `port` not among them, the cluster ok.
     pub fn wait_failover(&self, port: u16, primaries: usize) {

@@ -117,12 +117,6 @@ impl Commands {
         }
     }
 
-    /// Whether the commands go to a Redis Cluster (where a pipeline must not
-    /// mix slots).
-    pub fn is_cluster(&self) -> bool {
-        matches!(self.source, Source::Cluster(_))
-    }
-
     /// Commands over `pool` outside any bus (tools, tests): a connection
     /// that fails is replaced, there is no reconnect generation to follow.
     pub fn on_pool(pool: Pool) -> std::sync::Arc<Commands> {

@@ -66,7 +66,8 @@ pub(super) async fn publish_message(
     let publish = names.publish_command();
     let [stream, epoch] = keys(names, &draft.room);
     let ttl_ms = u64::try_from(retention.ttl.as_millis()).unwrap_or(u64::MAX);
-    let replicated = replication.is_some_and(|r| r.replicated(&stream));
+    let slot = super::keyspace::slot(&stream);
+    let replicated = replication.is_some_and(|r| r.replicated(slot));
     let fresh = Epoch::random().to_string();
     let invocation = || {
         let mut invocation = PUBLISH_MESSAGE.prepare_invoke();
@@ -84,7 +85,6 @@ pub(super) async fn publish_message(
             .arg(publish);
         invocation
     };
-    let slot = super::keyspace::slot(&stream);
     let (epoch, id): (String, String) = commands
         .run(|mut conn| async move { invocation().invoke_async(&mut conn).await })
         .await?;

@@ -45,11 +45,6 @@ impl Keyspace {
         }
     }
 
-    /// `redis.key_prefix`.
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-
     /// Whether the names are for Redis Cluster.
     pub fn is_cluster(&self) -> bool {
         self.cluster

@@ -15,10 +15,12 @@ use crate::BusError;
 
 /// Subscribes, unsubscribes and probes.
 pub(super) enum Sink {
-    /// One Redis; its probe channel is the bus's own health channel.
+    /// One Redis; its probe channel is the bus's own health channel, and
+    /// probes go through the pool (another connection).
     Single {
         sink: PubSubSink,
         health: String,
+        pool: Pool,
     },
     Sharded(ShardSink),
 }
@@ -63,13 +65,9 @@ impl Sink {
     /// Publishes probe `sequence` on every probe channel: on one Redis
     /// through the pool (another connection), on a cluster on each shard's
     /// own connection.
-    pub(super) fn probe(
-        &self,
-        pool: Option<&Pool>,
-        sequence: u64,
-    ) -> BoxFuture<'static, Result<(), BusError>> {
-        match (self, pool) {
-            (Sink::Single { health, .. }, Some(pool)) => {
+    pub(super) fn probe(&self, sequence: u64) -> BoxFuture<'static, Result<(), BusError>> {
+        match self {
+            Sink::Single { health, pool, .. } => {
                 let (pool, health) = (pool.clone(), health.clone());
                 Box::pin(async move {
                     pool_publish(&pool, &health, sequence.to_string().as_bytes())
@@ -77,8 +75,7 @@ impl Sink {
                         .map(drop)
                 })
             }
-            (Sink::Single { .. }, None) => Box::pin(async { Err(BusError::Down) }),
-            (Sink::Sharded(shards), _) => {
+            Sink::Sharded(shards) => {
                 let probe = shards.probe(sequence);
                 Box::pin(async move { probe.await.map_err(BusError::Redis) })
             }

@@ -189,15 +189,15 @@ impl Subscriber {
     /// its own.
     async fn link(&mut self) -> Option<Result<(Sink, Stream), RedisError>> {
         match &self.connector {
-            Connector::Single { client, .. } => {
-                let client = client.clone();
+            Connector::Single { client, pool } => {
+                let (client, pool) = (client.clone(), pool.clone());
                 let health = self.health.clone();
                 let connect = async move {
                     let pubsub = time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
                         .await
                         .map_err(|_| timed_out("connect"))??;
                     let (sink, stream) = pubsub.split();
-                    Ok((Sink::Single { sink, health }, Stream::Single(stream)))
+                    Ok((Sink::Single { sink, health, pool }, Stream::Single(stream)))
                 };
                 self.while_down(connect).await
             }
@@ -461,11 +461,7 @@ impl Subscriber {
                         None => {
                             sequence += 1;
                             awaiting = Some((sequence, now + window));
-                            let pool = match &self.connector {
-                                Connector::Single { pool, .. } => Some(pool),
-                                Connector::Cluster { .. } => None,
-                            };
-                            probes.spawn(sink.probe(pool, sequence));
+                            probes.spawn(sink.probe(sequence));
                         }
                     }
                 }
