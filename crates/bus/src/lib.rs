@@ -19,17 +19,19 @@
 //! and in order, across reconnects (gap repair from history), or a
 //! [`BusEvent::Gap`] where history cannot fill the hole.
 
+pub mod dialogs;
 pub mod history;
 mod inbox;
 pub mod memory;
 pub mod redis;
 
+pub use dialogs::{DialogSummary, DmDraft, ReadMark, is_guest};
 pub use history::{DEFAULT_HISTORY, Draft, Epoch, HistoryPage, HistoryQuery, Position, StreamId};
 pub use inbox::Inbox;
 pub use memory::{MemoryBus, MemoryNetwork};
 pub use redis::{RedisBus, RedisBusConfig};
 
-use banter_protocol::{Message, RoomId, UserId};
+use banter_protocol::{DirectMessage, Message, RoomId, User, UserId};
 use bytes::Bytes;
 use tokio::sync::watch;
 
@@ -149,6 +151,37 @@ pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
 
     /// Reads a room's history.
     async fn history(&self, room: &RoomId, query: HistoryQuery) -> Result<HistoryPage, BusError>;
+
+    /// Stores a direct message in the dialog of its two users and delivers
+    /// it on both users' topics (every connection of each, on any node).
+    /// `Ok` once stored; the message's id is its position in the dialog.
+    async fn send_dm(&self, draft: &DmDraft) -> Result<DirectMessage, BusError>;
+
+    /// Reads the dialog of `me` and `with`, oldest first. An `After` from
+    /// another epoch (the dialog's history was lost since) reads the newest.
+    async fn dm_history(
+        &self,
+        me: &UserId,
+        with: &UserId,
+        query: HistoryQuery,
+    ) -> Result<Vec<DirectMessage>, BusError>;
+
+    /// The dialogs of `me`, most recent first, at most `limit`.
+    async fn dialogs(&self, me: &UserId, limit: usize) -> Result<Vec<DialogSummary>, BusError>;
+
+    /// Moves how far `by` has read the dialog with `with` up to `id` (never
+    /// back), and when it moved delivers a `read` receipt to both users.
+    /// `None` when `id` is not a position in the dialog's current history.
+    async fn mark_read(
+        &self,
+        by: &User,
+        with: &UserId,
+        id: Position,
+    ) -> Result<Option<ReadMark>, BusError>;
+
+    /// Whether some node listens on `user`'s topic (one of their
+    /// connections is open somewhere).
+    async fn online(&self, user: &UserId) -> Result<bool, BusError>;
 
     /// Takes a reference on `topic` for this node (a local member joined):
     /// the topic is delivered to this node's inbox while it holds any.

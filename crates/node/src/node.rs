@@ -87,7 +87,8 @@ impl Node {
     /// starts unready and keeps reconnecting.
     pub async fn connect(config: Config) -> Result<Node, NodeError> {
         if config.redis.url.is_empty() {
-            let network = MemoryNetwork::with_retention(config.history.size, config.history_ttl());
+            let network = MemoryNetwork::with_retention(config.history.size, config.history_ttl())
+                .with_dialogs(config.history.dialog_size, config.dialog_ttl());
             let (bus, inbox) = network.connect();
             let presence = MemoryPresence::on(network, presence_entry_ttl(&config));
             return Node::with_backends(config, Arc::new(bus), inbox, Arc::new(presence));
@@ -96,6 +97,8 @@ impl Node {
         let bus_config = RedisBusConfig {
             history_size: config.history.size,
             history_ttl: config.history_ttl(),
+            dialog_size: config.history.dialog_size,
+            dialog_ttl: config.dialog_ttl(),
             ..RedisBusConfig::new(redis.url.clone(), redis.key_prefix.clone())
         };
         let (bus, inbox) = match redis.mode {

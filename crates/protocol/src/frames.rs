@@ -47,6 +47,29 @@ pub enum ClientFrame {
         #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
         reference: Option<Ref>,
     },
+    /// List the connection's user's dialogs, most recent first.
+    Dialogs,
+    /// Read one dialog's stored messages.
+    DmHistory {
+        /// The other user of the dialog.
+        with: UserId,
+        /// Only messages older than this id (paging backwards).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        before: Option<MessageId>,
+        /// Only messages newer than this id (catching up after a reconnect).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<MessageId>,
+        /// At most this many (capped at 200).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
+    /// Mark a dialog read up to a message id.
+    Read {
+        /// The other user of the dialog.
+        with: UserId,
+        /// The newest message id read.
+        id: MessageId,
+    },
     /// "I am typing" in a room; relayed, never stored.
     Typing {
         /// The room.
@@ -81,8 +104,19 @@ pub enum ClientFrame {
 
 impl ClientFrame {
     /// Every client `type`, to tell an unknown type from a malformed known one.
-    pub const TYPES: [&'static str; 9] = [
-        "auth", "join", "leave", "send", "dm", "typing", "who", "history", "ping",
+    pub const TYPES: [&'static str; 12] = [
+        "auth",
+        "join",
+        "leave",
+        "send",
+        "dm",
+        "dialogs",
+        "dm_history",
+        "read",
+        "typing",
+        "who",
+        "history",
+        "ping",
     ];
 }
 
@@ -125,6 +159,17 @@ pub struct DirectMessage {
     pub text: String,
     /// Milliseconds since the Unix epoch, stamped by the node.
     pub ts: u64,
+}
+
+/// One dialog of a user, as `dialogs` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DialogEntry {
+    /// The other user.
+    pub with: User,
+    /// The newest message of the dialog.
+    pub last: DirectMessage,
+    /// Messages from the other user after the position this user has read.
+    pub unread: usize,
 }
 
 /// The `event` of a `presence` frame, with the fields each event carries.
@@ -209,6 +254,27 @@ pub enum ServerFrame {
         /// The other user of the dialog whose messages were missed.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         with: Option<UserId>,
+    },
+    /// The answer to `dialogs`: most recent first.
+    Dialogs {
+        /// The dialogs.
+        dialogs: Vec<DialogEntry>,
+    },
+    /// The answer to `dm_history`.
+    DmHistory {
+        /// The other user of the dialog.
+        with: UserId,
+        /// Oldest first.
+        messages: Vec<DirectMessage>,
+    },
+    /// A user read a dialog up to `id`: sent to every connection of both users.
+    Read {
+        /// Who read.
+        by: User,
+        /// The other user of the dialog.
+        with: UserId,
+        /// The newest message id read.
+        id: MessageId,
     },
     /// Someone is typing.
     Typing {

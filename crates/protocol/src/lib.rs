@@ -21,6 +21,7 @@ pub mod ids;
 
 pub use codes::{CloseReason, ErrorCode};
 pub use frames::{
-    ClientFrame, DirectMessage, FrameError, Limits, Message, PresenceEvent, ServerFrame, decode,
+    ClientFrame, DialogEntry, DirectMessage, FrameError, Limits, Message, PresenceEvent,
+    ServerFrame, decode,
 };
 pub use ids::{ConnId, DisplayName, IdError, MessageId, Ref, RoomId, User, UserId};

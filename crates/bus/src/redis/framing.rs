@@ -5,13 +5,13 @@
 //! @k3f9a2x1:1732380000000-0\n{"type":"message","room":"lobby","id":"k3f9a2x1:1732380000000-0",...}
 //! ```
 //!
-//! The store-and-publish script writes the header (`lua/publish_message.lua`);
+//! The store-and-publish script writes the header (`lua/publish_message.lua`),
+//! and so does a user's mailbox (`lua/deliver.lua`, its position in the mailbox);
 //! the subscriber strips it here, with a `Bytes` slice that copies nothing, so
 //! the node learns the position as data and never looks inside the JSON for it.
 //! A presence change, published by the presence scripts, starts with `!`
 //! (what follows is the presence store's own encoding). Everything else
-//! (typing, direct messages) is published as bare JSON, which always starts
-//! with `{`.
+//! (typing) is published as bare JSON, which always starts with `{`.
 
 use crate::history::Position;
 use bytes::Bytes;

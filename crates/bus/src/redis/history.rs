@@ -43,9 +43,9 @@ pub(crate) struct Retention {
     pub ttl: Duration,
 }
 
-/// The stream and epoch keys of a room.
-fn keys(names: &Keyspace, room: &RoomId) -> [String; 2] {
-    let stream = names.history(room);
+/// The stream and epoch keys of a topic.
+fn keys(names: &Keyspace, topic: &Topic) -> [String; 2] {
+    let stream = names.stream(topic);
     let epoch = format!("{stream}:epoch");
     [stream, epoch]
 }
@@ -62,9 +62,10 @@ pub(super) async fn publish_message(
     let (head, tail) = draft.frame_parts();
     // `MAXLEN ~ 0` may keep a whole radix node: no history means exactly none.
     let trim = if retention.size == 0 { "=" } else { "~" };
-    let channel = names.channel(&Topic::Room(draft.room.clone()));
+    let topic = Topic::Room(draft.room.clone());
+    let channel = names.channel(&topic);
     let publish = names.publish_command();
-    let [stream, epoch] = keys(names, &draft.room);
+    let [stream, epoch] = keys(names, &topic);
     let ttl_ms = u64::try_from(retention.ttl.as_millis()).unwrap_or(u64::MAX);
     let slot = super::keyspace::slot(&stream);
     let replicated = replication.is_some_and(|r| r.replicated(slot));
@@ -89,32 +90,39 @@ pub(super) async fn publish_message(
         .run(|mut conn| async move { invocation().invoke_async(&mut conn).await })
         .await?;
     if replicated {
-        // Apart from the script, so that the client library's retry of a
-        // WAIT that failed (a primary demoted while it waited) never runs
-        // the script a second time on the new primary.
-        let wait_ms = u64::try_from(REPLICA_WAIT.as_millis()).unwrap_or(u64::MAX);
-        let copies: i64 = commands
-            .run(|conn| async move {
-                let Conn::Cluster(mut conn) = conn else {
-                    return Ok(1);
-                };
-                let mut wait = redis::cmd("WAIT");
-                wait.arg(1).arg(wait_ms);
-                let primary = Route::new(slot, SlotAddr::Master);
-                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(primary));
-                let copies = conn.route_command(wait, route).await?;
-                Ok(redis::from_redis_value::<i64>(copies)?)
-            })
-            .await?;
-        if copies < 1 {
-            return Err(BusError::NotReplicated);
-        }
+        confirm_replica(commands, slot).await?;
     }
     let position = match (Epoch::parse(&epoch), StreamId::parse(&id)) {
         (Some(epoch), Some(id)) => Position { epoch, id },
         _ => return Err(BusError::Unexpected(format!("a position `{epoch}:{id}`"))),
     };
     Ok(draft.stamp(position.to_message_id()))
+}
+
+/// Waits for a replica of `slot`'s primary to confirm what was just written
+/// there (`WAIT 1`); [`BusError::NotReplicated`] when none does in time.
+/// Sent apart from the write, so that the client library's retry of a WAIT
+/// that failed (a primary demoted while it waited) never runs the write a
+/// second time on the new primary.
+pub(super) async fn confirm_replica(commands: &Commands, slot: u16) -> Result<(), BusError> {
+    let wait_ms = u64::try_from(REPLICA_WAIT.as_millis()).unwrap_or(u64::MAX);
+    let copies: i64 = commands
+        .run(|conn| async move {
+            let Conn::Cluster(mut conn) = conn else {
+                return Ok(1);
+            };
+            let mut wait = redis::cmd("WAIT");
+            wait.arg(1).arg(wait_ms);
+            let primary = Route::new(slot, SlotAddr::Master);
+            let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(primary));
+            let copies = conn.route_command(wait, route).await?;
+            Ok(redis::from_redis_value::<i64>(copies)?)
+        })
+        .await?;
+    if copies < 1 {
+        return Err(BusError::NotReplicated);
+    }
+    Ok(())
 }
 
 /// What one read of a room's stream saw.
@@ -127,8 +135,8 @@ pub(crate) struct Raw {
     pub newest: Option<StreamId>,
     /// How many entries the stream holds.
     pub len: usize,
-    /// The entries read, in the order the mode reads them.
-    pub entries: Vec<(StreamId, Record)>,
+    /// The entries read (as stored), in the order the mode reads them.
+    pub entries: Vec<(StreamId, String)>,
 }
 
 /// Which way a [`read_raw`] reads.
@@ -142,11 +150,22 @@ pub(crate) enum Mode {
     Latest,
 }
 
-/// Reads up to `count` entries of `room`'s stream with its epoch and bounds.
+/// Reads up to `count` entries of `topic`'s stream with its epoch and bounds.
 pub(crate) async fn read_raw(
     commands: &Commands,
     names: &Keyspace,
-    room: &RoomId,
+    topic: &Topic,
+    mode: Mode,
+    count: usize,
+) -> Result<Raw, BusError> {
+    read_stream(commands, keys(names, topic), mode, count).await
+}
+
+/// Reads up to `count` entries of a stream (and its epoch key) with its
+/// epoch and bounds.
+pub(crate) async fn read_stream(
+    commands: &Commands,
+    [stream, epoch]: [String; 2],
     mode: Mode,
     count: usize,
 ) -> Result<Raw, BusError> {
@@ -155,7 +174,6 @@ pub(crate) async fn read_raw(
         Mode::Before(id) => ("before", id.to_string()),
         Mode::Latest => ("latest", String::from("+")),
     };
-    let [stream, epoch] = keys(names, room);
     let flat: Vec<redis::Value> = commands
         .run(|mut conn| async move {
             READ_HISTORY
@@ -182,12 +200,9 @@ pub(crate) async fn read_raw(
         entries: Vec::new(),
     };
     while let (Some(id), Some(record)) = (text(), text()) {
-        match (
-            StreamId::parse(&id),
-            serde_json::from_str::<Record>(&record),
-        ) {
-            (Some(id), Ok(record)) => raw.entries.push((id, record)),
-            _ => tracing::warn!(%room, %id, "unreadable history entry skipped"),
+        match StreamId::parse(&id) {
+            Some(id) => raw.entries.push((id, record)),
+            None => tracing::warn!(%id, "an entry with an unreadable id skipped"),
         }
     }
     Ok(raw)
@@ -206,11 +221,22 @@ pub(super) async fn read(
         // One more than asked, to know whether the limit cut anything.
         HistoryQuery::After { since, limit } => (Mode::After(since.id), limit + 1),
     };
-    let raw = read_raw(commands, names, room, mode, count).await?;
+    let topic = Topic::Room(room.clone());
+    let mut raw = read_raw(commands, names, &topic, mode, count).await?;
     let Some(epoch) = raw.epoch else {
         return Ok(HistoryPage::default());
     };
     let ours = |p: Position| p.epoch == epoch;
+    let entries: Vec<(StreamId, Record)> = std::mem::take(&mut raw.entries)
+        .into_iter()
+        .filter_map(|(id, record)| match serde_json::from_str(&record) {
+            Ok(record) => Some((id, record)),
+            Err(_) => {
+                tracing::warn!(%room, %id, "unreadable history entry skipped");
+                None
+            }
+        })
+        .collect();
     let message =
         |(id, record): (StreamId, Record)| record.into_message(room, Position { epoch, id });
     let mut page = HistoryPage {
@@ -223,29 +249,29 @@ pub(super) async fn read(
         HistoryQuery::After { since, .. } | HistoryQuery::Before { before: since, .. }
             if !ours(since) => {}
         HistoryQuery::After { since, limit } => {
-            let cut = raw.entries.len() > limit;
-            page.messages = raw.entries.into_iter().take(limit).map(message).collect();
+            let cut = entries.len() > limit;
+            page.messages = entries.into_iter().take(limit).map(message).collect();
             // `since` is still kept, so nothing after it was trimmed; and the
             // limit cut nothing. When `since` itself is gone we cannot tell
             // whether anything followed it: say incomplete, never wrongly complete.
             page.complete = raw.oldest.is_some_and(|first| since.id >= first) && !cut;
         }
         HistoryQuery::Latest { .. } | HistoryQuery::Before { .. } => {
-            page.messages = raw.entries.into_iter().rev().map(message).collect();
+            page.messages = entries.into_iter().rev().map(message).collect();
         }
     }
     Ok(page)
 }
 
-/// Starts a new epoch for `room` unless another node already did; returns
-/// the epoch now in force.
+/// Starts a new epoch for `topic`'s stream unless another node already did;
+/// returns the epoch now in force.
 pub(crate) async fn bump_epoch(
     commands: &Commands,
     names: &Keyspace,
-    room: &RoomId,
+    topic: &Topic,
     seen: Epoch,
 ) -> Result<Option<Epoch>, BusError> {
-    let [_, epoch] = keys(names, room);
+    let [_, epoch] = keys(names, topic);
     let now: Option<String> = commands
         .run(|mut conn| async move {
             BUMP_EPOCH

@@ -14,7 +14,7 @@
 use std::fmt::Display;
 use std::sync::Arc;
 
-use banter_protocol::RoomId;
+use banter_protocol::{RoomId, UserId};
 
 use crate::Topic;
 
@@ -92,6 +92,30 @@ impl Keyspace {
     /// A room's history stream (its epoch is `{stream}:epoch`).
     pub fn history(&self, room: &RoomId) -> String {
         self.name("history", room)
+    }
+
+    /// The stream a topic's stored publishes are kept in: a room's history,
+    /// or a user's mailbox (`{prefix}:inbox:{user}`, the direct messages and
+    /// receipts delivered to them lately, which gap repair reads).
+    pub fn stream(&self, topic: &Topic) -> String {
+        match topic {
+            Topic::Room(room) => self.history(room),
+            Topic::User(user) => self.name("inbox", user),
+        }
+    }
+
+    /// The base of the keys of the dialog of two users (`{base}` is its
+    /// stream, `{base}:epoch` and `{base}:meta` the rest):
+    /// `{prefix}:dialog:{a}/{b}`, the ids in order (`/` is in no user id).
+    pub fn dialog(&self, a: &UserId, b: &UserId) -> String {
+        let (a, b) = crate::dialogs::pair(a, b);
+        self.name("dialog", format_args!("{a}/{b}"))
+    }
+
+    /// A user's list of dialogs: a sorted set of the other users, scored by
+    /// the time of the dialog's last message.
+    pub fn dialogs(&self, user: &UserId) -> String {
+        self.name("dialogs", user)
     }
 
     /// The base of a room's presence keys (the others are `{base}:{what}`).

@@ -35,6 +35,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time;
 
 mod commands;
+mod dialogs;
 mod framing;
 mod history;
 mod keyspace;
@@ -49,9 +50,10 @@ mod subscriber;
 
 use subscriber::{Connector, Subscriber};
 
-use crate::history::{DEFAULT_HISTORY, Draft, HistoryPage, HistoryQuery};
+use crate::dialogs::{DialogSummary, DmDraft, ReadMark};
+use crate::history::{DEFAULT_HISTORY, Draft, HistoryPage, HistoryQuery, Position};
 use crate::{Bus, BusError, BusStatus, Inbox, Topic, inbox};
-use banter_protocol::{Message, RoomId};
+use banter_protocol::{DirectMessage, Message, RoomId, User, UserId};
 use history::Retention;
 
 /// The longest a TCP connect plus handshake to Redis may take.
@@ -104,6 +106,10 @@ pub struct RedisBusConfig {
     /// How long a room stays subscribed after this node's last member of it
     /// left (a user's topic goes at once).
     pub unsubscribe_delay: Duration,
+    /// Direct messages kept per dialog (`history.dialog_size`).
+    pub dialog_size: usize,
+    /// A dialog expires this long after its last message (`history.dialog_ttl_ms`).
+    pub dialog_ttl: Duration,
 }
 
 impl RedisBusConfig {
@@ -118,6 +124,8 @@ impl RedisBusConfig {
             history_ttl: Duration::ZERO,
             max_lag: DEFAULT_MAX_LAG,
             unsubscribe_delay: DEFAULT_UNSUBSCRIBE_DELAY,
+            dialog_size: crate::dialogs::DEFAULT_DIALOG_SIZE,
+            dialog_ttl: crate::dialogs::DEFAULT_DIALOG_TTL,
         }
     }
 }
@@ -136,6 +144,7 @@ struct Inner {
     /// acked once one has it).
     replication: Option<shards::Replication>,
     retention: Retention,
+    dialog_retention: dialogs::DialogRetention,
     requests: mpsc::Sender<Request>,
     status: watch::Receiver<BusStatus>,
 }
@@ -314,6 +323,10 @@ impl RedisBus {
             names,
             replication,
             retention,
+            dialog_retention: dialogs::DialogRetention {
+                size: config.dialog_size,
+                ttl: config.dialog_ttl,
+            },
             requests: requests_tx,
             status,
         };
@@ -323,6 +336,15 @@ impl RedisBus {
             },
             inbox,
         ))
+    }
+
+    fn dialogs(&self) -> dialogs::Dialogs<'_> {
+        dialogs::Dialogs {
+            commands: &self.inner.commands,
+            names: &self.inner.names,
+            replication: self.inner.replication.as_ref(),
+            retention: self.inner.dialog_retention,
+        }
     }
 
     /// How this bus names its keys and channels (presence uses the same).
@@ -404,6 +426,38 @@ impl Bus for RedisBus {
     async fn history(&self, room: &RoomId, query: HistoryQuery) -> Result<HistoryPage, BusError> {
         self.check_up()?;
         history::read(&self.inner.commands, &self.inner.names, room, query).await
+    }
+
+    async fn send_dm(&self, draft: &DmDraft) -> Result<DirectMessage, BusError> {
+        self.check_up()?;
+        self.dialogs().send(draft).await
+    }
+
+    async fn dm_history(
+        &self,
+        me: &UserId,
+        with: &UserId,
+        query: HistoryQuery,
+    ) -> Result<Vec<DirectMessage>, BusError> {
+        self.dialogs().history(me, with, query).await
+    }
+
+    async fn dialogs(&self, me: &UserId, limit: usize) -> Result<Vec<DialogSummary>, BusError> {
+        self.dialogs().summaries(me, limit).await
+    }
+
+    async fn mark_read(
+        &self,
+        by: &User,
+        with: &UserId,
+        id: Position,
+    ) -> Result<Option<ReadMark>, BusError> {
+        self.check_up()?;
+        self.dialogs().read(by, with, id).await
+    }
+
+    async fn online(&self, user: &UserId) -> Result<bool, BusError> {
+        self.dialogs().online(user).await
     }
 
     async fn subscribe(&self, topic: &Topic) -> Result<(), BusError> {

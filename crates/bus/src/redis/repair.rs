@@ -22,7 +22,6 @@ use super::commands::Commands;
 use super::history::{self, Mode, Raw, Retention};
 use crate::history::{Epoch, Position, StreamId};
 use crate::{BusError, BusEvent, Envelope, Topic};
-use banter_protocol::RoomId;
 
 /// Messages read from history per round trip.
 const PAGE: usize = 256;
@@ -152,11 +151,11 @@ impl Repairs {
     pub fn start(&mut self, topic: Topic, cursor: Cursor, out: &mut VecDeque<BusEvent>) {
         match (cursor, &topic) {
             (Cursor::Pending, _) => {}
-            (Cursor::Unknown, _) | (_, Topic::User(_)) => out.push_back(BusEvent::Gap(topic)),
-            (Cursor::At { .. }, Topic::Room(_)) if self.retention.size == 0 => {
+            (Cursor::Unknown, _) => out.push_back(BusEvent::Gap(topic)),
+            (Cursor::At { .. }, _) if self.kept(&topic) == 0 => {
                 out.push_back(BusEvent::Gap(topic));
             }
-            (Cursor::At { id, .. }, Topic::Room(_)) => {
+            (Cursor::At { id, .. }, _) => {
                 self.active.insert(topic.clone(), Active::default());
                 self.read(topic, id.unwrap_or_default(), Duration::ZERO);
             }
@@ -256,6 +255,7 @@ impl Repairs {
                 return Next::Read(from, RETRY);
             }
         };
+        let kept = self.kept(topic);
         let Some(active) = self.active.get_mut(topic) else {
             return Next::Drop;
         };
@@ -300,18 +300,20 @@ impl Repairs {
             // Trimmed past where delivery stood.
             Some(at) if raw.oldest.is_some_and(|o| o > at) => announce(),
             // Empty when subscribed, full now: some of it may be trimmed.
-            None if raw.len >= self.retention.size => announce(),
+            None if raw.len >= kept => announce(),
             _ => {}
         }
-        let Topic::Room(room) = topic else {
-            return Next::Drop;
-        };
         let page_full = raw.entries.len() >= PAGE;
         for (sid, record) in raw.entries {
             let position = Position { epoch, id: sid };
             if cursor.advance(Some(position)) {
-                out.push_back(BusEvent::Envelope(stored(room, topic, position, record)));
-                active.repaired += 1;
+                match stored(topic, position, &record) {
+                    Some(envelope) => {
+                        out.push_back(BusEvent::Envelope(envelope));
+                        active.repaired += 1;
+                    }
+                    None => tracing::warn!(?topic, %sid, "an unreadable stored entry skipped"),
+                }
             }
         }
         let next = match *cursor {
@@ -354,14 +356,11 @@ impl Repairs {
             let Some((topic, after, delay)) = self.queued.pop_front() else {
                 return;
             };
-            let Topic::Room(room) = &topic else {
-                continue;
-            };
-            let (commands, names, room) = (self.commands.clone(), self.names.clone(), room.clone());
+            let (commands, names) = (self.commands.clone(), self.names.clone());
             self.steps.spawn(async move {
                 tokio::time::sleep(delay).await;
                 let raw =
-                    history::read_raw(&commands, &names, &room, Mode::After(after), PAGE).await;
+                    history::read_raw(&commands, &names, &topic, Mode::After(after), PAGE).await;
                 (topic, Step::Read(raw))
             });
         }
@@ -369,29 +368,40 @@ impl Repairs {
 
     /// Starts a new epoch for `topic`'s room, from `seen`.
     fn bump(&mut self, topic: Topic, seen: Epoch, newest: Option<StreamId>) {
-        let Topic::Room(room) = &topic else {
-            return;
-        };
-        let (commands, names, room) = (self.commands.clone(), self.names.clone(), room.clone());
+        let (commands, names) = (self.commands.clone(), self.names.clone());
         self.steps.spawn(async move {
-            let now = history::bump_epoch(&commands, &names, &room, seen).await;
+            let now = history::bump_epoch(&commands, &names, &topic, seen).await;
             (topic, Step::Bumped(now, newest))
         });
     }
 }
 
-/// A stored message as the envelope its publish carried: the same frame,
-/// byte for byte, at the same position.
-fn stored(
-    room: &RoomId,
-    topic: &Topic,
-    position: Position,
-    record: crate::history::Record,
-) -> Envelope {
-    Envelope {
+/// A stored publish as the envelope it was delivered in: the same frame,
+/// byte for byte, at the same position. A room's history keeps messages
+/// (the frame is built again from the record); a user's mailbox keeps the
+/// frames themselves.
+fn stored(topic: &Topic, position: Position, record: &str) -> Option<Envelope> {
+    let payload = match topic {
+        Topic::Room(room) => {
+            let record: crate::history::Record = serde_json::from_str(record).ok()?;
+            Bytes::from(record.into_draft(room).frame(position))
+        }
+        Topic::User(_) => Bytes::copy_from_slice(record.as_bytes()),
+    };
+    Some(Envelope {
         topic: topic.clone(),
         position: Some(position),
         presence: false,
-        payload: Bytes::from(record.into_draft(room).frame(position)),
+        payload,
+    })
+}
+
+impl Repairs {
+    /// How many entries `topic`'s stream keeps.
+    fn kept(&self, topic: &Topic) -> usize {
+        match topic {
+            Topic::Room(_) => self.retention.size,
+            Topic::User(_) => super::dialogs::MAILBOX_SIZE,
+        }
     }
 }

@@ -254,23 +254,19 @@ impl Subscriber {
         }
     }
 
-    /// Where delivery starts for topics about to be subscribed: for a room,
-    /// its history's newest position before the SUBSCRIBE (everything after
-    /// it arrives live, or is in the history a joining member reads);
-    /// nothing to know for a user's topic. A room whose history cannot be
+    /// Where delivery starts for topics about to be subscribed: the newest
+    /// position of the topic's stream (a room's history, a user's mailbox)
+    /// before the SUBSCRIBE (everything after it arrives live, or is in the
+    /// history a joining member reads). A topic whose stream cannot be
     /// read now gets no baseline: an interruption before its first live
     /// message is then announced as a gap rather than repaired.
     pub(super) async fn baselines(&self, topics: Vec<Topic>) -> Vec<(Topic, Cursor)> {
         let mut reads = JoinSet::new();
         let mut out = Vec::new();
         for topic in topics {
-            let Topic::Room(room) = &topic else {
-                out.push((topic, Cursor::live_without_history()));
-                continue;
-            };
-            let (commands, names, room) = (self.commands.clone(), self.names.clone(), room.clone());
+            let (commands, names) = (self.commands.clone(), self.names.clone());
             reads.spawn(async move {
-                let raw = history::read_raw(&commands, &names, &room, Mode::Latest, 0).await;
+                let raw = history::read_raw(&commands, &names, &topic, Mode::Latest, 0).await;
                 (topic, raw)
             });
         }

@@ -160,6 +160,7 @@ impl Config {
             ("heartbeat.idle_timeout_ms", self.heartbeat.idle_timeout_ms),
             ("presence.ttl_ms", self.presence.ttl_ms),
             ("history.ttl_ms", self.history.ttl_ms),
+            ("history.dialog_ttl_ms", self.history.dialog_ttl_ms),
         ] {
             if value < 10 {
                 return invalid(key, "must be at least 10 ms");
@@ -179,6 +180,19 @@ impl Config {
         }
         if self.limits.outbound_bytes == 0 {
             return invalid("limits.outbound_bytes", "must be at least 1");
+        }
+        if self.history.dialog_size == 0 {
+            return invalid(
+                "history.dialog_size",
+                "must be at least 1: direct messages are delivered from their dialog",
+            );
+        }
+        let url = &self.auth.connect_url;
+        if !url.is_empty() && !(url.starts_with("http://") && url.parse::<hyper::Uri>().is_ok()) {
+            return invalid(
+                "auth.connect_url",
+                "must be an http:// URL, e.g. http://app:8000/chat/connect",
+            );
         }
         Ok(())
     }

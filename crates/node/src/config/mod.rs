@@ -240,6 +240,10 @@ pub struct HistoryConfig {
     /// A room's history expires this long after its last message, so rooms
     /// nobody uses any more do not stay in Redis forever.
     pub ttl_ms: u64,
+    /// Direct messages kept per dialog (pair of users).
+    pub dialog_size: usize,
+    /// A dialog expires this long after its last message.
+    pub dialog_ttl_ms: u64,
 }
 
 impl Default for HistoryConfig {
@@ -247,6 +251,8 @@ impl Default for HistoryConfig {
         Self {
             size: 200,
             ttl_ms: 86_400_000,
+            dialog_size: 200,
+            dialog_ttl_ms: 604_800_000,
         }
     }
 }
@@ -273,6 +279,10 @@ pub struct AuthConfig {
     pub audience: String,
     /// When set, a token's `iss` must equal it; empty = `iss` not checked.
     pub issuer: String,
+    /// The app's own session check: on each upgrade the node POSTs the
+    /// query, cookies and selected headers here and takes the identity it
+    /// returns; empty = off.
+    pub connect_url: String,
 }
 
 impl Default for AuthConfig {
@@ -285,6 +295,7 @@ impl Default for AuthConfig {
             leeway_ms: 60_000,
             audience: String::new(),
             issuer: String::new(),
+            connect_url: String::new(),
         }
     }
 }
@@ -342,6 +353,11 @@ impl Config {
     /// `history.ttl_ms`
     pub fn history_ttl(&self) -> Duration {
         Duration::from_millis(self.history.ttl_ms)
+    }
+
+    /// `history.dialog_ttl_ms`
+    pub fn dialog_ttl(&self) -> Duration {
+        Duration::from_millis(self.history.dialog_ttl_ms)
     }
 
     /// `presence.diff_interval_ms`

@@ -1,14 +1,13 @@
 //! What each client frame does: joining and leaving rooms (with recovery),
-//! sending, direct messages, typing, presence and history reads.
+//! sending, typing, presence and history reads (direct messages are in
+//! [`super::dialogs`]).
 
 use super::rules::{HISTORY_LIMIT, RECENT_HISTORY, ROOMS_PER_MINUTE, TRIM_SLACK, check_text, fit};
 use super::session::Session;
 use crate::metrics::DropReason;
 use crate::presence::snapshot;
 use banter_bus::{Draft, HistoryQuery, Position, Topic};
-use banter_protocol::{
-    DirectMessage, ErrorCode, Message, MessageId, Ref, RoomId, ServerFrame, User, UserId,
-};
+use banter_protocol::{ErrorCode, Message, MessageId, Ref, RoomId, ServerFrame, User};
 use bytes::Bytes;
 use tokio::time::Instant;
 
@@ -143,7 +142,7 @@ impl Session {
     }
 
     /// Checks a chat text against the limits: the refusal, if any.
-    fn refuse_text(&self, text: &str, reference: &Option<Ref>) -> Option<ServerFrame> {
+    pub(super) fn refuse_text(&self, text: &str, reference: &Option<Ref>) -> Option<ServerFrame> {
         let max = self.node.inner.config.limits.max_text_chars;
         check_text(text, max)
             .err()
@@ -184,46 +183,6 @@ impl Session {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "publish failed");
-                inner.metrics.dropped(DropReason::BusUnavailable);
-                self.fail(
-                    ErrorCode::Unavailable,
-                    "the message was not sent: try again",
-                    reference,
-                )
-            }
-        }
-    }
-
-    /// A direct message goes to the user's topic: every node with one of
-    /// their connections is subscribed, so nobody receiving it means they
-    /// are online nowhere.
-    pub(super) async fn dm(
-        &mut self,
-        to: UserId,
-        text: String,
-        reference: Option<Ref>,
-    ) -> ServerFrame {
-        if let Some(refusal) = self.refuse_text(&text, &reference) {
-            return refusal;
-        }
-        let (id, ts) = self.node.stamp();
-        let frame = ServerFrame::Dm(DirectMessage {
-            id: id.clone(),
-            from: self.member.user.clone(),
-            to: to.clone(),
-            text,
-            ts,
-        });
-        let inner = &self.node.inner;
-        match inner
-            .bus
-            .publish(&Topic::User(to), Bytes::from(frame.to_json()))
-            .await
-        {
-            Ok(0) => self.fail(ErrorCode::NotFound, "that user is not online", reference),
-            Ok(_) => ServerFrame::Ack { reference, id },
-            Err(e) => {
-                tracing::warn!(error = %e, "dm publish failed");
                 inner.metrics.dropped(DropReason::BusUnavailable);
                 self.fail(
                     ErrorCode::Unavailable,

@@ -12,6 +12,7 @@
 
 mod bucket;
 mod commands;
+mod dialogs;
 mod drive;
 pub(crate) mod rules;
 mod session;

@@ -1,7 +1,8 @@
 //! What a client may ask for and say, shared by the socket commands and the
 //! HTTP room API: one check per rule.
 
-use banter_protocol::{ErrorCode, Message, User};
+use banter_protocol::{ErrorCode, User};
+use serde::Serialize;
 
 /// `join` without `since`, and `history` without `limit`, return this many
 /// recent messages.
@@ -24,10 +25,15 @@ pub(crate) const BYTES_PER_TOKEN: usize = 16 * 1024;
 /// (which it may join at once, as a reconnecting client does): every room
 /// brought into being leaves keys in Redis until they expire.
 pub(crate) const ROOMS_PER_MINUTE: usize = 30;
+/// Different users one connection may write direct messages to per minute:
+/// every new dialog leaves keys in Redis until it expires.
+pub(crate) const PEERS_PER_MINUTE: usize = 30;
+/// `dialogs` lists at most this many, most recent first.
+pub(crate) const DIALOGS_LIMIT: usize = 50;
 
 /// Keeps the newest of `messages` (oldest first) that fit in [`REPLY_BYTES`]:
 /// them, `true` when some were left out, and what it costs the rate limit.
-pub(crate) fn fit(mut messages: Vec<Message>) -> (Vec<Message>, bool, f64) {
+pub(crate) fn fit<T: Serialize>(mut messages: Vec<T>) -> (Vec<T>, bool, f64) {
     let (keep, bytes) = fitting(messages.iter().rev());
     let cut = keep < messages.len();
     messages.drain(..messages.len() - keep);
@@ -37,7 +43,7 @@ pub(crate) fn fit(mut messages: Vec<Message>) -> (Vec<Message>, bool, f64) {
 /// Keeps the oldest of `messages` (oldest first) that fit in
 /// [`REPLY_BYTES`] (a page read forward from `since`: the client goes on
 /// from the last it got).
-pub(crate) fn fit_oldest(mut messages: Vec<Message>) -> Vec<Message> {
+pub(crate) fn fit_oldest<T: Serialize>(mut messages: Vec<T>) -> Vec<T> {
     let (keep, _) = fitting(messages.iter());
     messages.truncate(keep);
     messages
@@ -46,7 +52,7 @@ pub(crate) fn fit_oldest(mut messages: Vec<Message>) -> Vec<Message> {
 /// How many of `messages`, in the order given, fit in [`REPLY_BYTES`],
 /// and their bytes. The first always does, so paging never stalls on one
 /// message larger than that.
-fn fitting<'a>(messages: impl Iterator<Item = &'a Message>) -> (usize, usize) {
+fn fitting<'a, T: Serialize + 'a>(messages: impl Iterator<Item = &'a T>) -> (usize, usize) {
     let (mut keep, mut bytes) = (0, 0);
     for m in messages {
         let size = serde_json::to_string(m).map_or(REPLY_BYTES, |j| j.len() + 1);
@@ -83,6 +89,7 @@ pub(crate) fn system_user(name: Option<&str>) -> Option<User> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use banter_protocol::Message;
 
     #[test]
     fn big_replies_keep_their_newest_messages() {

@@ -10,7 +10,7 @@ use crate::node::Node;
 use crate::outlet::Outlet;
 use banter_presence::Member;
 use banter_protocol::{
-    ClientFrame, ErrorCode, FrameError, Limits, Ref, RoomId, ServerFrame, decode,
+    ClientFrame, ErrorCode, FrameError, Limits, Ref, RoomId, ServerFrame, UserId, decode,
 };
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
@@ -25,6 +25,8 @@ pub(crate) struct Session {
     /// Rooms this connection joined in the last minute, and when: it may
     /// bring only so many new rooms into being (each leaves keys in Redis).
     pub(super) recent_rooms: VecDeque<(Instant, RoomId)>,
+    /// Users this connection wrote direct messages to in the last minute.
+    pub(super) recent_peers: VecDeque<(Instant, UserId)>,
     /// The socket's write side: where a join's history floor goes.
     pub(super) outlet: Arc<Outlet>,
     /// `/text`: replies and messages as plain lines.
@@ -41,6 +43,7 @@ impl Session {
             rooms: BTreeSet::new(),
             bucket,
             recent_rooms: VecDeque::new(),
+            recent_peers: VecDeque::new(),
             outlet,
             text_mode,
         }
@@ -129,6 +132,14 @@ impl Session {
                 text,
                 reference,
             }) => Some(self.dm(to, text, reference).await),
+            Ok(ClientFrame::Dialogs) => Some(self.dialogs().await),
+            Ok(ClientFrame::DmHistory {
+                with,
+                before,
+                after,
+                limit,
+            }) => Some(self.dm_history(with, before, after, limit).await),
+            Ok(ClientFrame::Read { with, id }) => self.read(with, id).await,
             Ok(ClientFrame::Typing { room }) => self.typing(room).await,
             Ok(ClientFrame::Who { room, cursor }) => Some(self.who(room, cursor).await),
             Ok(ClientFrame::History {

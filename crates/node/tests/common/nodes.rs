@@ -119,9 +119,19 @@ pub struct Pair {
 
 impl Pair {
     pub async fn redis() -> Pair {
+        Pair::redis_with(|_| {}).await
+    }
+
+    /// [`Pair::redis`] with `f` applied to both nodes' configs.
+    pub async fn redis_with(f: impl Fn(&mut Config)) -> Pair {
         let redis = banter_testkit::RedisServer::start();
-        let a = TestNode::start(config("node-a", Some(&redis.url()))).await;
-        let b = TestNode::start(config("node-b", Some(&redis.url()))).await;
+        let config = |id: &str| {
+            let mut c = config(id, Some(&redis.url()));
+            f(&mut c);
+            c
+        };
+        let a = TestNode::start(config("node-a")).await;
+        let b = TestNode::start(config("node-b")).await;
         Pair {
             a,
             b,
@@ -133,10 +143,16 @@ impl Pair {
     /// Two nodes on a real Redis Cluster of three primaries (`redis.mode =
     /// "cluster"`, every node's address a seed).
     pub async fn redis_cluster() -> Pair {
+        Pair::redis_cluster_with(|_| {}).await
+    }
+
+    /// [`Pair::redis_cluster`] with `f` applied to both nodes' configs.
+    pub async fn redis_cluster_with(f: impl Fn(&mut Config)) -> Pair {
         let cluster = banter_testkit::RedisCluster::start(3, 0);
         let config = |id: &str| {
             let mut c = config(id, Some(&cluster.url()));
             c.redis.mode = banter_node::config::RedisMode::Cluster;
+            f(&mut c);
             c
         };
         let a = TestNode::start(config("node-a")).await;
@@ -150,6 +166,11 @@ impl Pair {
     }
 
     pub async fn memory() -> Pair {
+        Pair::memory_with(|_| {}).await
+    }
+
+    /// [`Pair::memory`] with `f` applied to both nodes' configs.
+    pub async fn memory_with(f: impl Fn(&mut Config)) -> Pair {
         let network = banter_bus::MemoryNetwork::new();
         let presence = Arc::new(banter_presence::MemoryPresence::on(
             network.clone(),
@@ -158,9 +179,9 @@ impl Pair {
         let mut nodes = Vec::new();
         for id in ["node-a", "node-b"] {
             let (bus, inbox) = network.connect();
-            let node =
-                Node::with_backends(config(id, None), Arc::new(bus), inbox, presence.clone())
-                    .unwrap();
+            let mut c = config(id, None);
+            f(&mut c);
+            let node = Node::with_backends(c, Arc::new(bus), inbox, presence.clone()).unwrap();
             nodes.push(TestNode::serve(node).await);
         }
         let b = nodes.pop().unwrap();

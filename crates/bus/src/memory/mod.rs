@@ -6,6 +6,8 @@
 //! backpressure (never an unbounded queue, never a silent drop) toward a slow
 //! inbox.
 
+mod dialogs;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError};
@@ -14,12 +16,16 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::{Mutex, watch};
 
+use crate::dialogs::{
+    DEFAULT_DIALOG_SIZE, DEFAULT_DIALOG_TTL, DialogSummary, DmDraft, ReadMark, both, read_frame,
+};
 use crate::history::{
     DEFAULT_HISTORY, Draft, Epoch, HistoryPage, HistoryQuery, Position, Record, StreamId,
 };
 use crate::inbox::{self, InboxSender};
 use crate::{Bus, BusError, BusEvent, BusStatus, Envelope, Inbox, Topic};
-use banter_protocol::{Message, RoomId};
+use banter_protocol::{DirectMessage, Message, RoomId, ServerFrame, User, UserId};
+use dialogs::DialogStore;
 
 /// How long a room's history is kept after its last message, unless told.
 const DEFAULT_HISTORY_TTL: std::time::Duration = std::time::Duration::from_secs(86_400);
@@ -73,6 +79,8 @@ struct Shared {
     history_ttl_ms: u64,
     /// Stores since the last sweep of forgotten rooms.
     stores: AtomicU64,
+    /// Every dialog. Written only while `subscribers` is held, like histories.
+    dialogs: std::sync::Mutex<DialogStore>,
     /// Always up: there is nothing to lose. Kept here so every receiver's
     /// sender lives as long as the network.
     status: watch::Sender<BusStatus>,
@@ -104,11 +112,30 @@ impl MemoryNetwork {
                 next_node: AtomicU64::new(0),
                 histories: std::sync::Mutex::default(),
                 history_size,
-                history_ttl_ms: u64::try_from(history_ttl.as_millis()).unwrap_or(u64::MAX),
+                history_ttl_ms: millis(history_ttl),
                 stores: AtomicU64::new(0),
+                dialogs: std::sync::Mutex::new(DialogStore::new(
+                    DEFAULT_DIALOG_SIZE,
+                    millis(DEFAULT_DIALOG_TTL),
+                )),
                 status: watch::channel(up).0,
             }),
         }
+    }
+
+    /// Keeps `size` direct messages per dialog (`history.dialog_size`), each
+    /// dialog forgotten `ttl` after its last message (`history.dialog_ttl_ms`).
+    /// Forgets the dialogs stored so far.
+    pub fn with_dialogs(self, size: usize, ttl: std::time::Duration) -> MemoryNetwork {
+        *self.dialogs() = DialogStore::new(size, millis(ttl));
+        self
+    }
+
+    fn dialogs(&self) -> std::sync::MutexGuard<'_, DialogStore> {
+        self.shared
+            .dialogs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Adds one node: its bus handle and the inbox its fan-out task reads.
@@ -305,6 +332,58 @@ impl Bus for MemoryBus {
         })
     }
 
+    async fn send_dm(&self, draft: &DmDraft) -> Result<DirectMessage, BusError> {
+        // Held across store and delivery: every connection sees one order.
+        let mut subscribers = self.network.shared.subscribers.lock().await;
+        let position = self.network.dialogs().store(draft, crate::now_ms());
+        let message = draft.to_record().into_message(position);
+        let payload = Bytes::from(ServerFrame::Dm(message.clone()).to_json());
+        for user in both(&draft.from.id, &draft.to) {
+            let topic = Topic::User(user.clone());
+            deliver(&mut subscribers, &topic, None, false, payload.clone()).await;
+        }
+        Ok(message)
+    }
+
+    async fn dm_history(
+        &self,
+        me: &UserId,
+        with: &UserId,
+        query: HistoryQuery,
+    ) -> Result<Vec<DirectMessage>, BusError> {
+        Ok(self
+            .network
+            .dialogs()
+            .history(me, with, query, crate::now_ms()))
+    }
+
+    async fn dialogs(&self, me: &UserId, limit: usize) -> Result<Vec<DialogSummary>, BusError> {
+        Ok(self.network.dialogs().list(me, limit, crate::now_ms()))
+    }
+
+    async fn mark_read(
+        &self,
+        by: &User,
+        with: &UserId,
+        id: Position,
+    ) -> Result<Option<ReadMark>, BusError> {
+        let mut subscribers = self.network.shared.subscribers.lock().await;
+        let mark = self.network.dialogs().read(by, with, id, crate::now_ms());
+        if let Some(mark) = mark.as_ref().filter(|m| m.moved) {
+            let payload = Bytes::from(read_frame(mark).to_json());
+            for user in both(&by.id, with) {
+                let topic = Topic::User(user.clone());
+                deliver(&mut subscribers, &topic, None, false, payload.clone()).await;
+            }
+        }
+        Ok(mark)
+    }
+
+    async fn online(&self, user: &UserId) -> Result<bool, BusError> {
+        let subscribers = self.network.shared.subscribers.lock().await;
+        Ok(subscribers.contains_key(&Topic::User(user.clone())))
+    }
+
     async fn subscribe(&self, topic: &Topic) -> Result<(), BusError> {
         let mut subscribers = self.network.shared.subscribers.lock().await;
         subscribers
@@ -374,4 +453,8 @@ async fn deliver(
         subscribers.remove(topic);
     }
     delivered
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
