@@ -192,6 +192,8 @@ describe('the chat page on the cluster', { timeout: 120_000 }, () => {
     assert.equal(await g.page.evaluate(() => document.activeElement.id), 'input');
     await kb.type('psst, Hal');
     await kb.press('Enter');
+    await h.page.waitForSelector('#dialogs li .unread');
+    await h.page.click('#dialogs li button');
     await h.page.waitForFunction(() => Array.from(document.querySelectorAll('#messages li.msg.dm .text')).some((n) => n.textContent === 'psst, Hal'));
     await g.page.waitForFunction(() => Array.from(document.querySelectorAll('#messages li.msg.dm .text')).some((n) => n.textContent === 'psst, Hal'));
     // Escape goes back to the room.
@@ -409,14 +411,19 @@ describe('the chat page on the cluster', { timeout: 120_000 }, () => {
     assert.equal(await o.page.textContent('#dm-name'), EVIL);
     await say(o.page, 'hi there');
     await o.page.waitForFunction(() => Array.from(document.querySelectorAll('#messages li.msg.dm .text')).some((n) => n.textContent === 'hi there'));
+    // The receiver sees the dialog in the list, with a badge, and opens it.
+    await e.page.waitForSelector('#dialogs li .unread');
+    await e.page.click('#dialogs li button');
     await e.page.waitForFunction(() => Array.from(document.querySelectorAll('#messages li.msg.dm .text')).some((n) => n.textContent === 'hi there'));
 
     // Every text that holds the name (its Hebrew) or the message (its
     // override) is exactly that user text, alone in a <bdi> or an element
     // with unicode-bidi: isolate; every attribute that holds it wraps it in
     // FSI ... PDI.
+    // Both views are read: the open dialog (its messages, the dialog's name),
+    // then the room (its messages), after Escape.
     for (const [who, c, want] of [['other', o, ['users', 'from', 'text', 'dm-name', 'tag']], ['self', e, ['me', 'users', 'from', 'text']]]) {
-      const found = await c.page.evaluate(([name, msg, asked]) => {
+      const scan = () => c.page.evaluate(([name, msg, asked]) => {
         const out = { places: [], bad: [], attrs: [] };
         const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
         for (let n = walker.nextNode(); n; n = walker.nextNode()) {
@@ -442,6 +449,15 @@ describe('the chat page on the cluster', { timeout: 120_000 }, () => {
         }
         return out;
       }, [EVIL, TEXT, ASKED]);
+      const inDialog = await scan();
+      await c.page.click('#dm-cancel');
+      await c.page.waitForSelector('#dm-target', { state: 'hidden' });
+      const inRoom = await scan();
+      const found = {
+        places: inDialog.places.concat(inRoom.places),
+        bad: inDialog.bad.concat(inRoom.bad),
+        attrs: inDialog.attrs.concat(inRoom.attrs),
+      };
       assert.deepEqual(found.bad, [], `${who}: user text not isolated`);
       for (const w of want) assert.ok(found.places.includes(w), `${who}: user text shown in ${w} (${found.places.join(', ')})`);
       assert.ok(found.attrs.every((a) => a === 'ok'), `${who}: attributes ${JSON.stringify(found.attrs)}`);

@@ -16,6 +16,8 @@
 #   scripts/cluster.sh status        what runs, and whether it answers (a Redis
 #                                    Cluster: each instance's role, the cluster's state)
 #   scripts/cluster.sh stop-node N   SIGTERM node N (1-based) and wait for its drain
+#   scripts/cluster.sh restart-redis SIGTERM the one Redis and start it again on the
+#                                    same files (history and dialogs survive: appendonly)
 #   scripts/cluster.sh down          SIGTERM everything and wait
 #   scripts/cluster.sh render        only write the generated configs
 #
@@ -378,11 +380,7 @@ up() {
     start_redis_cluster
     redis_flag=(--redis-cluster "$CLUSTER_SEEDS")
   else
-    mkdir -p "$STATE/redis"
-    start redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --protected-mode no \
-      --save '' --appendonly no --dir "$STATE/redis" \
-      --client-output-buffer-limit 'pubsub 64mb 16mb 60'
-    wait_until redis 10 redis_pong
+    start_redis
   fi
 
   local i
@@ -497,6 +495,23 @@ status() {
   [ -n "$(running_services)" ] || echo "Banter cluster not running"
 }
 
+# The one Redis, as docker-compose.yml runs it: history and dialogs kept
+# in an append-only file (fsync every second), so a restart keeps them.
+start_redis() {
+  mkdir -p "$STATE/redis"
+  start redis redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --protected-mode no \
+    --save '' --appendonly yes --appendfsync everysec --dir "$STATE/redis" \
+    --client-output-buffer-limit 'pubsub 64mb 16mb 60'
+  wait_until redis 10 redis_pong
+}
+
+restart_redis() {
+  running redis || die "restart-redis: the one Redis is not running (not on --redis-cluster)"
+  stop redis
+  start_redis
+  echo "redis restarted with its files in $STATE/redis"
+}
+
 stop_node() {
   local n=${1:-}
   [[ $n =~ ^[0-9]+$ ]] || die "stop-node: N is a node number (1, 2, ...)"
@@ -510,6 +525,7 @@ case ${1:-} in
   down) down ;;
   status) status ;;
   stop-node) stop_node "${2:-}" ;;
+  restart-redis) restart_redis ;;
   render)
     render
     echo "configs in $STATE/nginx and $STATE/prometheus"

@@ -9,7 +9,8 @@ mod common;
 use common::*;
 
 use banter_bus::{
-    BusEvent, Draft, Epoch, HistoryQuery, INBOX_CAPACITY, Position, RedisBus, RedisBusConfig,
+    BusEvent, DmDraft, Draft, Epoch, HistoryQuery, INBOX_CAPACITY, Position, RedisBus,
+    RedisBusConfig,
 };
 use banter_protocol::{Message, User};
 use banter_testkit::{Proxy, RedisServer};
@@ -198,27 +199,45 @@ async fn a_hole_history_cannot_fill_is_announced() {
     );
 }
 
-/// No history to repair from: a room with `history.size = 0`, and a user's
-/// topic. Both interruptions are announced.
+/// No history to repair from (a room with `history.size = 0`): the
+/// interruption is announced. A user's topic is repaired from their
+/// mailbox: a direct message sent while the subscriber was cut arrives, and
+/// no gap is announced for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn topics_without_history_announce_every_interruption() {
+async fn rooms_without_history_announce_and_user_topics_repair() {
     let server = RedisServer::start();
     let proxy = Proxy::start(([127, 0, 0, 1], server.port()).into());
+    let a = redis_nodes(&server, 1, 100).await.remove(0);
     let mut b = node_via(&server, &proxy, 0, Duration::from_secs(5)).await;
     b.bus.subscribe(&room("fix")).await.unwrap();
     b.bus.subscribe(&user("u-7")).await.unwrap();
     proxy.cut();
     wait_status(&b, |s| !s.up).await;
+    let sent = a
+        .bus
+        .send_dm(&DmDraft {
+            from: User::parse("u-1", "Ann").unwrap(),
+            to: "u-7".parse().unwrap(),
+            text: "while you were away".into(),
+            ts: 1,
+        })
+        .await
+        .unwrap();
     proxy.restore();
-    let mut gaps = Vec::new();
-    while gaps.len() < 2 {
+    let (mut gaps, mut dms) = (Vec::new(), Vec::new());
+    while gaps.is_empty() || dms.is_empty() {
         match timeout(WITHIN, b.inbox.recv()).await.unwrap().unwrap() {
             BusEvent::Gap(t) => gaps.push(t),
+            BusEvent::Envelope(e) if e.topic == user("u-7") => dms.push(e),
+            BusEvent::Repaired { .. } => {}
             other => panic!("{other:?}"),
         }
     }
-    gaps.sort();
-    assert_eq!(gaps, [room("fix"), user("u-7")]);
+    assert_eq!(gaps, [room("fix")]);
+    let frame: serde_json::Value = serde_json::from_slice(&dms[0].payload).unwrap();
+    assert_eq!(frame["type"], "dm");
+    assert_eq!(frame["id"], sent.id.as_str());
+    assert_eq!(frame["text"], "while you were away");
 }
 
 /// The history lost entries this node already delivered (what a failover to

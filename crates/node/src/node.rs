@@ -62,6 +62,8 @@ pub(crate) struct NodeInner {
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
     pub verifier: Verifier,
+    /// `auth.connect_url`, when set.
+    pub connect: Option<crate::http::connect::ConnectHook>,
     pub bus_status: watch::Receiver<BusStatus>,
     /// Cancelled when the node drains.
     pub shutdown: CancellationToken,
@@ -137,6 +139,7 @@ impl Node {
             inner: Arc::new(NodeInner {
                 bus_status: bus.status(),
                 verifier: Verifier::new(&config.auth),
+                connect: crate::http::connect::ConnectHook::new(&config.auth.connect_url),
                 config,
                 bus,
                 presence,

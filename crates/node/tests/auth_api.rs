@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
-use banter_protocol::{ErrorCode, ServerFrame};
+use banter_protocol::ServerFrame;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::{EncodingKey, Header, encode};

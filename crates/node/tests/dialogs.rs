@@ -98,6 +98,23 @@ async fn offline_delivery_and_receipts(p: Pair) {
     let mut bob = login(&p.b, "bob", "Bob").await;
     assert_eq!(dialogs(&mut bob).await, [("ann".into(), 3, "three".into())]);
     assert_eq!(dialogs(&mut ann).await, [("bob".into(), 0, "three".into())]);
+    // The same list over HTTP, for Bob's token only.
+    let route = "/api/users/bob/dialogs";
+    let as_bob = format!("Bearer {}", token("bob", "Bob"));
+    let (code, body) = http(p.a.addr, "GET", route, &[("authorization", &as_bob)], "")
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["dialogs"][0]["with"]["id"], "ann", "{body}");
+    assert_eq!(v["dialogs"][0]["with"]["name"], "Ann", "{body}");
+    assert_eq!(v["dialogs"][0]["unread"], 3, "{body}");
+    assert_eq!(v["dialogs"][0]["last"]["text"], "three", "{body}");
+    let as_ann = format!("Bearer {}", token("ann", "Ann"));
+    for headers in [vec![("authorization", as_ann.as_str())], vec![]] {
+        let (code, _) = http(p.b.addr, "GET", route, &headers, "").await.unwrap();
+        assert_eq!(code, 401, "another user's dialogs are not theirs to read");
+    }
     assert_eq!(
         dm_history(&mut bob, json!({"with":"ann"})).await,
         ["one", "two", "three"]

@@ -188,7 +188,8 @@ impl Config {
             );
         }
         let url = &self.auth.connect_url;
-        if !url.is_empty() && !(url.starts_with("http://") && url.parse::<hyper::Uri>().is_ok()) {
+        let usable = url.starts_with("http://") && url.parse::<hyper::Uri>().is_ok();
+        if !url.is_empty() && !usable {
             return invalid(
                 "auth.connect_url",
                 "must be an http:// URL, e.g. http://app:8000/chat/connect",

@@ -1,4 +1,5 @@
-//! The room API over HTTP: presence, history, and server publishing.
+//! The room API over HTTP: presence, history, and server publishing; and a
+//! user's dialogs.
 //!
 //! Publishing needs the API key. The reads answer anyone while anonymous
 //! access is on (`auth.anonymous`); with it off they need what a socket
@@ -6,10 +7,12 @@
 
 use super::query::pairs;
 use super::reply::{Body, error, json};
-use crate::conn::rules::{HISTORY_LIMIT, RECENT_HISTORY, check_text, fit, fit_oldest, system_user};
+use crate::conn::rules::{
+    DIALOGS_LIMIT, HISTORY_LIMIT, RECENT_HISTORY, check_text, fit, fit_oldest, system_user,
+};
 use crate::node::Node;
 use banter_bus::{Draft, HistoryQuery, Position};
-use banter_protocol::RoomId;
+use banter_protocol::{DialogEntry, RoomId, UserId};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
@@ -236,6 +239,45 @@ pub(crate) async fn publish(node: &Node, room: &str, req: Request<Incoming>) -> 
         }
         Err(e) => {
             tracing::warn!(error = %e, "api publish failed");
+            unavailable()
+        }
+    }
+}
+
+/// `GET /api/users/{id}/dialogs`: that user's dialogs, as the `dialogs`
+/// frame lists them. Only for that user (`Authorization: Bearer` with their
+/// token) or the app (`auth.api_key`): 401 otherwise.
+pub(crate) async fn dialogs(node: &Node, user: &str, req: &Request<Incoming>) -> Response<Body> {
+    let Ok(user) = super::query::path_decode(user).parse::<UserId>() else {
+        return error(StatusCode::BAD_REQUEST, "bad_request");
+    };
+    let auth = &node.config().auth;
+    let allowed = bearer(req.headers()).is_some_and(|given| {
+        (!auth.api_key.is_empty() && same_key(given, &auth.api_key))
+            || node
+                .inner
+                .verifier
+                .verify(given)
+                .is_ok_and(|who| who.id == user)
+    });
+    if !allowed {
+        return unauthorized();
+    }
+    match node.inner.bus.dialogs(&user, DIALOGS_LIMIT).await {
+        Ok(dialogs) => {
+            let dialogs: Vec<DialogEntry> = dialogs
+                .into_iter()
+                .map(|d| DialogEntry {
+                    with: d.with,
+                    last: d.last,
+                    unread: d.unread,
+                })
+                .collect();
+            let (dialogs, _, _) = fit(dialogs);
+            json(StatusCode::OK, &j!({"user": user, "dialogs": dialogs}))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "dialogs unavailable");
             unavailable()
         }
     }

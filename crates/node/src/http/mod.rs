@@ -9,6 +9,7 @@
 //! - `query`: query strings; `reply`: the answers.
 
 mod api;
+pub(crate) mod connect;
 mod peer;
 mod query;
 mod reply;
@@ -77,9 +78,17 @@ async fn route(req: Request<Incoming>, node: &Node, peer: SocketAddr) -> Respons
             "text/plain; version=0.0.4; charset=utf-8",
             node.inner.metrics.render(),
         ),
-        "/ws" if get => upgrade::upgrade(req, node, peer, Format::Json),
-        "/text" if get => upgrade::upgrade(req, node, peer, Format::Text),
+        "/ws" if get => upgrade::upgrade(req, node, peer, Format::Json).await,
+        "/text" if get => upgrade::upgrade(req, node, peer, Format::Text).await,
         _ if FIXED.contains(&path.as_str()) => status(StatusCode::METHOD_NOT_ALLOWED),
+        _ if path.starts_with("/api/users/") => match path
+            .strip_prefix("/api/users/")
+            .and_then(|r| r.split_once('/'))
+        {
+            Some((user, "dialogs")) if get => api::dialogs(node, user, &req).await,
+            Some((_, "dialogs")) => status(StatusCode::METHOD_NOT_ALLOWED),
+            _ => status(StatusCode::NOT_FOUND),
+        },
         _ => match path
             .strip_prefix("/api/rooms/")
             .and_then(|r| r.split_once('/'))

@@ -40,12 +40,21 @@ impl WsQuery {
 /// Decodes `%XX` and `+`; invalid escapes are kept as they are, and the
 /// result is lossily made UTF-8 (a display name is validated afterwards).
 fn percent_decode(s: &str) -> String {
+    decode(s, true)
+}
+
+/// Decodes the `%XX` of one path segment (`+` stays `+` there).
+pub(crate) fn path_decode(s: &str) -> String {
+    decode(s, false)
+}
+
+fn decode(s: &str, plus_is_space: bool) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
-            b'+' => out.push(b' '),
+            b'+' if plus_is_space => out.push(b' '),
             b'%' if i + 2 < bytes.len() => {
                 let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
                     .ok()

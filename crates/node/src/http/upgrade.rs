@@ -1,6 +1,7 @@
 //! The WebSocket upgrade of `/ws` and `/text`: who may come in, who they
 //! are, what they speak; then the 101 and the socket's own task.
 
+use super::connect::{ConnectHook, Verdict};
 use super::peer::{client_ip, header_has_token, origin_allowed};
 use super::query::WsQuery;
 use super::reply::{Body, error};
@@ -43,16 +44,18 @@ impl Refusal {
 }
 
 /// Upgrades `/ws` (`format` JSON) or `/text` (`format` Text), or says why not.
-pub(crate) fn upgrade(
+pub(crate) async fn upgrade(
     req: Request<Incoming>,
     node: &Node,
     peer: SocketAddr,
     format: Format,
 ) -> Response<Body> {
-    try_upgrade(req, node, peer, format).unwrap_or_else(Refusal::into_response)
+    try_upgrade(req, node, peer, format)
+        .await
+        .unwrap_or_else(Refusal::into_response)
 }
 
-fn try_upgrade(
+async fn try_upgrade(
     mut req: Request<Incoming>,
     node: &Node,
     peer: SocketAddr,
@@ -63,7 +66,10 @@ fn try_upgrade(
     let client = client_ip(peer, req.headers(), &node.config().server.trusted_proxies);
     check_origin(&req, node, client)?;
     let query = WsQuery::parse(req.uri().query());
-    let identity = identify(node, &query, format, client)?;
+    let identity = match (&node.inner.connect, &query.token) {
+        (Some(hook), None) => app_session(hook, &req, client).await?,
+        _ => identify(node, &query, format, client)?,
+    };
     let mode = mode(query.room, format)?;
     // Only the upgrade handle goes into the session: the request's header
     // values are slices of hyper's 8 KiB read buffer, and holding the request
@@ -185,6 +191,26 @@ fn identify(
             Err(Refusal(StatusCode::UNAUTHORIZED, "a token is required"))
         }
         (None, false) => Ok(Identity::AwaitAuth),
+    }
+}
+
+/// Who the app's session check (`auth.connect_url`) says the socket
+/// belongs to; refused with 401 when the app refuses, 503 when it fails.
+async fn app_session(
+    hook: &ConnectHook,
+    req: &Request<Incoming>,
+    client: IpAddr,
+) -> Result<Identity, Refusal> {
+    match hook.check(req.uri().query(), req.headers()).await {
+        Verdict::User(user) => Ok(Identity::Known(user)),
+        Verdict::Refused => {
+            tracing::debug!(%client, "the app refused the session");
+            Err(Refusal(StatusCode::UNAUTHORIZED, "unauthorized"))
+        }
+        Verdict::Failed => Err(Refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the session check is unavailable",
+        )),
     }
 }
 
