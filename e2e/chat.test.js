@@ -7,7 +7,7 @@ const assert = require('node:assert/strict');
 const fs = require('node:fs');
 const {
   launch, openChat, openChatElsewhere, waitOnline, nodeOf, say, waitForText, shownMessages,
-  onlineList, waitOnlineList, openBots, duplicates, nodePid, artifact, assertClean, unique,
+  onlineList, waitOnlineList, openBots, duplicates, nodePid, artifact, assertClean, unique, token,
 } = require('./helpers');
 
 // The cluster's presence settings (e2e/run.sh): the first page of who is
@@ -463,6 +463,55 @@ describe('the chat page on the cluster', { timeout: 120_000 }, () => {
       assert.ok(found.attrs.every((a) => a === 'ok'), `${who}: attributes ${JSON.stringify(found.attrs)}`);
       assertClean(c.rec, who);
     }
+    await closeAll();
+  });
+
+  it('direct messages: written while the other is offline, read on another node, then "Seen"', async () => {
+    const room = unique('e2e-dm');
+    const annId = unique('ann');
+    const bobId = unique('bob');
+    const ann = await chat({ room, token: token(annId, 'Ann') });
+    const annNode = await nodeOf(ann.page);
+    const bob = await chatElsewhere(annNode, { room, token: token(bobId, 'Bob') });
+    await waitOnlineList(ann.page, ['Ann', 'Bob'], 2);
+    // Ann opens a dialog with Bob from the online list; then Bob goes away.
+    await ann.page.click('#users li:not(.self) button');
+    await ann.page.waitForSelector('#dm-target:not([hidden])');
+    await bob.context.close();
+    await ann.page.waitForFunction(() => document.getElementById('count').textContent === '1');
+    await say(ann.page, 'are you there?');
+    await say(ann.page, 'call me');
+    await waitForText(ann.page, 'call me');
+
+    // Bob comes back, on a node other than Ann's: the dialog waits for him
+    // with two unread; he opens it and reads both.
+    const bob2 = await chatElsewhere(annNode, { room, token: token(bobId, 'Bob') });
+    await bob2.page.waitForFunction(() => {
+      const u = document.querySelector('#dialogs li .unread');
+      return u && u.textContent === '2';
+    });
+    await bob2.page.click('#dialogs li button');
+    await waitForText(bob2.page, 'are you there?');
+    await waitForText(bob2.page, 'call me');
+    await bob2.page.waitForSelector('#dialogs li .unread', { state: 'detached' });
+
+    // Ann sees "Seen" under her last message.
+    await ann.page.waitForSelector('#messages li.seen');
+    const seenUnder = await ann.page.$eval('#messages li.seen', (li) => li.previousElementSibling.querySelector('.text').textContent);
+    assert.equal(seenUnder, 'call me');
+
+    // Across a reconnect of Bob's page: what Ann writes meanwhile shows, once.
+    await bob2.context.setOffline(true);
+    await bob2.page.waitForFunction(() => /reconnecting/.test(document.getElementById('status').textContent));
+    await say(ann.page, 'while you were offline');
+    await bob2.context.setOffline(false);
+    await waitOnline(bob2.page, 20_000);
+    await waitForText(bob2.page, 'while you were offline');
+    await bob2.page.waitForTimeout(500);
+    const shown = (await shownMessages(bob2.page)).map((m) => m.text);
+    assert.deepEqual(shown, ['are you there?', 'call me', 'while you were offline']);
+    assertClean(ann.rec, 'Ann');
+    assertClean(bob2.rec, 'Bob');
     await closeAll();
   });
 

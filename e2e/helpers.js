@@ -28,7 +28,7 @@ async function launch() {
 // A new browser context (its own localStorage and socket) with one page on
 // the chat, named `name`, in `room`. Records JavaScript errors, dialogs and
 // the page's WebSocket frames.
-async function openChat(browser, { name, room, viewport, mobile } = {}) {
+async function openChat(browser, { name, room, viewport, mobile, token } = {}) {
   const context = await browser.newContext({
     viewport: viewport || { width: 1100, height: 700 },
     ...(mobile ? { isMobile: true, hasTouch: true, deviceScaleFactor: 2 } : {}),
@@ -46,7 +46,7 @@ async function openChat(browser, { name, room, viewport, mobile } = {}) {
     ws.on('framesent', (f) => rec.sent.push(parse(f.payload)));
     ws.on('framereceived', (f) => rec.received.push(parse(f.payload)));
   });
-  await page.goto(BASE_URL + (room ? '#' + room : ''));
+  await page.goto(BASE_URL + (token ? '?token=' + encodeURIComponent(token) : '') + (room ? '#' + room : ''));
   await waitOnline(page);
   if (room) await page.waitForSelector(`#rooms li.current[data-room="${room}"]`, { state: 'attached' });
   return { context, page, rec };
@@ -206,6 +206,17 @@ function assertClean(rec, who) {
   assert.deepEqual(rec.dialogs, [], `${who}: dialogs opened`);
 }
 
+// An HS256 token for `sub`, signed with the cluster's secret (e2e/run.sh).
+function token(sub, name) {
+  const crypto = require('node:crypto');
+  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+  const head = b64({ alg: 'HS256', typ: 'JWT' });
+  const body = b64({ sub, name, exp: Math.floor(Date.now() / 1000) + 3600 });
+  const secret = process.env.E2E_JWT_SECRET || 'e2e-secret';
+  const sig = crypto.createHmac('sha256', secret).update(`${head}.${body}`).digest('base64url');
+  return `${head}.${body}.${sig}`;
+}
+
 function unique(prefix) {
   return `${prefix}-${Date.now().toString(36)}${Math.floor(Math.random() * 1e4)}`;
 }
@@ -213,4 +224,5 @@ function unique(prefix) {
 module.exports = {
   BASE_URL, STEP_MS, launch, openChat, openChatElsewhere, waitOnline, nodeOf, say, waitForText,
   shownMessages, onlineList, waitOnlineList, openBots, duplicates, nodePid, artifact, assertClean, unique,
+  token,
 };

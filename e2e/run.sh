@@ -70,6 +70,11 @@ else
   echo "e2e/run.sh: $BANTER_BIN has no presence.list_limit: the paging test will fail" >&2
 fi
 
+# Tokens for the users of the direct-message test (guests cannot be written
+# to once offline): the nodes and chat.test.js share this secret.
+export BANTER__AUTH__JWT_SECRET=${BANTER__AUTH__JWT_SECRET:-e2e-secret}
+export E2E_JWT_SECRET=$BANTER__AUTH__JWT_SECRET
+
 mkdir -p "$E2E_ARTIFACTS"
 export CLUSTER_DIR=$E2E_ARTIFACTS/e2e-cluster
 rm -rf "$CLUSTER_DIR"
