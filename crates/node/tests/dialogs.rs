@@ -356,3 +356,38 @@ async fn new_dialogs_per_minute_are_bounded() {
     assert_eq!(refused, Some(30), "30 new dialogs a minute, then refused");
     dm(&mut ann, "user3", "an old one is fine").await;
 }
+
+/// A dialog without a message for `history.dialog_ttl_ms` is gone: from
+/// both users' lists and its history.
+async fn dialogs_expire(p: Pair) {
+    let mut ann = login(&p.a, "ann", "Ann").await;
+    dm(&mut ann, "dora", "soon gone").await;
+    assert_eq!(dialogs(&mut ann).await.len(), 1);
+    eventually("the dialog expired", async || {
+        dialogs(&mut ann).await.is_empty()
+    })
+    .await;
+    let mut dora = login(&p.b, "dora", "Dora").await;
+    assert!(dialogs(&mut dora).await.is_empty());
+    assert!(
+        dm_history(&mut dora, json!({"with":"ann"}))
+            .await
+            .is_empty()
+    );
+}
+
+fn short_dialogs(c: &mut Config) {
+    with_tokens(c);
+    c.history.dialog_ttl_ms = 400;
+}
+
+#[tokio::test]
+async fn dialogs_expire_memory() {
+    let network = banter_bus::MemoryNetwork::new().with_dialogs(200, Duration::from_millis(400));
+    dialogs_expire(Pair::memory_on(network, short_dialogs).await).await;
+}
+
+#[tokio::test]
+async fn dialogs_expire_redis() {
+    dialogs_expire(Pair::redis_with(short_dialogs).await).await;
+}

@@ -171,7 +171,11 @@ impl Pair {
 
     /// [`Pair::memory`] with `f` applied to both nodes' configs.
     pub async fn memory_with(f: impl Fn(&mut Config)) -> Pair {
-        let network = banter_bus::MemoryNetwork::new();
+        Pair::memory_on(banter_bus::MemoryNetwork::new(), f).await
+    }
+
+    /// Two nodes on `network` (made with the retention a test wants).
+    pub async fn memory_on(network: banter_bus::MemoryNetwork, f: impl Fn(&mut Config)) -> Pair {
         let presence = Arc::new(banter_presence::MemoryPresence::on(
             network.clone(),
             Duration::from_millis(3_000),
