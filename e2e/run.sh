@@ -8,6 +8,8 @@
 # scripts/cluster.sh needs (redis-server, nginx, prometheus).
 #
 # Usage: e2e/run.sh [node --test options, e.g. --test-name-pattern=REGEX]
+# (E2E_ONLY=chat or E2E_ONLY=pusher runs only the chat page's tests, or only
+# those of the Pusher front door.)
 #
 # Environment: BANTER_BIN, CHROMIUM [/usr/bin/chromium],
 # E2E_ARTIFACTS [<repo>/test-artifacts]: screenshots, and the cluster's state
@@ -86,24 +88,52 @@ teardown() {
   cluster down || true
 }
 
-started=0
-for attempt in 1 2; do
-  base=$(pick_ports) || die "no free ports found"
-  export NGINX_PORT=$base
-  export NODE_PORTS="$((base + 1)) $((base + 2)) $((base + 3))"
-  export REDIS_PORT=$((base + 4))
-  export PROMETHEUS_PORT=$((base + 5))
-  trap teardown EXIT
-  # A port may be taken between the check and the start: try once more elsewhere.
-  if cluster up; then
-    started=1
-    break
-  fi
-  echo "e2e/run.sh: cluster start failed (attempt $attempt)" >&2
-done
-[ "$started" = 1 ] || die "the cluster did not start; logs in $CLUSTER_DIR/logs"
+# The Pusher front door, for pusher.test.js and the `pusher` SDK's own
+# remote tests (its URL form needs a numeric app id).
+export BANTER__PUSHER__APP_ID=${BANTER__PUSHER__APP_ID:-12345}
+export BANTER__PUSHER__KEY=${BANTER__PUSHER__KEY:-e2e-key}
+export BANTER__PUSHER__SECRET=${BANTER__PUSHER__SECRET:-e2e-pusher-secret}
 
-export BANTER_URL=http://127.0.0.1:$NGINX_PORT/
+# Starts a fresh cluster (scripts/cluster.sh) on free ports.
+start_cluster() {
+  local started=0 attempt
+  rm -rf "$CLUSTER_DIR"
+  for attempt in 1 2; do
+    base=$(pick_ports) || die "no free ports found"
+    export NGINX_PORT=$base
+    export NODE_PORTS="$((base + 1)) $((base + 2)) $((base + 3))"
+    export REDIS_PORT=$((base + 4))
+    export PROMETHEUS_PORT=$((base + 5))
+    trap teardown EXIT
+    # A port may be taken between the check and the start: try once more elsewhere.
+    if cluster up; then
+      started=1
+      break
+    fi
+    echo "e2e/run.sh: cluster start failed (attempt $attempt)" >&2
+  done
+  [ "$started" = 1 ] || die "the cluster did not start; logs in $CLUSTER_DIR/logs"
+  export BANTER_URL=http://127.0.0.1:$NGINX_PORT/
+  export E2E_NODE_PORTS=$NODE_PORTS
+}
+
 cd "$E2E"
-# Arguments go to node's test runner, e.g. --test-name-pattern=bidi.
-node --test "$@" chat.test.js
+# The chat page. Arguments go to node's test runner, e.g. --test-name-pattern=bidi.
+# E2E_ONLY=chat or E2E_ONLY=pusher runs one of the two parts.
+if [ "${E2E_ONLY:-chat}" = chat ] || [ -z "${E2E_ONLY:-}" ]; then
+  start_cluster
+  node --test "$@" chat.test.js
+  cluster down
+fi
+[ "${E2E_ONLY:-}" = chat ] && exit 0
+
+# pusher-js and the `pusher` server SDK, on a fresh cluster (the chat tests
+# kill a node).
+start_cluster
+# The SDK's own remote tests (from its npm tarball), pointed at one node;
+# proxy.js needs port 8321 free for its CONNECT proxy.
+read -r -a ports <<<"$NODE_PORTS"
+PUSHER_URL="http://$BANTER__PUSHER__KEY:$BANTER__PUSHER__SECRET@127.0.0.1:${ports[1]}/apps/$BANTER__PUSHER__APP_ID" \
+  npx --no-install mocha --timeout 10000 'node_modules/pusher/tests/remote/**/*.js'
+# Last: it stops a node.
+node --test "$@" pusher.test.js

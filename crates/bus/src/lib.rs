@@ -31,7 +31,7 @@ pub use inbox::Inbox;
 pub use memory::{MemoryBus, MemoryNetwork};
 pub use redis::{RedisBus, RedisBusConfig};
 
-use banter_protocol::{DirectMessage, Message, RoomId, User, UserId};
+use banter_protocol::{ChannelName, DirectMessage, Message, RoomId, User, UserId};
 use bytes::Bytes;
 use tokio::sync::watch;
 
@@ -42,6 +42,9 @@ pub enum Topic {
     Room(RoomId),
     /// Direct messages to every connection of one user.
     User(UserId),
+    /// One channel of the Pusher front door: its events, stored briefly
+    /// (like a user's mailbox) so that gap repair can give them back.
+    Pusher(ChannelName),
 }
 
 /// One publish, as it reaches a subscribed node: the topic, the history
@@ -144,6 +147,13 @@ pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
     /// online nowhere).
     async fn publish(&self, topic: &Topic, payload: Bytes) -> Result<usize, BusError>;
 
+    /// Publishes `payload` on `topic` and keeps it in the topic's short
+    /// stream (Redis: the topic's mailbox, which gap repair reads), as one
+    /// step, so an interrupted subscriber gets it back in order. For topics
+    /// whose events are not chat messages: a Pusher channel's. Returns how
+    /// many nodes listen.
+    async fn publish_stored(&self, topic: &Topic, payload: Bytes) -> Result<usize, BusError>;
+
     /// Stores a chat message in its room's history and publishes it on the
     /// room's topic, as one atomic step: the history order is the live order.
     /// The message's id is its history position. Returns the stamped message.
@@ -181,7 +191,16 @@ pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
 
     /// Whether some node listens on `user`'s topic (one of their
     /// connections is open somewhere).
-    async fn online(&self, user: &UserId) -> Result<bool, BusError>;
+    async fn online(&self, user: &UserId) -> Result<bool, BusError> {
+        Ok(self.listeners(&Topic::User(user.clone())).await? > 0)
+    }
+
+    /// How many nodes listen on `topic` now.
+    async fn listeners(&self, topic: &Topic) -> Result<usize, BusError>;
+
+    /// The Pusher channels some node listens on (one of its sockets is
+    /// subscribed), in no particular order.
+    async fn pusher_channels(&self) -> Result<Vec<ChannelName>, BusError>;
 
     /// Takes a reference on `topic` for this node (a local member joined):
     /// the topic is delivered to this node's inbox while it holds any.

@@ -75,6 +75,10 @@ pub(crate) async fn run(mut inbox: Inbox, mut f: Fanout) {
                         ?topic,
                         "live delivery had a hole history cannot fill; members told"
                     );
+                    if let Topic::Pusher(_) = topic {
+                        // The Pusher protocol has no word for it.
+                        continue;
+                    }
                     f.resync(&topic);
                     gap(&topic)
                 }
@@ -184,7 +188,7 @@ impl Fanout {
 fn gap(topic: &Topic) -> Envelope {
     let room = match topic {
         Topic::Room(room) => Some(room.clone()),
-        Topic::User(_) => None,
+        Topic::User(_) | Topic::Pusher(_) => None,
     };
     let frame = ServerFrame::Gap { room, with: None };
     Envelope {

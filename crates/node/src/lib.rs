@@ -43,6 +43,7 @@ pub mod metrics;
 mod node;
 mod outlet;
 mod presence;
+mod pusher;
 
 pub use clock::random_id;
 pub use node::{Node, NodeError};

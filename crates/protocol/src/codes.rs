@@ -95,6 +95,20 @@ pub enum CloseReason {
     Unauthorized,
     /// The client's outbound queue overflowed: it does not read fast enough.
     SlowConsumer,
+    /// Pusher: the app key of `/app/{key}` is not this cluster's (4001).
+    PusherUnknownApp,
+    /// Pusher: a `protocol` version the node does not speak (4007).
+    PusherProtocol,
+    /// Pusher: the client should come back at once, elsewhere if it can
+    /// (4200): a drain, an internal error.
+    PusherReconnect,
+    /// Pusher: over capacity, come back after a while (4100): a slow consumer.
+    PusherOverCapacity,
+    /// Pusher: no pong (nor anything) from the client in time (4201).
+    PusherPongTimeout,
+    /// Pusher: a violation of the protocol or its limits; do not come back
+    /// unchanged (4009): flooding, a message too big.
+    PusherPolicy,
 }
 
 impl CloseReason {
@@ -111,6 +125,26 @@ impl CloseReason {
             CloseReason::Internal => 1011,
             CloseReason::Unauthorized => 4001,
             CloseReason::SlowConsumer => 4002,
+            CloseReason::PusherUnknownApp => 4001,
+            CloseReason::PusherProtocol => 4007,
+            CloseReason::PusherReconnect => 4200,
+            CloseReason::PusherOverCapacity => 4100,
+            CloseReason::PusherPongTimeout => 4201,
+            CloseReason::PusherPolicy => 4009,
+        }
+    }
+
+    /// The reason a Pusher client is given instead (Pusher's codes tell
+    /// pusher-js whether and when to reconnect).
+    pub fn for_pusher(self) -> CloseReason {
+        match self {
+            CloseReason::ShuttingDown | CloseReason::Internal => CloseReason::PusherReconnect,
+            CloseReason::IdleTimeout => CloseReason::PusherPongTimeout,
+            CloseReason::SlowConsumer => CloseReason::PusherOverCapacity,
+            CloseReason::Policy | CloseReason::TooBig | CloseReason::Binary => {
+                CloseReason::PusherPolicy
+            }
+            other => other,
         }
     }
 
@@ -128,6 +162,12 @@ impl CloseReason {
             CloseReason::Internal => "internal error",
             CloseReason::Unauthorized => "unauthorized",
             CloseReason::SlowConsumer => "slow consumer",
+            CloseReason::PusherUnknownApp => "App key not in this cluster",
+            CloseReason::PusherProtocol => "unsupported protocol version",
+            CloseReason::PusherReconnect => "reconnect",
+            CloseReason::PusherOverCapacity => "over capacity",
+            CloseReason::PusherPongTimeout => "pong reply not received",
+            CloseReason::PusherPolicy => "policy violation",
         }
     }
 }

@@ -28,6 +28,9 @@ pub enum IdError {
     /// A `ref` that is neither a string of at most 64 characters nor a number.
     #[error("ref must be a string of at most 64 characters or a number")]
     Ref,
+    /// A Pusher channel name.
+    #[error("channel name must be 1-200 characters of A-Z a-z 0-9 _ - = @ , . ;")]
+    Channel,
 }
 
 fn charset(s: &str, max: usize, extra: &[u8]) -> bool {
@@ -113,6 +116,15 @@ string_id!(
     ConnId,
     |s| charset(s, 64, b"_.-"),
     IdError::Conn
+);
+
+string_id!(
+    /// A Pusher channel name (the Pusher front door): 1–200 characters of
+    /// `[A-Za-z0-9_\-=@,.;]`, as Pusher allows. Safe in a Redis key (no
+    /// braces, so a Redis Cluster hash tag around it holds).
+    ChannelName,
+    |s| charset(s, 200, b"_-=@,.;"),
+    IdError::Channel
 );
 
 string_id!(

@@ -24,4 +24,4 @@ pub use frames::{
     ClientFrame, DialogEntry, DirectMessage, FrameError, Limits, Message, PresenceEvent,
     ServerFrame, decode,
 };
-pub use ids::{ConnId, DisplayName, IdError, MessageId, Ref, RoomId, User, UserId};
+pub use ids::{ChannelName, ConnId, DisplayName, IdError, MessageId, Ref, RoomId, User, UserId};

@@ -24,7 +24,7 @@ use crate::history::{
 };
 use crate::inbox::{self, InboxSender};
 use crate::{Bus, BusError, BusEvent, BusStatus, Envelope, Inbox, Topic};
-use banter_protocol::{DirectMessage, Message, RoomId, ServerFrame, User, UserId};
+use banter_protocol::{ChannelName, DirectMessage, Message, RoomId, ServerFrame, User, UserId};
 use dialogs::DialogStore;
 
 /// How long a room's history is kept after its last message, unless told.
@@ -243,6 +243,11 @@ impl Bus for MemoryBus {
         Ok(deliver(&mut subscribers, topic, None, false, payload).await)
     }
 
+    async fn publish_stored(&self, topic: &Topic, payload: Bytes) -> Result<usize, BusError> {
+        // Nothing in memory is ever interrupted: a plain publish.
+        self.publish(topic, payload).await
+    }
+
     async fn publish_message(&self, draft: &Draft) -> Result<Message, BusError> {
         let shared = &self.network.shared;
         // Held across store and delivery: the history order is the live order.
@@ -379,9 +384,20 @@ impl Bus for MemoryBus {
         Ok(mark)
     }
 
-    async fn online(&self, user: &UserId) -> Result<bool, BusError> {
+    async fn listeners(&self, topic: &Topic) -> Result<usize, BusError> {
         let subscribers = self.network.shared.subscribers.lock().await;
-        Ok(subscribers.contains_key(&Topic::User(user.clone())))
+        Ok(subscribers.get(topic).map_or(0, BTreeMap::len))
+    }
+
+    async fn pusher_channels(&self) -> Result<Vec<ChannelName>, BusError> {
+        let subscribers = self.network.shared.subscribers.lock().await;
+        Ok(subscribers
+            .keys()
+            .filter_map(|t| match t {
+                Topic::Pusher(c) => Some(c.clone()),
+                _ => None,
+            })
+            .collect())
     }
 
     async fn subscribe(&self, topic: &Topic) -> Result<(), BusError> {

@@ -18,7 +18,7 @@ use banter_protocol::{DirectMessage, ServerFrame, User, UserId};
 use futures_util::future::join_all;
 
 use super::Keyspace;
-use super::commands::{Commands, Conn};
+use super::commands::Commands;
 use super::history::{self, Mode};
 use super::shards::Replication;
 use crate::dialogs::{DialogSummary, DmDraft, DmRecord, ReadMark, both, fallback_name, read_frame};
@@ -161,27 +161,13 @@ impl Dialogs<'_> {
 
     /// Keeps `payload` in `user`'s mailbox and publishes it on their topic.
     async fn deliver(&self, user: &UserId, payload: &str) -> Result<usize, BusError> {
-        let topic = Topic::User(user.clone());
-        let stream = self.names.stream(&topic);
-        let epoch = format!("{stream}:epoch");
-        let channel = self.names.channel(&topic);
-        let publish = self.names.publish_command();
-        let fresh = Epoch::random().to_string();
-        self.commands
-            .run(|mut conn| async move {
-                DELIVER
-                    .key(&stream)
-                    .key(&epoch)
-                    .arg(MAILBOX_SIZE)
-                    .arg(payload)
-                    .arg(&channel)
-                    .arg(&fresh)
-                    .arg(millis(MAILBOX_TTL))
-                    .arg(publish)
-                    .invoke_async(&mut conn)
-                    .await
-            })
-            .await
+        deliver(
+            self.commands,
+            self.names,
+            &Topic::User(user.clone()),
+            payload,
+        )
+        .await
     }
 
     /// A page of the dialog of `me` and `with`, oldest first.
@@ -359,43 +345,6 @@ impl Dialogs<'_> {
         }
         Ok(Some(mark))
     }
-
-    /// Whether a node listens on `user`'s topic.
-    pub async fn online(&self, user: &UserId) -> Result<bool, BusError> {
-        let channel = self.names.channel(&Topic::User(user.clone()));
-        let slot = super::keyspace::slot(&channel);
-        let listeners: Vec<redis::Value> = self
-            .commands
-            .run(|conn| async move {
-                match conn {
-                    Conn::Single(mut conn) => {
-                        redis::cmd("PUBSUB")
-                            .arg("NUMSUB")
-                            .arg(&channel)
-                            .query_async(&mut conn)
-                            .await
-                    }
-                    Conn::Cluster(mut conn) => {
-                        use redis::cluster_routing::{
-                            Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr,
-                        };
-                        let mut ask = redis::cmd("PUBSUB");
-                        ask.arg("SHARDNUMSUB").arg(&channel);
-                        let primary = Route::new(slot, SlotAddr::Master);
-                        let route =
-                            RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(primary));
-                        let answer = conn.route_command(ask, route).await?;
-                        Ok(redis::from_redis_value(answer)?)
-                    }
-                }
-            })
-            .await?;
-        let count = listeners
-            .get(1)
-            .and_then(|v| redis::from_redis_value::<i64>(v.clone()).ok())
-            .unwrap_or(0);
-        Ok(count > 0)
-    }
 }
 
 fn parse_position(epoch: &str, sid: &str) -> Result<Position, BusError> {
@@ -403,4 +352,35 @@ fn parse_position(epoch: &str, sid: &str) -> Result<Position, BusError> {
         (Some(epoch), Some(id)) => Ok(Position { epoch, id }),
         _ => Err(BusError::Unexpected(format!("a position `{epoch}:{sid}`"))),
     }
+}
+
+/// Keeps `payload` in `topic`'s mailbox stream ([`MAILBOX_SIZE`] frames, for
+/// [`MAILBOX_TTL`]) and publishes it on the topic, as one step
+/// (`lua/deliver.lua`). Returns how many subscribers got it.
+pub(crate) async fn deliver(
+    commands: &Commands,
+    names: &Keyspace,
+    topic: &Topic,
+    payload: &str,
+) -> Result<usize, BusError> {
+    let stream = names.stream(topic);
+    let epoch = format!("{stream}:epoch");
+    let channel = names.channel(topic);
+    let publish = names.publish_command();
+    let fresh = Epoch::random().to_string();
+    commands
+        .run(|mut conn| async move {
+            DELIVER
+                .key(&stream)
+                .key(&epoch)
+                .arg(MAILBOX_SIZE)
+                .arg(payload)
+                .arg(&channel)
+                .arg(&fresh)
+                .arg(millis(MAILBOX_TTL))
+                .arg(publish)
+                .invoke_async(&mut conn)
+                .await
+        })
+        .await
 }

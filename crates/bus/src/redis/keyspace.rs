@@ -70,7 +70,13 @@ impl Keyspace {
         match topic {
             Topic::Room(r) => self.name("room", r),
             Topic::User(u) => self.name("user", u),
+            Topic::Pusher(c) => self.name("pusher", c),
         }
+    }
+
+    /// A `PUBSUB CHANNELS` pattern that matches every Pusher channel's name.
+    pub fn pusher_pattern(&self) -> String {
+        self.name("pusher", "*")
     }
 
     /// The inverse of [`channel`](Self::channel); `None` for anything else.
@@ -85,6 +91,7 @@ impl Keyspace {
         match kind {
             "room" => name.parse().ok().map(Topic::Room),
             "user" => name.parse().ok().map(Topic::User),
+            "pusher" => name.parse().ok().map(Topic::Pusher),
             _ => None,
         }
     }
@@ -95,12 +102,14 @@ impl Keyspace {
     }
 
     /// The stream a topic's stored publishes are kept in: a room's history,
-    /// or a user's mailbox (`{prefix}:inbox:{user}`, the direct messages and
-    /// receipts delivered to them lately, which gap repair reads).
+    /// a user's mailbox (`{prefix}:inbox:{user}`, the direct messages and
+    /// receipts delivered to them lately, which gap repair reads), or a
+    /// Pusher channel's recent events (`{prefix}:pusher-log:{channel}`).
     pub fn stream(&self, topic: &Topic) -> String {
         match topic {
             Topic::Room(room) => self.history(room),
             Topic::User(user) => self.name("inbox", user),
+            Topic::Pusher(channel) => self.name("pusher-log", channel),
         }
     }
 

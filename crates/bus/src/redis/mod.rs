@@ -43,6 +43,7 @@ mod lag;
 pub use commands::{Commands, Conn};
 pub use keyspace::{Keyspace, SLOTS, slot};
 mod link;
+mod listeners;
 mod repair;
 mod requests;
 mod shards;
@@ -53,7 +54,7 @@ use subscriber::{Connector, Subscriber};
 use crate::dialogs::{DialogSummary, DmDraft, ReadMark};
 use crate::history::{DEFAULT_HISTORY, Draft, HistoryPage, HistoryQuery, Position};
 use crate::{Bus, BusError, BusStatus, Inbox, Topic, inbox};
-use banter_protocol::{DirectMessage, Message, RoomId, User, UserId};
+use banter_protocol::{ChannelName, DirectMessage, Message, RoomId, User, UserId};
 use history::Retention;
 
 /// The longest a TCP connect plus handshake to Redis may take.
@@ -409,6 +410,13 @@ impl Bus for RedisBus {
         Ok(usize::try_from(receivers).unwrap_or(0))
     }
 
+    async fn publish_stored(&self, topic: &Topic, payload: Bytes) -> Result<usize, BusError> {
+        self.check_up()?;
+        let payload = std::str::from_utf8(&payload)
+            .map_err(|_| BusError::Unexpected("a stored payload that is not UTF-8".into()))?;
+        dialogs::deliver(&self.inner.commands, &self.inner.names, topic, payload).await
+    }
+
     async fn publish_message(&self, draft: &Draft) -> Result<Message, BusError> {
         self.check_up()?;
         let inner = &self.inner;
@@ -456,8 +464,12 @@ impl Bus for RedisBus {
         self.dialogs().read(by, with, id).await
     }
 
-    async fn online(&self, user: &UserId) -> Result<bool, BusError> {
-        self.dialogs().online(user).await
+    async fn listeners(&self, topic: &Topic) -> Result<usize, BusError> {
+        listeners::count(&self.inner.commands, &self.inner.names, topic).await
+    }
+
+    async fn pusher_channels(&self) -> Result<Vec<ChannelName>, BusError> {
+        listeners::pusher_channels(&self.inner.commands, &self.inner.names).await
     }
 
     async fn subscribe(&self, topic: &Topic) -> Result<(), BusError> {

@@ -386,7 +386,7 @@ fn stored(topic: &Topic, position: Position, record: &str) -> Option<Envelope> {
             let record: crate::history::Record = serde_json::from_str(record).ok()?;
             Bytes::from(record.into_draft(room).frame(position))
         }
-        Topic::User(_) => Bytes::copy_from_slice(record.as_bytes()),
+        Topic::User(_) | Topic::Pusher(_) => Bytes::copy_from_slice(record.as_bytes()),
     };
     Some(Envelope {
         topic: topic.clone(),
@@ -401,7 +401,7 @@ impl Repairs {
     fn kept(&self, topic: &Topic) -> usize {
         match topic {
             Topic::Room(_) => self.retention.size,
-            Topic::User(_) => super::dialogs::MAILBOX_SIZE,
+            Topic::User(_) | Topic::Pusher(_) => super::dialogs::MAILBOX_SIZE,
         }
     }
 }

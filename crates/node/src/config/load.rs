@@ -187,6 +187,23 @@ impl Config {
                 "must be at least 1: direct messages are delivered from their dialog",
             );
         }
+        let pusher = &self.pusher;
+        if !pusher.key.is_empty() && (pusher.secret.is_empty() || pusher.app_id.is_empty()) {
+            return invalid(
+                "pusher.secret",
+                "pusher.key is set: pusher.app_id and pusher.secret must be set too",
+            );
+        }
+        let pusher_chars = |s: &str| {
+            s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+        };
+        if !pusher_chars(&pusher.key) || !pusher_chars(&pusher.app_id) {
+            return invalid(
+                "pusher.key",
+                "pusher.key and pusher.app_id are letters, digits, _ - . only",
+            );
+        }
         let url = &self.auth.connect_url;
         let usable = url.starts_with("http://") && url.parse::<hyper::Uri>().is_ok();
         if !url.is_empty() && !usable {

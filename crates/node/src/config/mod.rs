@@ -37,6 +37,21 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Logging.
     pub log: LogConfig,
+    /// The Pusher-protocol front door.
+    pub pusher: PusherConfig,
+}
+
+/// `[pusher]`: the Pusher Channels protocol on `/app/{key}` and the Pusher
+/// HTTP API on `/apps/{app_id}/...`; off while `key` is empty.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PusherConfig {
+    /// The app id of the HTTP API's paths.
+    pub app_id: String,
+    /// The app key: the path of the WebSocket, and `auth_key` of the API.
+    pub key: String,
+    /// Signs private and presence channel auth strings and API requests.
+    pub secret: String,
 }
 
 /// `[server]`

@@ -18,6 +18,7 @@ pub(crate) mod rules;
 mod session;
 
 pub(crate) use drive::ws_config;
+pub(crate) use session::Session;
 
 use crate::hub::ConnHandle;
 use crate::node::Node;
@@ -28,7 +29,7 @@ use banter_protocol::{
 };
 use drive::{Ws, answer_close, await_echo, send_close, write};
 use futures_util::StreamExt;
-use session::{Session, json};
+use session::json;
 use std::sync::Arc;
 use tokio::time;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -58,6 +59,10 @@ pub(crate) enum Mode {
     /// `/text?room=R`: each text frame is posted to R, each message of R
     /// arrives as `name: text`.
     Text { room: RoomId },
+    /// `/app/{key}`: the Pusher protocol. `refusal`: why the socket is
+    /// closed at once (an unknown app key, a protocol version it does not
+    /// speak), after a `pusher:error` saying so.
+    Pusher { refusal: Option<CloseReason> },
 }
 
 /// Drives one client socket until it closes. `outlet` is the write side
@@ -91,7 +96,15 @@ pub(crate) async fn run(
         }
         Err(stop) => stop,
     };
-    if matches!(stop, Stop::Close(CloseReason::SlowConsumer)) && !kick.is_kicked() {
+    let stop = match stop {
+        Stop::Close(reason) if session.pusher.is_some() => Stop::Close(reason.for_pusher()),
+        other => other,
+    };
+    if matches!(
+        stop,
+        Stop::Close(CloseReason::SlowConsumer | CloseReason::PusherOverCapacity)
+    ) && !kick.is_kicked()
+    {
         // Its own reply overflowed the queue (the hub counts those it cuts).
         node.inner.metrics.slow_consumers.inc();
     }
@@ -122,8 +135,13 @@ async fn register(
     outlet: &Arc<Outlet>,
     mode: &Mode,
 ) -> (Session, Arc<Kick>) {
+    let pusher = matches!(mode, Mode::Pusher { .. });
     let member = Member {
-        conn: new_conn_id(),
+        conn: if pusher {
+            crate::pusher::socket_id()
+        } else {
+            new_conn_id()
+        },
         user,
     };
     let kick = Arc::new(Kick::default());
@@ -138,7 +156,10 @@ async fn register(
         kick.kick(CloseReason::ShuttingDown);
     }
     let text_mode = matches!(mode, Mode::Text { .. });
-    let session = Session::new(node.clone(), member, outlet.clone(), text_mode);
+    let mut session = Session::new(node.clone(), member, outlet.clone(), text_mode);
+    if pusher {
+        session.pusher = Some(crate::pusher::socket::PusherState::default());
+    }
     (session, kick)
 }
 
@@ -161,6 +182,15 @@ async fn greet(
                 };
                 write(ws, kick, outlet, json(&reply)).await?;
             }
+        }
+        Mode::Pusher { refusal } => {
+            if let Some(reason) = refusal {
+                let said = crate::pusher::error(reason.code(), reason.as_str());
+                write(ws, kick, outlet, said).await?;
+                return Err(Stop::Close(reason));
+            }
+            let hello = crate::pusher::socket::connection_established(session.member.conn.as_str());
+            write(ws, kick, outlet, hello).await?;
         }
         Mode::Text { room } => match Box::pin(session.join(room, None)).await {
             ServerFrame::Joined { history, .. } => {

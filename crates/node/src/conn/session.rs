@@ -18,8 +18,8 @@ use tokio::time::Instant;
 
 /// The state of one connection's conversation.
 pub(crate) struct Session {
-    pub(super) node: Node,
-    pub(super) member: Member,
+    pub(crate) node: Node,
+    pub(crate) member: Member,
     pub(super) rooms: BTreeSet<RoomId>,
     pub(super) bucket: Bucket,
     /// Rooms this connection joined in the last minute, and when: it may
@@ -31,6 +31,8 @@ pub(crate) struct Session {
     pub(super) outlet: Arc<Outlet>,
     /// `/text`: replies and messages as plain lines.
     text_mode: bool,
+    /// A Pusher socket's channels (`None` for Banter's own protocols).
+    pub(crate) pusher: Option<crate::pusher::socket::PusherState>,
 }
 
 impl Session {
@@ -46,14 +48,17 @@ impl Session {
             recent_peers: VecDeque::new(),
             outlet,
             text_mode,
+            pusher: None,
         }
     }
 
     /// Leaves every room and forgets the socket: the one cleanup of a session.
     pub(crate) async fn cleanup(&mut self) {
-        let hub = &self.node.inner.hub;
+        let node = self.node.clone();
+        let hub = &node.inner.hub;
         let rooms = std::mem::take(&mut self.rooms);
         hub.leave_all(&self.member, rooms).await;
+        self.pusher_cleanup().await;
         hub.unregister(&self.member).await;
     }
 
@@ -98,6 +103,12 @@ impl Session {
         let allowed = self.bucket.take(received).map_err(Stop::Close)?;
         if self.text_mode {
             return Ok(self.on_line(text, allowed, received).await);
+        }
+        if self.pusher.is_some() {
+            if !allowed {
+                metrics.rate_limited.inc();
+            }
+            return Ok(self.on_pusher(text, allowed).await);
         }
         let frame = decode(text);
         if !allowed {

@@ -11,8 +11,8 @@
 mod api;
 pub(crate) mod connect;
 mod peer;
-mod query;
-mod reply;
+pub(crate) mod query;
+pub(crate) mod reply;
 mod upgrade;
 
 use crate::node::Node;
@@ -63,6 +63,11 @@ pub(crate) async fn serve_connection(stream: TcpStream, peer: SocketAddr, node: 
     }
 }
 
+/// Whether the Pusher front door is on (`pusher.key` set).
+fn pusher_on(node: &Node) -> bool {
+    !node.config().pusher.key.is_empty()
+}
+
 /// The fixed routes; everything else is the room API or 404.
 const FIXED: [&str; 6] = ["/", "/healthz", "/readyz", "/metrics", "/ws", "/text"];
 
@@ -81,6 +86,16 @@ async fn route(req: Request<Incoming>, node: &Node, peer: SocketAddr) -> Respons
         "/ws" if get => upgrade::upgrade(req, node, peer, Format::Json).await,
         "/text" if get => upgrade::upgrade(req, node, peer, Format::Text).await,
         _ if FIXED.contains(&path.as_str()) => status(StatusCode::METHOD_NOT_ALLOWED),
+        p if p.starts_with("/app/") && pusher_on(node) => {
+            if get {
+                upgrade::upgrade(req, node, peer, Format::Pusher).await
+            } else {
+                status(StatusCode::METHOD_NOT_ALLOWED)
+            }
+        }
+        p if p.starts_with("/apps/") && pusher_on(node) => {
+            crate::pusher::api::route(node, req).await
+        }
         _ if path.starts_with("/api/users/") => match path
             .strip_prefix("/api/users/")
             .and_then(|r| r.split_once('/'))

@@ -9,7 +9,7 @@ use crate::auth;
 use crate::conn::{self, Identity, Mode};
 use crate::node::Node;
 use crate::outlet::{Format, Outlet, Socket};
-use banter_protocol::{FrameError, RoomId};
+use banter_protocol::{CloseReason, FrameError, RoomId};
 use base64::Engine;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -66,11 +66,17 @@ async fn try_upgrade(
     let client = client_ip(peer, req.headers(), &node.config().server.trusted_proxies);
     check_origin(&req, node, client)?;
     let query = WsQuery::parse(req.uri().query());
-    let identity = match (&node.inner.connect, &query.token) {
-        (Some(hook), None) => app_session(hook, &req, client).await?,
-        _ => identify(node, &query, format, client)?,
+    let (identity, mode) = if format == Format::Pusher {
+        // Pusher sockets are anonymous: their channels carry the auth.
+        let refusal = pusher_refusal(node, &req);
+        (Identity::Known(auth::guest(None)), Mode::Pusher { refusal })
+    } else {
+        let identity = match (&node.inner.connect, &query.token) {
+            (Some(hook), None) => app_session(hook, &req, client).await?,
+            _ => identify(node, &query, format, client)?,
+        };
+        (identity, mode(query.room, format)?)
     };
-    let mode = mode(query.room, format)?;
     // Only the upgrade handle goes into the session: the request's header
     // values are slices of hyper's 8 KiB read buffer, and holding the request
     // for the socket's lifetime would keep that buffer alive per socket.
@@ -214,6 +220,23 @@ async fn app_session(
     }
 }
 
+/// Why a Pusher socket is closed as soon as it opens, if it is: an app key
+/// that is not this node's, or a protocol version other than 5 to 7
+/// (pusher-js speaks 7).
+fn pusher_refusal(node: &Node, req: &Request<Incoming>) -> Option<CloseReason> {
+    let key = req.uri().path().strip_prefix("/app/").unwrap_or("");
+    if key != node.config().pusher.key {
+        return Some(CloseReason::PusherUnknownApp);
+    }
+    let protocol = super::query::pairs(req.uri().query())
+        .find(|(k, _)| *k == "protocol")
+        .map(|(_, v)| v);
+    match protocol.as_deref().and_then(|p| p.parse::<u8>().ok()) {
+        Some(5..=7) => None,
+        _ => Some(CloseReason::PusherProtocol),
+    }
+}
+
 /// What the socket does first: `/text` needs its room; `/ws?room=` joins it.
 fn mode(room: Option<String>, format: Format) -> Result<Mode, Refusal> {
     let room = room.map(|r| r.parse::<RoomId>());
@@ -228,6 +251,7 @@ fn mode(room: Option<String>, format: Format) -> Result<Mode, Refusal> {
         Format::Json => Ok(Mode::Json {
             join: room.map(|r| r.map_err(FrameError::from)),
         }),
+        Format::Pusher => Ok(Mode::Pusher { refusal: None }),
     }
 }
 

@@ -15,7 +15,7 @@ use crate::metrics::{DropReason, Metrics};
 use crate::outlet::{Delivery, Kick, Offer, Outlet};
 use banter_bus::{Bus, BusError, Topic};
 use banter_presence::{Member, Page, Presence, PresenceError};
-use banter_protocol::{CloseReason, ConnId, RoomId, User, UserId};
+use banter_protocol::{ChannelName, CloseReason, ConnId, RoomId, User, UserId};
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
@@ -42,6 +42,8 @@ struct State {
     rooms: HashMap<RoomId, HashMap<ConnId, ConnHandle>>,
     /// Each user's local connections: where their direct messages go.
     users: HashMap<UserId, HashMap<ConnId, ConnHandle>>,
+    /// The local subscribers of each Pusher channel.
+    channels: HashMap<ChannelName, HashMap<ConnId, ConnHandle>>,
 }
 
 /// Why a join did not happen.
@@ -164,12 +166,29 @@ impl Hub {
         let targets = match topic {
             Topic::Room(room) => state.rooms.get(room),
             Topic::User(user) => state.users.get(user),
+            Topic::Pusher(channel) => state.channels.get(channel),
         };
         let Some(targets) = targets else {
             return 0;
         };
+        let excluding = deliveries.iter().any(|d| d.except.is_some());
         let mut delivered = 0;
-        for handle in targets.values() {
+        for (conn, handle) in targets {
+            let kept;
+            let deliveries =
+                if excluding && deliveries.iter().any(|d| d.except.as_ref() == Some(conn)) {
+                    kept = deliveries
+                        .iter()
+                        .filter(|d| d.except.as_ref() != Some(conn))
+                        .cloned()
+                        .collect::<Vec<_>>();
+                    &kept[..]
+                } else {
+                    deliveries
+                };
+            if deliveries.is_empty() {
+                continue;
+            }
             match handle.outlet.offer(deliveries) {
                 Offer::Written | Offer::Queued => delivered += deliveries.len(),
                 Offer::Full => {
@@ -267,6 +286,55 @@ impl Hub {
             tracing::warn!(%room, error = %e, "presence leave failed; the entry will expire");
         }
         let _ = self.bus.unsubscribe(&Topic::Room(room.clone())).await;
+    }
+
+    /// Subscribes a socket to a Pusher channel: takes a reference on the
+    /// channel's topic (in place before this returns, so nothing published
+    /// afterwards is missed). `false` when the socket is already gone.
+    pub async fn subscribe_channel(
+        &self,
+        channel: &ChannelName,
+        conn: &ConnId,
+    ) -> Result<bool, BusError> {
+        let Some(handle) = self.read().conns.get(conn).cloned() else {
+            return Ok(false);
+        };
+        self.write()
+            .channels
+            .entry(channel.clone())
+            .or_default()
+            .insert(conn.clone(), handle);
+        let topic = Topic::Pusher(channel.clone());
+        if let Err(e) = self.bus.subscribe(&topic).await {
+            self.remove_channel(channel, conn);
+            let _ = self.bus.unsubscribe(&topic).await;
+            return Err(e);
+        }
+        Ok(true)
+    }
+
+    /// Takes a socket off a Pusher channel and gives its reference back.
+    pub async fn unsubscribe_channel(&self, channel: &ChannelName, conn: &ConnId) {
+        if self.remove_channel(channel, conn) {
+            let _ = self.bus.unsubscribe(&Topic::Pusher(channel.clone())).await;
+        }
+    }
+
+    /// How many local sockets are subscribed to `channel`.
+    pub fn channel_subscribers(&self, channel: &ChannelName) -> usize {
+        self.read().channels.get(channel).map_or(0, HashMap::len)
+    }
+
+    fn remove_channel(&self, channel: &ChannelName, conn: &ConnId) -> bool {
+        let mut state = self.write();
+        let Some(members) = state.channels.get_mut(channel) else {
+            return false;
+        };
+        let removed = members.remove(conn).is_some();
+        if members.is_empty() {
+            state.channels.remove(channel);
+        }
+        removed
     }
 
     /// Takes a closing socket out of every room it is in: exactly one place

@@ -3,7 +3,7 @@
 //! [`Format`] that a member speaks, and only when one does.
 
 use banter_bus::{Envelope, Position, Topic};
-use banter_protocol::{Message, ServerFrame};
+use banter_protocol::{ConnId, Message, ServerFrame};
 use bytes::Bytes;
 use std::sync::OnceLock;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
@@ -17,15 +17,19 @@ pub(crate) enum Format {
     Json,
     /// `/text`: chat messages as `name: text` lines, nothing else.
     Text,
+    /// `/app/{key}`: Pusher channel events, as published (only the
+    /// channels' topics reach these sockets).
+    Pusher,
 }
 
 impl Format {
-    const COUNT: usize = 2;
+    const COUNT: usize = 3;
 
     fn index(self) -> usize {
         match self {
             Format::Json => 0,
             Format::Text => 1,
+            Format::Pusher => 2,
         }
     }
 
@@ -33,7 +37,7 @@ impl Format {
     /// the format has nothing to say for it.
     fn encode(self, delivery: &Delivery) -> Option<Bytes> {
         match self {
-            Format::Json => Some(encode_text(delivery.json.clone())),
+            Format::Json | Format::Pusher => Some(encode_text(delivery.json.clone())),
             Format::Text => line_of(&delivery.json).map(|line| encode_text(Bytes::from(line))),
         }
     }
@@ -48,6 +52,9 @@ pub(crate) struct Delivery {
     pub position: Option<Position>,
     /// The frame's JSON, as published (valid UTF-8: checked by the fan-out).
     json: Bytes,
+    /// On a Pusher channel: the socket that must not get it (the sender of
+    /// a client event, or the `socket_id` a trigger excluded).
+    pub except: Option<ConnId>,
     /// The wire frames, per [`Format`], made on first use.
     wires: [OnceLock<Option<Bytes>>; Format::COUNT],
     /// When the fan-out received it, as [`clock_us`](crate::clock::clock_us)
@@ -58,10 +65,15 @@ pub(crate) struct Delivery {
 impl Delivery {
     /// A delivery of `envelope`, whose payload must be UTF-8.
     pub fn new(envelope: Envelope, at: u32) -> Delivery {
+        let (except, json) = match envelope.topic {
+            Topic::Pusher(_) => crate::pusher::split_except(envelope.payload),
+            _ => (None, envelope.payload),
+        };
         Delivery {
             topic: envelope.topic,
             position: envelope.position,
-            json: envelope.payload,
+            json,
+            except,
             wires: Default::default(),
             at,
         }

@@ -1,0 +1,209 @@
+//! The Pusher front door: the Pusher Channels protocol 7 on `/app/{key}`
+//! and the Pusher HTTP API on `/apps/{app_id}/...`, on the same bus, hub and
+//! fan-out as Banter's own protocol.
+//!
+//! A Pusher channel is a bus topic of its own ([`Topic::Pusher`]): a node
+//! subscribes it while it has a subscriber of it, every event published on
+//! it reaches every node in one order, and it is kept briefly in the
+//! channel's stream so that an interrupted subscription is repaired (as a
+//! user's mailbox is). What is published is `{socket_id}\n{frame}`: the
+//! socket the event must skip (a client event's sender, or the trigger's
+//! `socket_id`; empty for none), then the Pusher frame, ready to send; the
+//! fan-out splits the two once per event ([`split_except`]).
+//!
+//! - this file: frames, channel kinds, signatures, socket ids;
+//! - [`socket`]: what a Pusher socket's frames do;
+//! - [`api`]: the HTTP API (trigger, batch trigger, channel queries).
+
+pub(crate) mod api;
+pub(crate) mod socket;
+
+use banter_bus::Topic;
+use banter_protocol::{ChannelName, ConnId};
+use bytes::Bytes;
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+/// The most bytes of an event's `data` (a trigger's, a client event's):
+/// Pusher's limit.
+pub(crate) const MAX_EVENT_BYTES: usize = 10 * 1024;
+/// The most channels one trigger names: Pusher's limit.
+pub(crate) const MAX_TRIGGER_CHANNELS: usize = 100;
+/// The most events in one batch trigger: Pusher's limit.
+pub(crate) const MAX_BATCH: usize = 10;
+/// The most channels one socket may subscribe.
+pub(crate) const MAX_CHANNELS: usize = 100;
+/// The client's ping interval when nothing else is said (seconds), as
+/// `activity_timeout` tells pusher-js.
+pub(crate) const ACTIVITY_TIMEOUT_S: u64 = 30;
+
+/// What kind of channel a name is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Public,
+    Private,
+    Presence,
+}
+
+impl Kind {
+    pub fn of(channel: &str) -> Kind {
+        if channel.starts_with("private-") {
+            Kind::Private
+        } else if channel.starts_with("presence-") {
+            Kind::Presence
+        } else {
+            Kind::Public
+        }
+    }
+}
+
+/// A frame with the given event and data (`data` as Pusher sends it: a JSON
+/// string holding JSON), on `channel` if any.
+pub(crate) fn frame(event: &str, channel: Option<&str>, data: &Value) -> String {
+    let data = match data {
+        Value::String(s) => Value::String(s.clone()),
+        other => Value::String(other.to_string()),
+    };
+    let mut f = json!({ "event": event, "data": data });
+    if let Some(channel) = channel {
+        f["channel"] = Value::String(channel.to_owned());
+    }
+    f.to_string()
+}
+
+/// A `pusher:error` frame (its data an object, as Pusher sends it).
+pub(crate) fn error(code: u16, message: &str) -> String {
+    json!({"event": "pusher:error", "data": {"code": code, "message": message}}).to_string()
+}
+
+/// A `pusher:subscription_error` frame for `channel`.
+pub(crate) fn subscription_error(channel: &str, kind: &str, message: &str, status: u16) -> String {
+    json!({
+        "event": "pusher:subscription_error",
+        "channel": channel,
+        "data": {"type": kind, "error": message, "status": status},
+    })
+    .to_string()
+}
+
+/// What a node publishes on a channel's topic: the socket to skip (or
+/// none), then the frame.
+pub(crate) fn published(except: Option<&ConnId>, frame: &str) -> Bytes {
+    let except = except.map_or("", |c| c.as_str());
+    Bytes::from(format!("{except}\n{frame}"))
+}
+
+/// Splits a published payload into the socket to skip and the frame,
+/// copying nothing. A payload without the line is all frame.
+pub(crate) fn split_except(payload: Bytes) -> (Option<ConnId>, Bytes) {
+    match payload.iter().position(|&b| b == b'\n') {
+        Some(at) => {
+            let except = std::str::from_utf8(&payload[..at])
+                .ok()
+                .filter(|s| !s.is_empty())
+                .and_then(|s| ConnId::try_from(s.to_owned()).ok());
+            (except, payload.slice(at + 1..))
+        }
+        None => (None, payload),
+    }
+}
+
+/// The topic of a channel.
+pub(crate) fn topic(channel: &ChannelName) -> Topic {
+    Topic::Pusher(channel.clone())
+}
+
+/// A Pusher socket id: `{digits}.{digits}`, unique in the cluster (random),
+/// and a valid connection id.
+pub(crate) fn socket_id() -> ConnId {
+    use rand::RngExt;
+    let mut rng = rand::rng();
+    let id = format!(
+        "{}.{}",
+        rng.random_range(1_000_000_000u64..10_000_000_000),
+        rng.random_range(1_000_000_000u64..10_000_000_000)
+    );
+    ConnId::try_from(id).unwrap_or_else(|_| unreachable!("digits and a dot are a valid id"))
+}
+
+/// HMAC-SHA256 of `message` with `secret`, in lower-case hex.
+pub(crate) fn sign(secret: &str, message: &str) -> String {
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
+        unreachable!("HMAC takes a key of any length");
+    };
+    mac.update(message.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// Whether `given` is the right auth string (`key:signature`) of a private
+/// or presence subscription: the signature of `socket_id:channel`, plus
+/// `:channel_data` for presence. Compared in constant time.
+pub(crate) fn auth_ok(
+    key: &str,
+    secret: &str,
+    socket_id: &str,
+    channel: &str,
+    channel_data: Option<&str>,
+    given: &str,
+) -> bool {
+    use subtle::ConstantTimeEq;
+    let message = match channel_data {
+        Some(data) => format!("{socket_id}:{channel}:{data}"),
+        None => format!("{socket_id}:{channel}"),
+    };
+    let expected = format!("{key}:{}", sign(secret, &message));
+    expected.as_bytes().ct_eq(given.as_bytes()).into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_strings_match_pushers_documented_example() {
+        // From Pusher's docs ("Generating the authentication signature"):
+        // key 278d425bdf160c739803, secret 7ad3773142a6692b25b8,
+        // socket 1234.1234, channel private-foobar.
+        let sig = sign("7ad3773142a6692b25b8", "1234.1234:private-foobar");
+        assert_eq!(
+            sig,
+            "58df8b0c36d6982b82c3ecf6b4662e34fe8c25bba48f5369f135bf843651c3a4"
+        );
+        assert!(auth_ok(
+            "278d425bdf160c739803",
+            "7ad3773142a6692b25b8",
+            "1234.1234",
+            "private-foobar",
+            None,
+            &format!("278d425bdf160c739803:{sig}")
+        ));
+        assert!(!auth_ok(
+            "278d425bdf160c739803",
+            "7ad3773142a6692b25b8",
+            "1234.1235",
+            "private-foobar",
+            None,
+            &format!("278d425bdf160c739803:{sig}")
+        ));
+    }
+
+    #[test]
+    fn the_skipped_socket_is_split_off_without_a_copy() {
+        let c: ConnId = "12.34".parse().unwrap();
+        let p = published(Some(&c), r#"{"event":"e"}"#);
+        let (except, frame) = split_except(p);
+        assert_eq!(except, Some(c));
+        assert_eq!(&frame[..], br#"{"event":"e"}"#);
+        let (none, frame) = split_except(published(None, "{}"));
+        assert_eq!((none, &frame[..]), (None, &b"{}"[..]));
+    }
+
+    #[test]
+    fn frames_carry_data_as_a_string() {
+        let f: Value = serde_json::from_str(&frame("e", Some("c"), &json!({"a": 1}))).unwrap();
+        assert_eq!(f, json!({"event":"e","channel":"c","data":"{\"a\":1}"}));
+        let f: Value = serde_json::from_str(&frame("e", None, &json!("raw"))).unwrap();
+        assert_eq!(f, json!({"event":"e","data":"raw"}));
+    }
+}
