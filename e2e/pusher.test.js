@@ -23,14 +23,16 @@ function server(port) {
 const clients = [];
 // A pusher-js client on `port`; private channels are authorised here with
 // the server SDK's own signing (what an app's auth endpoint does).
-function client(port, { authorize = true } = {}) {
+function client(port, { authorize = true, user = null } = {}) {
   const signer = server(port);
   const c = new PusherJs(KEY, {
     wsHost: '127.0.0.1', wsPort: port, forceTLS: false, enabledTransports: ['ws'], disableStats: true, cluster: 'banter',
     channelAuthorization: {
       customHandler: ({ socketId, channelName }, callback) => {
         if (!authorize) return callback(null, { auth: `${KEY}:${'0'.repeat(64)}` });
-        callback(null, signer.authorizeChannel(socketId, channelName));
+        callback(null, channelName.startsWith('presence-')
+          ? signer.authorizeChannel(socketId, channelName, user)
+          : signer.authorizeChannel(socketId, channelName));
       },
     },
   });
@@ -135,6 +137,57 @@ describe('pusher-js and the pusher SDK against Banter', { timeout: 120_000 }, ()
     pub.trigger('client-x', {});
     await until('an error', () => errors.length === 1);
     assert.equal(errors[0].data.code, 4301);
+  });
+
+  it('presence channels: each user once cluster-wide, member_added on the first connection, member_removed on the last', async () => {
+    const name = unique('presence-room');
+    const ann = client(PORTS[0], { user: { user_id: 'ann', user_info: { name: 'Ann' } } });
+    await connected(ann);
+    const chAnn = await subscribed(ann, name);
+    assert.equal(chAnn.members.count, 1);
+    assert.deepEqual(chAnn.members.me, { id: 'ann', info: { name: 'Ann' } });
+    const added = [];
+    const removed = [];
+    chAnn.bind('pusher:member_added', (m) => added.push(m));
+    chAnn.bind('pusher:member_removed', (m) => removed.push(m));
+
+    // Bob, on the other node, sees both, with Ann's info.
+    const bob1 = client(PORTS[1], { user: { user_id: 'bob', user_info: { name: 'Bob' } } });
+    await connected(bob1);
+    const chBob = await subscribed(bob1, name);
+    assert.equal(chBob.members.count, 2);
+    assert.deepEqual(chBob.members.get('ann'), { id: 'ann', info: { name: 'Ann' } });
+    await until('ann hears bob', () => added.length === 1);
+    assert.deepEqual(added[0], { id: 'bob', info: { name: 'Bob' } });
+
+    // Bob's second connection (on Ann's node) announces nothing.
+    const bob2 = client(PORTS[0], { user: { user_id: 'bob', user_info: { name: 'Bob' } } });
+    await connected(bob2);
+    const chBob2 = await subscribed(bob2, name);
+    assert.equal(chBob2.members.count, 2);
+    // The server sees two users.
+    const sdk = server(PORTS[1]);
+    const users = await (await sdk.get({ path: `/channels/${name}/users`, params: {} })).json();
+    assert.deepEqual(users.users.map((u) => u.id).sort(), ['ann', 'bob']);
+    const info = await (await sdk.get({ path: `/channels/${name}`, params: { info: 'user_count' } })).json();
+    assert.equal(info.user_count, 2);
+
+    // A client event on a presence channel carries its sender's user_id.
+    const events = [];
+    chAnn.bind('client-hi', (data, meta) => events.push({ data, user: meta && meta.user_id }));
+    chBob.trigger('client-hi', { x: 1 });
+    await until('the client event', () => events.length === 1);
+    assert.deepEqual(events[0], { data: { x: 1 }, user: 'bob' });
+
+    // Bob leaves with one connection: still there. With the last: gone.
+    bob1.unsubscribe(name);
+    await new Promise((r) => setTimeout(r, 400));
+    assert.equal(removed.length, 0, 'bob is still there on his other connection');
+    assert.equal(added.length, 1, 'and was never announced twice');
+    bob2.disconnect();
+    await until('bob gone', () => removed.length === 1);
+    assert.equal(removed[0].id, 'bob');
+    assert.equal(chAnn.members.count, 1);
   });
 
   it('a trigger can leave out one socket (socket_id)', async () => {

@@ -124,6 +124,18 @@ impl Fanout {
         at: u32,
         now: Instant,
     ) {
+        if let Topic::Pusher(channel) = &envelope.topic {
+            let Some(change) = Change::decode(&envelope.payload) else {
+                self.metrics.dropped(DropReason::BadPayload);
+                return;
+            };
+            flush(&self.hub, &self.metrics, run);
+            let delivery =
+                crate::pusher::member_event(channel, &change, envelope.topic.clone(), at);
+            run.push(Arc::new(delivery));
+            flush(&self.hub, &self.metrics, run);
+            return;
+        }
         let Topic::Room(room) = &envelope.topic else {
             return;
         };
@@ -164,7 +176,7 @@ impl Fanout {
         );
         let (room, limit) = (room.clone(), self.list_limit);
         tokio::spawn(async move {
-            match presence.page(&room, None, limit).await {
+            match presence.page(&Topic::Room(room.clone()), None, limit).await {
                 Ok(page) => {
                     let frame = snapshot(&room, page);
                     let envelope = Envelope {

@@ -75,6 +75,7 @@ impl Diffs {
             joined,
             user,
             count,
+            ..
         } = change;
         pending.count = count;
         let (added, removed) = if joined {
@@ -165,6 +166,7 @@ mod tests {
             joined,
             user: User::parse(id, id).unwrap(),
             count,
+            info: None,
         }
     }
 

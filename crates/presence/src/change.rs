@@ -7,6 +7,7 @@
 
 use banter_protocol::User;
 use bytes::Bytes;
+use std::sync::Arc;
 
 /// See the module docs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -17,13 +18,15 @@ pub struct Change {
     pub user: User,
     /// The room's users after the change.
     pub count: usize,
+    /// The user's `info` in this room, if any (JSON).
+    pub info: Option<Arc<str>>,
 }
 
 impl Change {
     /// The published form.
     pub fn encode(&self) -> Bytes {
         let sign = if self.joined { '+' } else { '-' };
-        let user = serde_json::to_string(&self.user).unwrap_or_default();
+        let user = crate::stored_json(&self.user, self.info.as_deref());
         Bytes::from(format!("{sign}{}\n{user}", self.count))
     }
 
@@ -36,11 +39,12 @@ impl Change {
         };
         let end = payload.iter().position(|&b| b == b'\n')?;
         let count = std::str::from_utf8(&payload[1..end]).ok()?.parse().ok()?;
-        let user = serde_json::from_slice(&payload[end + 1..]).ok()?;
+        let (user, info) = crate::parse_stored(&payload[end + 1..])?;
         Some(Change {
             joined,
             user,
             count,
+            info,
         })
     }
 }
@@ -55,6 +59,7 @@ mod tests {
             joined: false,
             user: User::parse("u1", "Ann \"A\"").unwrap(),
             count: 41,
+            info: None,
         };
         let bytes = change.encode();
         assert_eq!(
@@ -65,5 +70,18 @@ mod tests {
         assert_eq!(Change::decode(&bytes), Some(change));
         assert_eq!(Change::decode(b"{\"type\":\"typing\"}"), None);
         assert_eq!(Change::decode(b"+x\n{}"), None);
+        let with_info = Change {
+            joined: true,
+            user: User::parse("7", "pusher").unwrap(),
+            count: 2,
+            info: Some(Arc::from(r#"{"name":"Ann","n":[1,2]}"#)),
+        };
+        let bytes = with_info.encode();
+        assert_eq!(
+            &bytes[..],
+            br#"+2
+{"id":"7","name":"pusher","info":{"name":"Ann","n":[1,2]}}"#
+        );
+        assert_eq!(Change::decode(&bytes), Some(with_info));
     }
 }

@@ -26,15 +26,65 @@ pub use change::Change;
 pub use memory::MemoryPresence;
 pub use redis::RedisPresence;
 
-use banter_protocol::{ConnId, RoomId, User};
+use banter_bus::Topic;
+use banter_protocol::{ConnId, User, UserId};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
-/// One connection of one user in a room.
+/// One connection of one user in a room (a Banter room, or a Pusher
+/// presence channel: presence is kept per [`Topic`]).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Member {
     /// The connection, unique in the cluster.
     pub conn: ConnId,
     /// Whose connection it is.
     pub user: User,
+    /// What else the room shows of the user, as JSON (a Pusher presence
+    /// channel's `user_info`); kept with the user's entry, given back in
+    /// pages and in the user's join. `None` in Banter rooms.
+    pub info: Option<Arc<str>>,
+}
+
+impl Member {
+    /// A member without `info`.
+    pub fn new(conn: ConnId, user: User) -> Member {
+        Member {
+            conn,
+            user,
+            info: None,
+        }
+    }
+
+    /// How the store keeps the member's user: `{"id","name"}`, with
+    /// `"info"` when there is one.
+    pub fn stored_json(&self) -> String {
+        stored_json(&self.user, self.info.as_deref())
+    }
+}
+
+/// `{"id","name"}` of `user`, with `"info": info` (JSON) when given.
+pub(crate) fn stored_json(user: &User, info: Option<&str>) -> String {
+    let json = serde_json::to_string(user).unwrap_or_default();
+    match info {
+        Some(info) if json.ends_with('}') => {
+            format!("{},\"info\":{info}}}", &json[..json.len() - 1])
+        }
+        _ => json,
+    }
+}
+
+/// A stored user as read back: the user, and its `info` if any.
+pub(crate) fn parse_stored(json: &[u8]) -> Option<(User, Option<Arc<str>>)> {
+    #[derive(serde::Deserialize)]
+    struct Stored {
+        #[serde(flatten)]
+        user: User,
+        #[serde(default)]
+        info: Option<serde_json::Value>,
+    }
+    let stored: Stored = serde_json::from_slice(json).ok()?;
+    let info = stored.info.map(|v| Arc::from(v.to_string()));
+    Some((stored.user, info))
 }
 
 /// One page of a room's users.
@@ -46,6 +96,8 @@ pub struct Page {
     pub count: usize,
     /// Where the next page starts, if more users follow.
     pub next: Option<String>,
+    /// The `info` of the page's users that have one (JSON).
+    pub info: BTreeMap<UserId, Arc<str>>,
 }
 
 /// Why presence could not be read or written.
@@ -70,20 +122,20 @@ pub enum PresenceError {
 pub trait Presence: Send + Sync + std::fmt::Debug + 'static {
     /// Records `member` in `room` until now + ttl. The user's first live
     /// connection in the room publishes their join.
-    async fn join(&self, room: &RoomId, member: &Member) -> Result<(), PresenceError>;
+    async fn join(&self, room: &Topic, member: &Member) -> Result<(), PresenceError>;
 
     /// Removes `member` from `room`, for good: a refresh that still lists it
     /// (a snapshot taken before the leave) does not bring it back. The
     /// user's last connection publishes their leave. Removing an absent
     /// member is fine.
-    async fn leave(&self, room: &RoomId, member: &Member) -> Result<(), PresenceError>;
+    async fn leave(&self, room: &Topic, member: &Member) -> Result<(), PresenceError>;
 
     /// Up to `limit` of `room`'s users after the cursor `after` (from a
     /// previous page's `next`), in id order, with the room's exact count.
     /// Costs the page, not the room.
     async fn page(
         &self,
-        room: &RoomId,
+        room: &Topic,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Page, PresenceError>;
@@ -92,7 +144,7 @@ pub trait Presence: Send + Sync + std::fmt::Debug + 'static {
     /// (what a `joined` frame lists): one round trip where the store can.
     async fn join_page(
         &self,
-        room: &RoomId,
+        room: &Topic,
         member: &Member,
         limit: usize,
     ) -> Result<Page, PresenceError> {
@@ -105,5 +157,5 @@ pub trait Presence: Send + Sync + std::fmt::Debug + 'static {
     /// the ttl: its users come back, with their joins), then sweeps the
     /// expired entries of these rooms (left by crashed nodes), publishing
     /// each user's leave once, however many nodes sweep the same room.
-    async fn refresh(&self, entries: &[(RoomId, Member)]) -> Result<(), PresenceError>;
+    async fn refresh(&self, entries: &[(Topic, Member)]) -> Result<(), PresenceError>;
 }

@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use banter_bus::MemoryNetwork;
-use banter_protocol::{ConnId, RoomId, User, UserId};
+use banter_bus::{MemoryNetwork, Topic};
+use banter_protocol::{ConnId, User, UserId};
 use bytes::Bytes;
 
 use crate::{Change, Member, Page, Presence, PresenceError};
@@ -23,7 +23,7 @@ use crate::{Change, Member, Page, Presence, PresenceError};
 pub struct MemoryPresence {
     /// The one store every clone shares. A std mutex: it is never held
     /// across an await, and every operation is a few map lookups.
-    state: Arc<Mutex<HashMap<RoomId, Room>>>,
+    state: Arc<Mutex<HashMap<Topic, Room>>>,
     /// How long an entry lives after its last join or refresh, in ms.
     ttl_ms: u64,
     /// Where changes are published (the rooms' topics), in the order they
@@ -40,8 +40,9 @@ struct Room {
     /// 0 → 1 and leaves when it goes back to 0, by `leave` or by a sweep,
     /// so every announced join is paired with exactly one announced leave.
     counts: HashMap<UserId, usize>,
-    /// The users present, in id order: what pages are read from.
-    roster: BTreeMap<UserId, User>,
+    /// The users present, in id order: what pages are read from; with
+    /// their `info`, if any.
+    roster: BTreeMap<UserId, (User, Option<Arc<str>>)>,
     /// Connections that left, and when: a refresh from a snapshot taken
     /// before the leave must not bring them back. Kept for a ttl.
     left: HashMap<ConnId, u64>,
@@ -76,7 +77,7 @@ impl MemoryPresence {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<RoomId, Room>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Topic, Room>> {
         // A panic while holding the lock leaves the maps consistent (every
         // operation validates as it goes), so a poisoned lock is still usable.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -86,8 +87,8 @@ impl MemoryPresence {
     /// `room`'s topic, as one step.
     async fn changing<T>(
         &self,
-        room: &RoomId,
-        change: impl FnOnce(&mut HashMap<RoomId, Room>) -> (T, Vec<Change>),
+        room: &Topic,
+        change: impl FnOnce(&mut HashMap<Topic, Room>) -> (T, Vec<Change>),
     ) -> T {
         let apply = || {
             let (out, changes) = change(&mut self.lock());
@@ -105,8 +106,8 @@ impl MemoryPresence {
 
 /// The room, unless it does not exist or was forgotten (then it is dropped).
 fn live_room<'a>(
-    rooms: &'a mut HashMap<RoomId, Room>,
-    room: &RoomId,
+    rooms: &'a mut HashMap<Topic, Room>,
+    room: &Topic,
     now: u64,
 ) -> Option<&'a mut Room> {
     if rooms.get(room).is_some_and(|r| r.forget_at <= now) {
@@ -117,15 +118,17 @@ fn live_room<'a>(
 
 impl Room {
     /// Counts one more connection of `user`; a change when it is their first.
-    fn count(&mut self, user: &User) -> Option<Change> {
+    fn count(&mut self, user: &User, info: &Option<Arc<str>>) -> Option<Change> {
         let n = self.counts.entry(user.id.clone()).or_default();
         *n += 1;
         (*n == 1).then(|| {
-            self.roster.insert(user.id.clone(), user.clone());
+            self.roster
+                .insert(user.id.clone(), (user.clone(), info.clone()));
             Change {
                 joined: true,
                 user: user.clone(),
                 count: self.roster.len(),
+                info: info.clone(),
             }
         })
     }
@@ -139,11 +142,12 @@ impl Room {
             }
             _ => {
                 self.counts.remove(&user.id);
-                self.roster.remove(&user.id);
+                let info = self.roster.remove(&user.id).and_then(|(_, info)| info);
                 Some(Change {
                     joined: false,
                     user: user.clone(),
                     count: self.roster.len(),
+                    info,
                 })
             }
         }
@@ -152,7 +156,7 @@ impl Room {
 
 #[async_trait::async_trait]
 impl Presence for MemoryPresence {
-    async fn join(&self, room: &RoomId, member: &Member) -> Result<(), PresenceError> {
+    async fn join(&self, room: &Topic, member: &Member) -> Result<(), PresenceError> {
         let (now, ttl) = (now_ms(), self.ttl_ms);
         self.changing(room, |rooms| {
             live_room(rooms, room, now);
@@ -172,13 +176,16 @@ impl Presence for MemoryPresence {
                     expires,
                 },
             );
-            ((), r.count(&member.user).into_iter().collect())
+            (
+                (),
+                r.count(&member.user, &member.info).into_iter().collect(),
+            )
         })
         .await;
         Ok(())
     }
 
-    async fn leave(&self, room: &RoomId, member: &Member) -> Result<(), PresenceError> {
+    async fn leave(&self, room: &Topic, member: &Member) -> Result<(), PresenceError> {
         let (now, ttl) = (now_ms(), self.ttl_ms);
         self.changing(room, |rooms| {
             let Some(r) = live_room(rooms, room, now) else {
@@ -197,7 +204,7 @@ impl Presence for MemoryPresence {
 
     async fn page(
         &self,
-        room: &RoomId,
+        room: &Topic,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Page, PresenceError> {
@@ -206,7 +213,8 @@ impl Presence for MemoryPresence {
         let Some(r) = live_room(&mut rooms, room, now) else {
             return Ok(Page::default());
         };
-        let rest: Box<dyn Iterator<Item = (&UserId, &User)>> = match after {
+        type Entry<'a> = (&'a UserId, &'a (User, Option<Arc<str>>));
+        let rest: Box<dyn Iterator<Item = Entry<'_>>> = match after {
             Some(after) => Box::new(
                 r.roster
                     .iter()
@@ -214,24 +222,27 @@ impl Presence for MemoryPresence {
             ),
             None => Box::new(r.roster.iter()),
         };
-        let mut users: Vec<User> = rest
-            .take(limit.saturating_add(1))
-            .map(|(_, u)| u.clone())
-            .collect();
-        let next = if users.len() > limit {
-            users.truncate(limit);
-            users.last().map(|u| u.id.to_string())
+        let mut entries: Vec<&(User, Option<Arc<str>>)> =
+            rest.take(limit.saturating_add(1)).map(|(_, e)| e).collect();
+        let next = if entries.len() > limit {
+            entries.truncate(limit);
+            entries.last().map(|(u, _)| u.id.to_string())
         } else {
             None
         };
+        let info = entries
+            .iter()
+            .filter_map(|(u, info)| Some((u.id.clone(), info.clone()?)))
+            .collect();
         Ok(Page {
-            users,
+            users: entries.into_iter().map(|(u, _)| u.clone()).collect(),
             count: r.roster.len(),
             next,
+            info,
         })
     }
 
-    async fn refresh(&self, entries: &[(RoomId, Member)]) -> Result<(), PresenceError> {
+    async fn refresh(&self, entries: &[(Topic, Member)]) -> Result<(), PresenceError> {
         let (now, ttl) = (now_ms(), self.ttl_ms);
         let expires = now.saturating_add(ttl);
         for (room, members) in group_by_room(entries) {
@@ -259,7 +270,7 @@ impl Presence for MemoryPresence {
                             expires,
                         },
                     );
-                    changes.extend(r.count(&member.user));
+                    changes.extend(r.count(&member.user, &member.info));
                 }
                 let dead: Vec<ConnId> = r
                     .conns
@@ -281,9 +292,9 @@ impl Presence for MemoryPresence {
 }
 
 /// The entries' rooms in order of first appearance, each with its members.
-pub(crate) fn group_by_room(entries: &[(RoomId, Member)]) -> Vec<(&RoomId, Vec<&Member>)> {
-    let mut index: HashMap<&RoomId, usize> = HashMap::new();
-    let mut groups: Vec<(&RoomId, Vec<&Member>)> = Vec::new();
+pub(crate) fn group_by_room(entries: &[(Topic, Member)]) -> Vec<(&Topic, Vec<&Member>)> {
+    let mut index: HashMap<&Topic, usize> = HashMap::new();
+    let mut groups: Vec<(&Topic, Vec<&Member>)> = Vec::new();
     for (room, member) in entries {
         let i = *index.entry(room).or_insert_with(|| {
             groups.push((room, Vec::new()));

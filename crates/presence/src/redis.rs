@@ -32,8 +32,8 @@ use std::time::Duration;
 
 use banter_bus::Topic;
 use banter_bus::redis::{Commands, Conn, Keyspace};
-use banter_protocol::{RoomId, User};
 use redis::{FromRedisValue, Script, Value};
+use std::collections::BTreeMap;
 
 use crate::memory::{duration_ms, group_by_room, now_ms};
 use crate::{Member, Page, Presence, PresenceError};
@@ -110,8 +110,8 @@ impl RedisPresence {
 
     /// The room's six keys, in the scripts' order: set, users, counts,
     /// roster, names, left (see the module docs).
-    fn keys(&self, room: &RoomId) -> [String; 6] {
-        let set = self.names.presence(room);
+    fn keys(&self, room: &Topic) -> [String; 6] {
+        let set = self.names.presence_of(room);
         let more = |k: &str| format!("{set}:{k}");
         [
             set.clone(),
@@ -124,8 +124,8 @@ impl RedisPresence {
     }
 
     /// The room's channel, where its changes are published.
-    fn channel(&self, room: &RoomId) -> String {
-        self.names.channel(&Topic::Room(room.clone()))
+    fn channel(&self, room: &Topic) -> String {
+        self.names.channel(room)
     }
 
     /// Runs `command` on the bus's command connection.
@@ -153,9 +153,18 @@ fn page_from(reply: Vec<Value>, names: &str, limit: usize) -> Result<Page, Prese
         .and_then(|v| usize::from_redis_value(v).ok())
         .unwrap_or(0);
     let mut users = Vec::with_capacity(limit.min(items.len()));
+    let mut info = BTreeMap::new();
     for item in items {
         let json = String::from_redis_value(item).map_err(|e| PresenceError::Redis(e.into()))?;
-        users.push(parse_user(&json, names)?);
+        let Some((user, extra)) = crate::parse_stored(json.as_bytes()) else {
+            return Err(PresenceError::Corrupt(format!(
+                "an unreadable user entry in {names}"
+            )));
+        };
+        if let Some(extra) = extra {
+            info.insert(user.id.clone(), extra);
+        }
+        users.push(user);
     }
     let next = if users.len() > limit {
         users.truncate(limit);
@@ -163,32 +172,28 @@ fn page_from(reply: Vec<Value>, names: &str, limit: usize) -> Result<Page, Prese
     } else {
         None
     };
-    Ok(Page { users, count, next })
-}
-
-fn user_json(user: &User) -> Result<String, PresenceError> {
-    serde_json::to_string(user)
-        .map_err(|e| PresenceError::Corrupt(format!("cannot encode user: {e}")))
-}
-
-fn parse_user(json: &str, key: &str) -> Result<User, PresenceError> {
-    serde_json::from_str(json)
-        .map_err(|e| PresenceError::Corrupt(format!("user entry in {key}: {e}")))
+    info.retain(|id, _| users.iter().any(|u| &u.id == id));
+    Ok(Page {
+        users,
+        count,
+        next,
+        info,
+    })
 }
 
 #[async_trait::async_trait]
 impl Presence for RedisPresence {
-    async fn join(&self, room: &RoomId, member: &Member) -> Result<(), PresenceError> {
+    async fn join(&self, room: &Topic, member: &Member) -> Result<(), PresenceError> {
         self.join_page(room, member, 0).await.map(drop)
     }
 
     async fn join_page(
         &self,
-        room: &RoomId,
+        room: &Topic,
         member: &Member,
         limit: usize,
     ) -> Result<Page, PresenceError> {
-        let json = user_json(&member.user)?;
+        let json = member.stored_json();
         let keys = self.keys(room);
         let mut invocation = self.scripts.join.prepare_invoke();
         for key in &keys {
@@ -209,7 +214,7 @@ impl Presence for RedisPresence {
         page_from(reply, &keys[4], limit)
     }
 
-    async fn leave(&self, room: &RoomId, member: &Member) -> Result<(), PresenceError> {
+    async fn leave(&self, room: &Topic, member: &Member) -> Result<(), PresenceError> {
         let mut invocation = self.scripts.leave.prepare_invoke();
         let keys = self.keys(room);
         for key in &keys {
@@ -234,7 +239,7 @@ impl Presence for RedisPresence {
 
     async fn page(
         &self,
-        room: &RoomId,
+        room: &Topic,
         after: Option<&str>,
         limit: usize,
     ) -> Result<Page, PresenceError> {
@@ -252,7 +257,7 @@ impl Presence for RedisPresence {
         page_from(reply, &keys[4], limit)
     }
 
-    async fn refresh(&self, entries: &[(RoomId, Member)]) -> Result<(), PresenceError> {
+    async fn refresh(&self, entries: &[(Topic, Member)]) -> Result<(), PresenceError> {
         if entries.is_empty() {
             return Ok(());
         }
@@ -270,7 +275,7 @@ impl Presence for RedisPresence {
                 .arg(self.channel(room));
             for member in members {
                 inv.arg(member.conn.as_str())
-                    .arg(user_json(&member.user)?)
+                    .arg(member.stored_json())
                     .arg(member.user.id.as_str());
             }
             invocations.push(inv);
@@ -307,13 +312,25 @@ impl Presence for RedisPresence {
                 let (corrupt, restored, departed) = <(i64, i64, i64)>::from_redis_value(reply)
                     .map_err(|e| PresenceError::Redis(e.into()))?;
                 if corrupt > 0 {
-                    tracing::warn!(%room, corrupt, "swept presence entries without a readable user");
+                    tracing::warn!(
+                        ?room,
+                        corrupt,
+                        "swept presence entries without a readable user"
+                    );
                 }
                 if restored > 0 {
-                    tracing::info!(%room, restored, "presence entries swept while this node stalled are back");
+                    tracing::info!(
+                        ?room,
+                        restored,
+                        "presence entries swept while this node stalled are back"
+                    );
                 }
                 if departed > 0 {
-                    tracing::info!(%room, departed, "swept users of a node that stopped refreshing");
+                    tracing::info!(
+                        ?room,
+                        departed,
+                        "swept users of a node that stopped refreshing"
+                    );
                 }
             }
         }

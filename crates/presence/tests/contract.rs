@@ -53,7 +53,7 @@ contract! {
     a_refresh_of_many_rooms_sweeps_them_all(MANY_TTL);
 }
 
-async fn page(p: &dyn Presence, r: &banter_protocol::RoomId) -> Page {
+async fn page(p: &dyn Presence, r: &banter_bus::Topic) -> Page {
     p.page(r, None, 1000).await.unwrap()
 }
 
@@ -87,7 +87,8 @@ async fn first_join_and_last_leave_are_published_once(b: Backend) {
         Page {
             users: vec![bob.clone()],
             count: 1,
-            next: None
+            next: None,
+            info: Default::default(),
         }
     );
     seen.quiet(Duration::from_millis(200)).await;

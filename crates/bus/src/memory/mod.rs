@@ -189,20 +189,19 @@ impl Shared {
 
 impl MemoryNetwork {
     /// Makes a presence change and publishes what it returns on the room's
-    /// topic, as one step (the memory twin of Redis running a presence
+    /// (or Pusher channel's) topic, as one step (the memory twin of Redis running a presence
     /// script that publishes): every node sees a room's presence changes in
     /// the order they were made. `change` runs under the network's delivery
     /// lock and must not block.
     pub async fn publish_presence<T>(
         &self,
-        room: &RoomId,
+        topic: &Topic,
         change: impl FnOnce() -> (T, Vec<Bytes>),
     ) -> T {
         let mut subscribers = self.shared.subscribers.lock().await;
         let (out, payloads) = change();
-        let topic = Topic::Room(room.clone());
         for payload in payloads {
-            deliver(&mut subscribers, &topic, None, true, payload).await;
+            deliver(&mut subscribers, topic, None, true, payload).await;
         }
         out
     }

@@ -132,6 +132,16 @@ impl Keyspace {
         self.name("presence", room)
     }
 
+    /// The base of a topic's presence keys: a room's, or a Pusher presence
+    /// channel's (`{prefix}:pusher-presence:{channel}`), in the topic's slot.
+    pub fn presence_of(&self, topic: &Topic) -> String {
+        match topic {
+            Topic::Room(room) => self.presence(room),
+            Topic::User(user) => self.name("user-presence", user),
+            Topic::Pusher(channel) => self.name("pusher-presence", channel),
+        }
+    }
+
     /// A health channel of this node: `{prefix}:health:{id}`; on a cluster,
     /// with a hash tag chosen to land in `slot` (so a probe proves the
     /// connection to the shard that owns the slot).

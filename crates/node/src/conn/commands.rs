@@ -22,7 +22,10 @@ impl Session {
         let inner = &node.inner;
         let limit = inner.config.presence.list_limit;
         let page = if self.rooms.contains(&room) {
-            inner.presence.page(&room, None, limit).await
+            inner
+                .presence
+                .page(&Topic::Room(room.clone()), None, limit)
+                .await
         } else {
             if self.rooms.len() >= inner.config.limits.max_rooms {
                 return self.fail(
@@ -218,7 +221,7 @@ impl Session {
             .node
             .inner
             .presence
-            .page(&room, cursor.as_deref(), limit)
+            .page(&Topic::Room(room.clone()), cursor.as_deref(), limit)
             .await
         {
             Ok(page) => snapshot(&room, page),

@@ -136,14 +136,12 @@ async fn register(
     mode: &Mode,
 ) -> (Session, Arc<Kick>) {
     let pusher = matches!(mode, Mode::Pusher { .. });
-    let member = Member {
-        conn: if pusher {
-            crate::pusher::socket_id()
-        } else {
-            new_conn_id()
-        },
-        user,
+    let conn = if pusher {
+        crate::pusher::socket_id()
+    } else {
+        new_conn_id()
     };
+    let member = Member::new(conn, user);
     let kick = Arc::new(Kick::default());
     let handle = ConnHandle {
         user: member.user.clone(),

@@ -91,7 +91,11 @@ pub(crate) async fn presence(node: &Node, room: &str, req: &Request<Incoming>) -
     match node
         .inner
         .presence
-        .page(&room, cursor.as_deref(), limit)
+        .page(
+            &banter_bus::Topic::Room(room.clone()),
+            cursor.as_deref(),
+            limit,
+        )
         .await
     {
         Ok(page) => {

@@ -43,7 +43,15 @@ struct State {
     /// Each user's local connections: where their direct messages go.
     users: HashMap<UserId, HashMap<ConnId, ConnHandle>>,
     /// The local subscribers of each Pusher channel.
-    channels: HashMap<ChannelName, HashMap<ConnId, ConnHandle>>,
+    channels: HashMap<ChannelName, HashMap<ConnId, ChannelSub>>,
+}
+
+/// One socket's subscription to a Pusher channel.
+#[derive(Clone, Debug)]
+struct ChannelSub {
+    handle: ConnHandle,
+    /// On a presence channel: who the socket is there (its `channel_data`).
+    member: Option<Member>,
 }
 
 /// Why a join did not happen.
@@ -139,21 +147,21 @@ impl Hub {
 
     /// Every (room, member) on this node: what the presence refresh keeps
     /// alive, and what is registered again after Redis lost it.
-    pub fn local_members(&self) -> Vec<(RoomId, Member)> {
+    pub fn local_members(&self) -> Vec<(Topic, Member)> {
         let state = self.read();
-        state
-            .rooms
-            .iter()
-            .flat_map(|(room, members)| {
-                members.iter().map(move |(conn, handle)| {
-                    let member = Member {
-                        conn: conn.clone(),
-                        user: handle.user.clone(),
-                    };
-                    (room.clone(), member)
-                })
+        let rooms = state.rooms.iter().flat_map(|(room, members)| {
+            members.iter().map(move |(conn, handle)| {
+                let member = Member::new(conn.clone(), handle.user.clone());
+                (Topic::Room(room.clone()), member)
             })
-            .collect()
+        });
+        let channels = state.channels.iter().flat_map(|(channel, subs)| {
+            subs.values().filter_map(move |sub| {
+                let member = sub.member.clone()?;
+                Some((Topic::Pusher(channel.clone()), member))
+            })
+        });
+        rooms.chain(channels).collect()
     }
 
     /// Hands frames (consecutive ones of one topic, in order) to every local
@@ -166,49 +174,76 @@ impl Hub {
         let targets = match topic {
             Topic::Room(room) => state.rooms.get(room),
             Topic::User(user) => state.users.get(user),
-            Topic::Pusher(channel) => state.channels.get(channel),
+            Topic::Pusher(channel) => {
+                let Some(subs) = state.channels.get(channel) else {
+                    return 0;
+                };
+                return self.deliver_channel(subs, deliveries);
+            }
         };
         let Some(targets) = targets else {
             return 0;
         };
-        let excluding = deliveries.iter().any(|d| d.except.is_some());
+        targets
+            .values()
+            .map(|handle| self.offer(handle, deliveries))
+            .sum()
+    }
+
+    /// A Pusher channel's deliveries: each to every subscriber but the one
+    /// it skips (the sender of a client event, a trigger's `socket_id`, the
+    /// user a `member_added`/`member_removed` is about).
+    fn deliver_channel(
+        &self,
+        subs: &HashMap<ConnId, ChannelSub>,
+        deliveries: &[Arc<Delivery>],
+    ) -> usize {
+        let skipping = deliveries
+            .iter()
+            .any(|d| d.except.is_some() || d.except_user.is_some());
         let mut delivered = 0;
-        for (conn, handle) in targets {
-            let kept;
-            let deliveries =
-                if excluding && deliveries.iter().any(|d| d.except.as_ref() == Some(conn)) {
-                    kept = deliveries
-                        .iter()
-                        .filter(|d| d.except.as_ref() != Some(conn))
-                        .cloned()
-                        .collect::<Vec<_>>();
-                    &kept[..]
-                } else {
-                    deliveries
-                };
-            if deliveries.is_empty() {
-                continue;
-            }
-            match handle.outlet.offer(deliveries) {
-                Offer::Written | Offer::Queued => delivered += deliveries.len(),
-                Offer::Full => {
-                    if !handle.kick.is_kicked() {
-                        self.metrics.slow_consumers.inc();
-                    }
-                    self.metrics
-                        .dropped_n(DropReason::SlowConsumer, deliveries.len());
-                    handle.kick.kick(CloseReason::SlowConsumer);
+        for (conn, sub) in subs {
+            let user = sub.member.as_ref().map(|m| &m.user.id);
+            let skipped = |d: &Delivery| {
+                d.except.as_ref() == Some(conn)
+                    || (d.except_user.is_some() && d.except_user.as_ref() == user)
+            };
+            if skipping && deliveries.iter().any(|d| skipped(d)) {
+                let kept: Vec<Arc<Delivery>> =
+                    deliveries.iter().filter(|d| !skipped(d)).cloned().collect();
+                if !kept.is_empty() {
+                    delivered += self.offer(&sub.handle, &kept);
                 }
-                Offer::Overheld => {
-                    tracing::warn!(
-                        "frames piled up while a client's request waited on the bus; closing it"
-                    );
-                    handle.kick.kick(CloseReason::Internal);
-                }
-                Offer::Skipped | Offer::Closed => {}
+            } else {
+                delivered += self.offer(&sub.handle, deliveries);
             }
         }
         delivered
+    }
+
+    /// Offers deliveries to one socket; how many it took. A full queue
+    /// kicks its client as a slow consumer.
+    fn offer(&self, handle: &ConnHandle, deliveries: &[Arc<Delivery>]) -> usize {
+        match handle.outlet.offer(deliveries) {
+            Offer::Written | Offer::Queued => deliveries.len(),
+            Offer::Full => {
+                if !handle.kick.is_kicked() {
+                    self.metrics.slow_consumers.inc();
+                }
+                self.metrics
+                    .dropped_n(DropReason::SlowConsumer, deliveries.len());
+                handle.kick.kick(CloseReason::SlowConsumer);
+                0
+            }
+            Offer::Overheld => {
+                tracing::warn!(
+                    "frames piled up while a client's request waited on the bus; closing it"
+                );
+                handle.kick.kick(CloseReason::Internal);
+                0
+            }
+            Offer::Skipped | Offer::Closed => 0,
+        }
     }
 
     /// Asks every socket to close with `reason` (the drain).
@@ -258,11 +293,11 @@ impl Hub {
         let subscribed = self.bus.subscribe(&topic).await;
         let result = async {
             subscribed?;
-            match self.presence.join_page(room, member, limit).await {
+            match self.presence.join_page(&topic, member, limit).await {
                 Ok(page) => Ok(page),
                 Err(e) => {
                     // It may have been recorded all the same (a reply lost).
-                    let _ = self.presence.leave(room, member).await;
+                    let _ = self.presence.leave(&topic, member).await;
                     Err(JoinError::from(e))
                 }
             }
@@ -282,7 +317,11 @@ impl Hub {
         if !self.remove_local(room, &member.conn) {
             return;
         }
-        if let Err(e) = self.presence.leave(room, member).await {
+        if let Err(e) = self
+            .presence
+            .leave(&Topic::Room(room.clone()), member)
+            .await
+        {
             tracing::warn!(%room, error = %e, "presence leave failed; the entry will expire");
         }
         let _ = self.bus.unsubscribe(&Topic::Room(room.clone())).await;
@@ -290,34 +329,67 @@ impl Hub {
 
     /// Subscribes a socket to a Pusher channel: takes a reference on the
     /// channel's topic (in place before this returns, so nothing published
-    /// afterwards is missed). `false` when the socket is already gone.
+    /// afterwards is missed). On a presence channel `member` is who the
+    /// socket is there: it is recorded in presence (the user's first
+    /// connection cluster-wide announces them) and the channel's members,
+    /// at most `limit`, come back. `Ok(None)` when the socket is gone.
     pub async fn subscribe_channel(
         &self,
         channel: &ChannelName,
         conn: &ConnId,
-    ) -> Result<bool, BusError> {
+        member: Option<Member>,
+        limit: usize,
+    ) -> Result<Option<Page>, JoinError> {
         let Some(handle) = self.read().conns.get(conn).cloned() else {
-            return Ok(false);
+            return Ok(None);
+        };
+        let sub = ChannelSub {
+            handle,
+            member: member.clone(),
         };
         self.write()
             .channels
             .entry(channel.clone())
             .or_default()
-            .insert(conn.clone(), handle);
+            .insert(conn.clone(), sub);
         let topic = Topic::Pusher(channel.clone());
-        if let Err(e) = self.bus.subscribe(&topic).await {
-            self.remove_channel(channel, conn);
-            let _ = self.bus.unsubscribe(&topic).await;
-            return Err(e);
+        let result = async {
+            self.bus.subscribe(&topic).await?;
+            let Some(member) = &member else {
+                return Ok(Page::default());
+            };
+            match self.presence.join_page(&topic, member, limit).await {
+                Ok(page) => Ok(page),
+                Err(e) => {
+                    let _ = self.presence.leave(&topic, member).await;
+                    Err(JoinError::from(e))
+                }
+            }
         }
-        Ok(true)
+        .await;
+        match result {
+            Ok(page) => Ok(Some(page)),
+            Err(e) => {
+                self.remove_channel(channel, conn);
+                let _ = self.bus.unsubscribe(&topic).await;
+                Err(e)
+            }
+        }
     }
 
-    /// Takes a socket off a Pusher channel and gives its reference back.
+    /// Takes a socket off a Pusher channel (and out of its presence) and
+    /// gives its reference back.
     pub async fn unsubscribe_channel(&self, channel: &ChannelName, conn: &ConnId) {
-        if self.remove_channel(channel, conn) {
-            let _ = self.bus.unsubscribe(&Topic::Pusher(channel.clone())).await;
+        let Some(sub) = self.remove_channel(channel, conn) else {
+            return;
+        };
+        let topic = Topic::Pusher(channel.clone());
+        if let Some(member) = &sub.member
+            && let Err(e) = self.presence.leave(&topic, member).await
+        {
+            tracing::warn!(?topic, error = %e, "presence leave failed; the entry will expire");
         }
+        let _ = self.bus.unsubscribe(&topic).await;
     }
 
     /// How many local sockets are subscribed to `channel`.
@@ -325,12 +397,10 @@ impl Hub {
         self.read().channels.get(channel).map_or(0, HashMap::len)
     }
 
-    fn remove_channel(&self, channel: &ChannelName, conn: &ConnId) -> bool {
+    fn remove_channel(&self, channel: &ChannelName, conn: &ConnId) -> Option<ChannelSub> {
         let mut state = self.write();
-        let Some(members) = state.channels.get_mut(channel) else {
-            return false;
-        };
-        let removed = members.remove(conn).is_some();
+        let members = state.channels.get_mut(channel)?;
+        let removed = members.remove(conn);
         if members.is_empty() {
             state.channels.remove(channel);
         }

@@ -3,7 +3,7 @@
 //! [`Format`] that a member speaks, and only when one does.
 
 use banter_bus::{Envelope, Position, Topic};
-use banter_protocol::{ConnId, Message, ServerFrame};
+use banter_protocol::{ConnId, Message, ServerFrame, UserId};
 use bytes::Bytes;
 use std::sync::OnceLock;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
@@ -55,6 +55,9 @@ pub(crate) struct Delivery {
     /// On a Pusher channel: the socket that must not get it (the sender of
     /// a client event, or the `socket_id` a trigger excluded).
     pub except: Option<ConnId>,
+    /// On a Pusher presence channel: the user a `member_added` or
+    /// `member_removed` is about, whose own sockets do not get it.
+    pub except_user: Option<UserId>,
     /// The wire frames, per [`Format`], made on first use.
     wires: [OnceLock<Option<Bytes>>; Format::COUNT],
     /// When the fan-out received it, as [`clock_us`](crate::clock::clock_us)
@@ -74,6 +77,7 @@ impl Delivery {
             position: envelope.position,
             json,
             except,
+            except_user: None,
             wires: Default::default(),
             at,
         }

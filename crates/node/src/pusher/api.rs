@@ -119,7 +119,10 @@ pub(crate) async fn route(node: &Node, req: Request<Incoming>) -> Response<Body>
                     for c in channels.iter().filter(|c| c.as_str().starts_with(prefix)) {
                         let mut attrs = Map::new();
                         if info("user_count") {
-                            attrs.insert("user_count".into(), json!(0));
+                            match user_count(node, c).await {
+                                Ok(n) => attrs.insert("user_count".into(), json!(n)),
+                                Err(e) => return e,
+                            };
                         }
                         out.insert(c.to_string(), Value::Object(attrs));
                     }
@@ -145,7 +148,22 @@ pub(crate) async fn route(node: &Node, req: Request<Incoming>) -> Response<Body>
                         "users are listed for presence channels only",
                     );
                 }
-                return reply(StatusCode::OK, &json!({ "users": [] }));
+                let page = node
+                    .inner
+                    .presence
+                    .page(&topic(&channel), None, super::MAX_PRESENCE_MEMBERS)
+                    .await;
+                return match page {
+                    Ok(page) => {
+                        let users: Vec<Value> =
+                            page.users.iter().map(|u| json!({"id": u.id})).collect();
+                        reply(StatusCode::OK, &json!({ "users": users }))
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "pusher api: presence unavailable");
+                        fail(StatusCode::SERVICE_UNAVAILABLE, "unavailable, try again")
+                    }
+                };
             }
             match node.inner.bus.listeners(&topic(&channel)).await {
                 Ok(n) => {
@@ -156,7 +174,16 @@ pub(crate) async fn route(node: &Node, req: Request<Incoming>) -> Response<Body>
                             json!(node.inner.hub.channel_subscribers(&channel));
                     }
                     if info("user_count") {
-                        out["user_count"] = json!(0);
+                        if Kind::of(channel.as_str()) != Kind::Presence {
+                            return fail(
+                                StatusCode::BAD_REQUEST,
+                                "user_count is for presence channels",
+                            );
+                        }
+                        match user_count(node, &channel).await {
+                            Ok(n) => out["user_count"] = json!(n),
+                            Err(e) => return e,
+                        }
                     }
                     reply(StatusCode::OK, &out)
                 }
@@ -165,6 +192,20 @@ pub(crate) async fn route(node: &Node, req: Request<Incoming>) -> Response<Body>
         }
         (Method::GET | Method::POST, _) => fail(StatusCode::NOT_FOUND, "no such route"),
         _ => fail(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+    }
+}
+
+/// How many users a presence channel has, cluster-wide.
+async fn user_count(node: &Node, channel: &ChannelName) -> Result<usize, Response<Body>> {
+    match node.inner.presence.page(&topic(channel), None, 0).await {
+        Ok(page) => Ok(page.count),
+        Err(e) => {
+            tracing::warn!(error = %e, "pusher api: presence unavailable");
+            Err(fail(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable, try again",
+            ))
+        }
     }
 }
 

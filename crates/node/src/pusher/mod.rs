@@ -32,6 +32,10 @@ pub(crate) const MAX_EVENT_BYTES: usize = 10 * 1024;
 pub(crate) const MAX_TRIGGER_CHANNELS: usize = 100;
 /// The most events in one batch trigger: Pusher's limit.
 pub(crate) const MAX_BATCH: usize = 10;
+/// The most members of a presence channel: Pusher's limit.
+pub(crate) const MAX_PRESENCE_MEMBERS: usize = 100;
+/// The most bytes of a presence member's `user_info`: Pusher's limit.
+pub(crate) const MAX_USER_INFO_BYTES: usize = 1024;
 /// The most channels one socket may subscribe.
 pub(crate) const MAX_CHANNELS: usize = 100;
 /// The client's ping interval when nothing else is said (seconds), as
@@ -107,6 +111,40 @@ pub(crate) fn split_except(payload: Bytes) -> (Option<ConnId>, Bytes) {
         }
         None => (None, payload),
     }
+}
+
+/// A presence change of a Pusher presence channel as the delivery of its
+/// `pusher_internal:member_added` or `member_removed`, for every subscriber
+/// but the user's own sockets.
+pub(crate) fn member_event(
+    channel: &ChannelName,
+    change: &banter_presence::Change,
+    topic: Topic,
+    at: u32,
+) -> crate::outlet::Delivery {
+    let id = change.user.id.as_str();
+    let (event, data) = if change.joined {
+        let info: Value = change
+            .info
+            .as_deref()
+            .and_then(|i| serde_json::from_str(i).ok())
+            .unwrap_or(Value::Null);
+        (
+            "pusher_internal:member_added",
+            json!({"user_id": id, "user_info": info}),
+        )
+    } else {
+        ("pusher_internal:member_removed", json!({"user_id": id}))
+    };
+    let envelope = banter_bus::Envelope {
+        topic,
+        position: None,
+        presence: false,
+        payload: Bytes::from(format!("\n{}", frame(event, Some(channel.as_str()), &data))),
+    };
+    let mut delivery = crate::outlet::Delivery::new(envelope, at);
+    delivery.except_user = Some(change.user.id.clone());
+    delivery
 }
 
 /// The topic of a channel.

@@ -2,22 +2,24 @@
 //! auth string), unsubscribe, ping, and client events (`client-*`, on
 //! private channels the socket is subscribed to, never echoed to it).
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
-use banter_protocol::ChannelName;
+use banter_presence::{Member, Page};
+use banter_protocol::{ChannelName, ConnId, DisplayName, User, UserId};
 use serde_json::{Value, json};
+use std::sync::Arc;
 
 use super::{
-    ACTIVITY_TIMEOUT_S, Kind, MAX_CHANNELS, MAX_EVENT_BYTES, auth_ok, error, frame, published,
-    subscription_error, topic,
+    ACTIVITY_TIMEOUT_S, Kind, MAX_CHANNELS, MAX_EVENT_BYTES, MAX_PRESENCE_MEMBERS,
+    MAX_USER_INFO_BYTES, auth_ok, error, frame, published, subscription_error, topic,
 };
 use crate::conn::Session;
 
 /// A Pusher socket's own state.
 #[derive(Debug, Default)]
 pub(crate) struct PusherState {
-    /// The channels it is subscribed to.
-    pub channels: BTreeSet<ChannelName>,
+    /// The channels it is subscribed to, with who it is on presence ones.
+    pub channels: BTreeMap<ChannelName, Option<UserId>>,
 }
 
 /// The first frame of a Pusher socket.
@@ -89,16 +91,41 @@ impl Session {
                 }
             }
             Kind::Presence => {
-                return subscription_error(
+                let channel_data = data
+                    .get("channel_data")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                let given = data.get("auth").and_then(Value::as_str).unwrap_or("");
+                if !auth_ok(
+                    &config.key,
+                    &config.secret,
+                    socket_id,
                     name,
-                    "UnsupportedError",
-                    "presence channels are not served by this node yet",
-                    501,
-                );
+                    Some(channel_data),
+                    given,
+                ) {
+                    return subscription_error(
+                        name,
+                        "AuthError",
+                        "invalid signature: the connection is unauthorized",
+                        401,
+                    );
+                }
+                return match presence_member(&self.member.conn, channel_data) {
+                    Ok(member) => self.subscribe(channel, Some(member)).await,
+                    Err(why) => subscription_error(name, "AuthError", why, 4009),
+                };
             }
         }
+        self.subscribe(channel, None).await
+    }
+
+    /// Subscribes the socket (and on a presence channel records `member`).
+    async fn subscribe(&mut self, channel: ChannelName, member: Option<Member>) -> String {
+        let name = channel.as_str().to_owned();
+        let name = name.as_str();
         let state = self.pusher.get_or_insert_default();
-        if state.channels.contains(&channel) {
+        if state.channels.contains_key(&channel) {
             return frame(
                 "pusher_internal:subscription_succeeded",
                 Some(name),
@@ -108,15 +135,40 @@ impl Session {
         if state.channels.len() >= MAX_CHANNELS {
             return subscription_error(name, "LimitReached", "too many channels", 4004);
         }
-        let hub = &self.node.inner.hub;
-        match hub.subscribe_channel(&channel, &self.member.conn).await {
-            Ok(_) => {
-                self.pusher.get_or_insert_default().channels.insert(channel);
-                frame(
-                    "pusher_internal:subscription_succeeded",
-                    Some(name),
-                    &json!({}),
+        let node = self.node.clone();
+        let hub = &node.inner.hub;
+        let presence = member.is_some();
+        let user = member.as_ref().map(|m| m.user.id.clone());
+        match hub
+            .subscribe_channel(
+                &channel,
+                &self.member.conn,
+                member,
+                MAX_PRESENCE_MEMBERS + 1,
+            )
+            .await
+        {
+            Ok(None) => subscription_error(name, "ServerError", "the socket is closing", 503),
+            Ok(Some(page)) if presence && page.count > MAX_PRESENCE_MEMBERS => {
+                hub.unsubscribe_channel(&channel, &self.member.conn).await;
+                subscription_error(
+                    name,
+                    "LimitReached",
+                    "the presence channel has its 100 members",
+                    4100,
                 )
+            }
+            Ok(Some(page)) => {
+                self.pusher
+                    .get_or_insert_default()
+                    .channels
+                    .insert(channel, user);
+                let data = if presence {
+                    presence_data(&page)
+                } else {
+                    json!({})
+                };
+                frame("pusher_internal:subscription_succeeded", Some(name), &data)
             }
             Err(e) => {
                 tracing::warn!(channel = name, error = %e, "pusher subscribe failed");
@@ -129,7 +181,7 @@ impl Session {
         let removed = self
             .pusher
             .as_mut()
-            .is_some_and(|s| s.channels.remove(channel));
+            .is_some_and(|s| s.channels.remove(channel).is_some());
         if removed {
             let hub = &self.node.inner.hub;
             hub.unsubscribe_channel(channel, &self.member.conn).await;
@@ -148,16 +200,13 @@ impl Session {
                 "client events are only allowed on private and presence channels",
             ));
         }
-        if !self
-            .pusher
-            .as_ref()
-            .is_some_and(|s| s.channels.contains(&name))
-        {
+        let Some(user) = self.pusher.as_ref().and_then(|s| s.channels.get(&name)) else {
             return Some(error(
                 4009,
                 "client event on a channel you are not subscribed to",
             ));
-        }
+        };
+        let user = user.clone();
         let data = match data {
             Value::String(s) => s,
             other => other.to_string(),
@@ -165,7 +214,14 @@ impl Session {
         if data.len() > MAX_EVENT_BYTES {
             return Some(error(4301, "client event data over 10 KB"));
         }
-        let frame = frame(event, Some(channel), &Value::String(data));
+        let mut frame: Value =
+            serde_json::from_str(&frame(event, Some(channel), &Value::String(data)))
+                .unwrap_or(Value::Null);
+        // On a presence channel the others learn who sent it.
+        if let Some(user) = user {
+            frame["user_id"] = Value::String(user.to_string());
+        }
+        let frame = frame.to_string();
         let payload = published(Some(&self.member.conn), &frame);
         match self
             .node
@@ -188,8 +244,57 @@ impl Session {
             return;
         };
         let hub = &self.node.inner.hub;
-        for channel in state.channels {
+        for channel in state.channels.into_keys() {
             hub.unsubscribe_channel(&channel, &self.member.conn).await;
         }
     }
+}
+
+/// Who a socket is on a presence channel, from its `channel_data`
+/// (`{"user_id": .., "user_info": ..}`, as the app's auth endpoint signed it).
+fn presence_member(conn: &ConnId, channel_data: &str) -> Result<Member, &'static str> {
+    let data: Value = serde_json::from_str(channel_data).map_err(|_| "channel_data is not JSON")?;
+    let id = match data.get("user_id") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => return Err("channel_data has no user_id"),
+    };
+    let id = UserId::try_from(id)
+        .map_err(|_| "user_id must be 1-128 characters of A-Z a-z 0-9 _ . @ : | + -")?;
+    let info = match data.get("user_info") {
+        None | Some(Value::Null) => None,
+        Some(info) => {
+            let info = info.to_string();
+            if info.len() > MAX_USER_INFO_BYTES {
+                return Err("user_info over 1 KB");
+            }
+            Some(Arc::from(info))
+        }
+    };
+    let name = DisplayName::try_from(String::from("pusher"))
+        .unwrap_or_else(|_| unreachable!("a valid display name"));
+    Ok(Member {
+        conn: conn.clone(),
+        user: User { id, name },
+        info,
+    })
+}
+
+/// A presence channel's `subscription_succeeded` data: its members, each
+/// once, with their `user_info`.
+fn presence_data(page: &Page) -> Value {
+    let ids: Vec<&str> = page.users.iter().map(|u| u.id.as_str()).collect();
+    let hash: serde_json::Map<String, Value> = page
+        .users
+        .iter()
+        .map(|u| {
+            let info = page
+                .info
+                .get(&u.id)
+                .and_then(|i| serde_json::from_str(i).ok())
+                .unwrap_or(Value::Null);
+            (u.id.to_string(), info)
+        })
+        .collect();
+    json!({"presence": {"ids": ids, "hash": hash, "count": page.count}})
 }

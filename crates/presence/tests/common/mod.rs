@@ -10,7 +10,7 @@ use std::time::Duration;
 use banter_bus::redis::{Commands, Keyspace};
 use banter_bus::{Bus, BusEvent, Inbox, MemoryNetwork, RedisBus, RedisBusConfig, Topic};
 use banter_presence::{Change, Member, MemoryPresence, Presence, RedisPresence};
-use banter_protocol::{ConnId, RoomId, User};
+use banter_protocol::{ConnId, User};
 use banter_testkit::RedisServer;
 
 /// Every test gives up after this.
@@ -70,7 +70,7 @@ impl Backend {
     }
 
     /// A subscriber of `rooms`, to see the changes the store publishes.
-    pub async fn watch(&self, rooms: &[&RoomId]) -> Watcher {
+    pub async fn watch(&self, rooms: &[&Topic]) -> Watcher {
         let (bus, inbox): (Arc<dyn Bus>, Inbox) = match self {
             Backend::Memory { network, .. } => {
                 let (bus, inbox) = network.connect();
@@ -85,7 +85,7 @@ impl Backend {
             }
         };
         for room in rooms {
-            bus.subscribe(&Topic::Room((*room).clone())).await.unwrap();
+            bus.subscribe(room).await.unwrap();
         }
         Watcher { _bus: bus, inbox }
     }
@@ -99,7 +99,7 @@ pub struct Watcher {
 
 impl Watcher {
     /// The next presence change, with its room.
-    pub async fn next(&mut self) -> (RoomId, Change) {
+    pub async fn next(&mut self) -> (Topic, Change) {
         loop {
             let event = tokio::time::timeout(Duration::from_secs(5), self.inbox.recv())
                 .await
@@ -107,9 +107,8 @@ impl Watcher {
                 .expect("inbox open");
             if let BusEvent::Envelope(e) = event
                 && e.presence
-                && let Topic::Room(room) = e.topic
             {
-                return (room, Change::decode(&e.payload).expect("a readable change"));
+                return (e.topic, Change::decode(&e.payload).expect("a readable change"));
             }
         }
     }
@@ -128,11 +127,13 @@ pub fn change(joined: bool, user: &User, count: usize) -> Change {
         joined,
         user: user.clone(),
         count,
+        info: None,
     }
 }
 
-pub fn room(s: &str) -> RoomId {
-    s.parse().unwrap()
+/// A Banter room's presence topic.
+pub fn room(s: &str) -> Topic {
+    Topic::Room(s.parse().unwrap())
 }
 
 pub fn user(id: &str, name: &str) -> User {
@@ -143,13 +144,10 @@ pub fn user(id: &str, name: &str) -> User {
 }
 
 pub fn member(conn: &str, user: &User) -> Member {
-    Member {
-        conn: conn.parse::<ConnId>().unwrap(),
-        user: user.clone(),
-    }
+    Member::new(conn.parse::<ConnId>().unwrap(), user.clone())
 }
 
-pub fn entry(r: &RoomId, m: &Member) -> (RoomId, Member) {
+pub fn entry(r: &Topic, m: &Member) -> (Topic, Member) {
     (r.clone(), m.clone())
 }
 
