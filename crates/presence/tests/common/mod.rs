@@ -108,7 +108,10 @@ impl Watcher {
             if let BusEvent::Envelope(e) = event
                 && e.presence
             {
-                return (e.topic, Change::decode(&e.payload).expect("a readable change"));
+                return (
+                    e.topic,
+                    Change::decode(&e.payload).expect("a readable change"),
+                );
             }
         }
     }
