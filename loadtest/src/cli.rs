@@ -175,9 +175,51 @@ pub struct FanoutArgs {
     /// Publishing before the measured window (not in the latency figures).
     #[arg(long, value_parser = parse_duration, default_value = "3s")]
     pub warmup: Duration,
-    /// The room.
+    /// The room (the channel, with `--proto pusher`).
     #[arg(long, default_value = "bench")]
     pub room: String,
+    #[command(flatten)]
+    pub pusher: PusherArgs,
+}
+
+/// Which protocol the fan-out speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Proto {
+    /// Banter's JSON protocol on `/ws`: `send` to publish, the `ack` is the answer.
+    #[default]
+    Banter,
+    /// Pusher: subscribers on `/app/{key}`, publishers triggering over the
+    /// signed HTTP API (a 200 is the answer). Works against any Pusher
+    /// server (Banter's front door, sockudo, soketi).
+    Pusher,
+}
+
+/// `--proto pusher`'s app.
+#[derive(Clone, Debug, Args)]
+pub struct PusherArgs {
+    /// The protocol.
+    #[arg(long, value_enum, default_value_t = Proto::Banter)]
+    pub proto: Proto,
+    /// The Pusher app id (`--proto pusher`).
+    #[arg(long, default_value = "1")]
+    pub pusher_app_id: String,
+    /// The Pusher app key.
+    #[arg(long, default_value = "bench-key")]
+    pub pusher_key: String,
+    /// The Pusher app secret.
+    #[arg(long, default_value = "bench-secret")]
+    pub pusher_secret: String,
+}
+
+impl Default for PusherArgs {
+    fn default() -> Self {
+        PusherArgs {
+            proto: Proto::Banter,
+            pusher_app_id: "1".into(),
+            pusher_key: "bench-key".into(),
+            pusher_secret: "bench-secret".into(),
+        }
+    }
 }
 
 /// `rooms`.
@@ -258,6 +300,7 @@ impl SmokeArgs {
             duration: self.duration,
             warmup: Duration::from_millis(500),
             room: "smoke".into(),
+            pusher: PusherArgs::default(),
         }
     }
 }

@@ -72,7 +72,7 @@ impl ConnectError {
         }
     }
 
-    fn from_ws(e: WsError) -> ConnectError {
+    pub(crate) fn from_ws(e: WsError) -> ConnectError {
         match e {
             WsError::Io(io) => ConnectError::from_io(&io),
             WsError::Http(resp) if resp.status().as_u16() == 503 => ConnectError::NodeRefused503,
@@ -140,6 +140,11 @@ pub async fn open(target: &Target, query: &str) -> Result<Ws, ConnectError> {
 }
 
 async fn handshake(target: &Target, query: &str) -> Result<Ws, ConnectError> {
+    handshake_path(target, &format!("/ws?{query}")).await
+}
+
+/// Upgrades `ws://{target.node}{path}` from `target.source`.
+pub async fn handshake_path(target: &Target, path: &str) -> Result<Ws, ConnectError> {
     let socket = TcpSocket::new_v4().map_err(|e| ConnectError::from_io(&e))?;
     socket
         .bind(SocketAddr::from((target.source, 0)))
@@ -149,7 +154,7 @@ async fn handshake(target: &Target, query: &str) -> Result<Ws, ConnectError> {
         .await
         .map_err(|e| ConnectError::from_io(&e))?;
     let _ = stream.set_nodelay(true);
-    let url = format!("ws://{}/ws?{query}", target.node);
+    let url = format!("ws://{}{path}", target.node);
     let (ws, _resp) = tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config()))
         .await
         .map_err(ConnectError::from_ws)?;

@@ -28,6 +28,7 @@ pub mod cli;
 pub mod conn;
 pub mod plot;
 pub mod procfs;
+pub mod pusher;
 pub mod report;
 pub mod scenarios;
 pub mod shard;

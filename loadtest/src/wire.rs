@@ -63,7 +63,8 @@ pub fn parse_message(frame: &str) -> Option<Stamp> {
     parse_stamp(frame.as_bytes().get(at..)?)
 }
 
-fn parse_stamp(b: &[u8]) -> Option<Stamp> {
+/// The stamp at the start of `b` (`P:S:T:`).
+pub fn parse_stamp(b: &[u8]) -> Option<Stamp> {
     let (publisher, b) = digits(b)?;
     let (seq, b) = digits(b)?;
     let (t_us, _) = digits(b)?;

@@ -4,8 +4,8 @@
 //! publisher, per subscriber: lost, duplicated and out-of-order messages.
 
 use super::publish::{self, Job, PubCounters, PubStats, Schedule};
-use super::{Opened, check_nodes, open_all};
-use crate::cli::{Common, FanoutArgs};
+use super::{Opened, check_nodes, open_all, open_all_with};
+use crate::cli::{Common, FanoutArgs, Proto};
 use crate::conn::Ws;
 use crate::procfs::{CpuSnapshot, CpuUsage, raise_nofile, rss_all};
 use crate::report::{Counts, RateOf, bump, merge_counts, spawn_progress};
@@ -29,6 +29,8 @@ struct Shared {
     window_end_us: AtomicU64,
     delivered: AtomicU64,
     latency: Recorder,
+    /// Pusher event frames instead of Banter `message` frames.
+    pusher: bool,
 }
 
 /// What one subscriber saw.
@@ -124,7 +126,12 @@ async fn subscriber(idx: usize, mut ws: Ws, sh: Arc<Shared>, stop: CancellationT
         };
         match msg {
             Some(Ok(WsMessage::Text(t))) => {
-                let Some(stamp) = wire::parse_message(&t) else {
+                let stamp = if sh.pusher {
+                    crate::pusher::parse_event(&t)
+                } else {
+                    wire::parse_message(&t)
+                };
+                let Some(stamp) = stamp else {
                     st.other_frames += 1;
                     continue;
                 };
@@ -195,6 +202,7 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<FanoutOutcome> {
         window_end_us: AtomicU64::new(u64::MAX),
         delivered: AtomicU64::new(0),
         latency: Recorder::new(32),
+        pusher: args.pusher.proto == Proto::Pusher,
     });
     let counters = Arc::new(PubCounters::default());
     let stop = CancellationToken::new();
@@ -218,43 +226,66 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<FanoutOutcome> {
 
     // Subscribers, round-robin over the nodes.
     let room = &args.room;
+    let app = crate::pusher::App {
+        id: args.pusher.pusher_app_id.clone(),
+        key: args.pusher.pusher_key.clone(),
+        secret: args.pusher.pusher_secret.clone(),
+    };
     let mut subs: Vec<JoinHandle<SubStats>> = Vec::with_capacity(args.subscribers);
-    let sub_open: Opened = open_all(
-        common,
-        0,
-        args.subscribers,
-        |i| format!("room={room}&name=sub-{i}"),
-        opened.clone(),
-        |i, ws| {
-            subs.push(tokio::spawn(subscriber(
-                i,
-                ws,
-                sh.clone(),
-                stop.child_token(),
-            )))
-        },
-    )
-    .await;
+    let on_sub = |i, ws| {
+        subs.push(tokio::spawn(subscriber(
+            i,
+            ws,
+            sh.clone(),
+            stop.child_token(),
+        )))
+    };
+    let sub_open: Opened = if sh.pusher {
+        let dial = |_, target: crate::conn::Target| {
+            let app = app.clone();
+            async move { crate::pusher::open(&target, &app, room).await }
+        };
+        open_all_with(common, 0, args.subscribers, dial, opened.clone(), on_sub).await
+    } else {
+        open_all(
+            common,
+            0,
+            args.subscribers,
+            |i| format!("room={room}&name=sub-{i}"),
+            opened.clone(),
+            on_sub,
+        )
+        .await
+    };
+
     // Publishers, all on one node.
     let mut pub_common = common.clone();
     pub_common.nodes = vec![common.nodes[pub_node]];
     let mut pub_sockets: Vec<(usize, Ws)> = Vec::new();
-    let pub_open = open_all(
-        &pub_common,
-        args.subscribers,
-        args.publishers,
-        |i| format!("room={room}&name=pub-{}", i - args.subscribers),
-        opened.clone(),
-        |i, ws| pub_sockets.push((i - args.subscribers, ws)),
-    )
-    .await;
+    let pub_open = if sh.pusher {
+        // HTTP publishers: nothing to open ahead.
+        Opened {
+            ok: args.publishers as u64,
+            ..Opened::default()
+        }
+    } else {
+        open_all(
+            &pub_common,
+            args.subscribers,
+            args.publishers,
+            |i| format!("room={room}&name=pub-{}", i - args.subscribers),
+            opened.clone(),
+            |i, ws| pub_sockets.push((i - args.subscribers, ws)),
+        )
+        .await
+    };
     out.subscribers_connected = sub_open.ok;
     out.publishers_connected = pub_open.ok;
     out.connect_rate_per_sec = sub_open.rate();
     merge_counts(&mut out.connect_errors, &sub_open.errors);
     merge_counts(&mut out.connect_errors, &pub_open.errors);
     anyhow::ensure!(
-        !pub_sockets.is_empty(),
+        sh.pusher || !pub_sockets.is_empty(),
         "no publisher could connect: {}",
         pub_open.stopped_by()
     );
@@ -272,6 +303,23 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<FanoutOutcome> {
 
     let mut queues = Vec::new();
     let mut pubs: Vec<JoinHandle<PubStats>> = Vec::new();
+    if sh.pusher {
+        for n in 0..args.publishers {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Job>(1 << 16);
+            queues.push(tx);
+            pubs.push(tokio::spawn(crate::pusher::publisher(
+                n as u32,
+                common.nodes[pub_node],
+                app.clone(),
+                rx,
+                room.clone(),
+                args.size,
+                sh.epoch,
+                counters.clone(),
+                stop.child_token(),
+            )));
+        }
+    }
     for (n, (_, ws)) in pub_sockets.into_iter().enumerate() {
         let (tx, rx) = tokio::sync::mpsc::channel::<Job>(1 << 16);
         queues.push(tx);

@@ -7,7 +7,7 @@ pub mod churn;
 pub mod fanout;
 pub mod floor;
 pub mod idle;
-mod publish;
+pub(crate) mod publish;
 pub mod rooms;
 mod tables;
 
@@ -74,17 +74,37 @@ pub async fn open_all(
     count: usize,
     query: impl Fn(usize) -> String,
     opened: Arc<AtomicU64>,
-    mut on_open: impl FnMut(usize, Ws),
+    on_open: impl FnMut(usize, Ws),
 ) -> Opened {
+    let dial = |i: usize, target: Target| {
+        let q = query(i);
+        async move { conn::open(&target, &q).await }
+    };
+    open_all_with(common, offset, count, dial, opened, on_open).await
+}
+
+/// [`open_all`] with another way to open each socket (`dial`), e.g. the
+/// Pusher protocol's.
+pub async fn open_all_with<F>(
+    common: &Common,
+    offset: usize,
+    count: usize,
+    dial: impl Fn(usize, Target) -> F,
+    opened: Arc<AtomicU64>,
+    mut on_open: impl FnMut(usize, Ws),
+) -> Opened
+where
+    F: std::future::Future<Output = Result<Ws, conn::ConnectError>>,
+{
     let start = Instant::now();
     let mut out = Opened::default();
     let nodes = &common.nodes;
     let sources = common.sources;
+    let dial = &dial;
     let mut results = futures_util::stream::iter(offset..offset + count)
         .map(|i| {
             let target = Target::pick(nodes, sources, i);
-            let q = query(i);
-            async move { (i, conn::open(&target, &q).await) }
+            async move { (i, dial(i, target).await) }
         })
         .buffer_unordered(common.concurrency.max(1));
     while let Some((i, r)) = results.next().await {
