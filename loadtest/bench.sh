@@ -7,7 +7,7 @@
 #   loadtest/bench.sh                 # the full run (about 15 minutes)
 #   QUICK=1 loadtest/bench.sh         # small sizes, to check the script itself
 #   ONLY=bigroom loadtest/bench.sh    # only these sections (comma-separated:
-#                                     # idle,bigroom,fanout,floor,rooms,shards,churn),
+#                                     # idle,bigroom,fanout,floor,rooms,shards,pusher,churn),
 #                                     # spliced into the existing BENCHMARKS.md
 #                                     # in place of their old text; the rest
 #                                     # of the file is kept as it is
@@ -22,7 +22,7 @@ QUICK=${QUICK:-0}
 ONLY=${ONLY:-}
 OUT=${OUT:-$ROOT/BENCHMARKS.md}
 FINAL=$OUT
-SECTIONS="idle bigroom fanout floor rooms shards churn"
+SECTIONS="idle bigroom fanout floor rooms shards pusher churn"
 for s in ${ONLY//,/ }; do
   [[ " $SECTIONS " == *" $s "* ]] || { echo "ONLY: unknown section $s (one of: $SECTIONS)" >&2; exit 1; }
 done
@@ -46,10 +46,12 @@ if [ "$QUICK" = 1 ]; then
   IDLE_N=2000; SUBS=200; RATES="50 200"; ROOMS=200; WINDOW=5s; WARM=1s; CHURN_RATE=50; CHURN_FOR=3s
   SHARD_ROOMS=200
   PAIRS=1; PAIR_WINDOW=3s; BIG_N=2000; BIG_HOLD=4s
+  PUSHER_RATES="50 200"
 else
   IDLE_N=20000; SUBS=1000; RATES="25 50 100 200 400 800"; ROOMS=5000; WINDOW=20s; WARM=5s; CHURN_RATE=200; CHURN_FOR=20s
   SHARD_ROOMS=2000
   PAIRS=3; PAIR_WINDOW=15s; BIG_N=20000; BIG_HOLD=10s
+  PUSHER_RATES="100 400"
 fi
 
 # What follows this marker in an existing BENCHMARKS.md is written by hand
@@ -68,6 +70,7 @@ declare -A HEADING=(
   [floor]="## The floor"
   [rooms]="## Rooms"
   [shards]="## Shards"
+  [pusher]="## Pusher"
   [churn]="## Churn"
 )
 want() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
@@ -412,6 +415,79 @@ section_shards() {
 }
 
 # --- churn --------------------------------------------------------------------
+# --- the Pusher protocol: Banter's front door, and sockudo beside it ------------
+# The same fan-out spoken as a Pusher app does (subscribers on /app/{key},
+# triggers over the signed HTTP API), against two Banter nodes with the front
+# door on, then against two sockudo instances on the same kind of Redis with
+# its Redis adapter, when a sockudo binary is there (SOCKUDO_BIN, or `sockudo`
+# on PATH; `cargo install sockudo --no-default-features --features redis,local`).
+PUSHER_APP=(--pusher-app-id 1 --pusher-key bench-key --pusher-secret bench-secret)
+PUSHER_ENV=(BANTER__PUSHER__APP_ID=1 BANTER__PUSHER__KEY=bench-key BANTER__PUSHER__SECRET=bench-secret)
+SOCKUDO_BIN=${SOCKUDO_BIN:-$(command -v sockudo || true)}
+
+# Fresh Redis and two sockudo instances on it: sets NODES, NODE_PIDS.
+sockudo_up() {
+  cleanup
+  local rp; rp=$(free_port)
+  redis-server --port "$rp" --bind 127.0.0.1 --save '' --appendonly no >"$BIN/redis.log" 2>&1 &
+  PIDS+=($!)
+  REDIS_PORT=$rp
+  for _ in $(seq 1 50); do (exec 3<>"/dev/tcp/127.0.0.1/$rp") 2>/dev/null && break; sleep 0.1; done
+  local ports=() pids=() i p
+  for i in 1 2; do
+    p=$(free_port)
+    env HOST=127.0.0.1 PORT="$p" ADAPTER_DRIVER=redis REDIS_URL="redis://127.0.0.1:$rp/" \
+      SOCKUDO_DEFAULT_APP_ID=1 SOCKUDO_DEFAULT_APP_KEY=bench-key SOCKUDO_DEFAULT_APP_SECRET=bench-secret \
+      SOCKUDO_DEFAULT_APP_MAX_CONNECTIONS=100000 SOCKUDO_DEFAULT_APP_MAX_BACKEND_EVENTS_PER_SECOND=100000 \
+      SOCKUDO_DEFAULT_APP_MAX_READ_REQUESTS_PER_SECOND=100000 RATE_LIMITER_ENABLED=false METRICS_ENABLED=false \
+      "$SOCKUDO_BIN" >"$BIN/sockudo-$i.log" 2>&1 &
+    pids+=($!); PIDS+=($!); ports+=("$p")
+  done
+  for p in "${ports[@]}"; do
+    for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && break; sleep 0.1; done
+  done
+  N1="127.0.0.1:${ports[0]}"; N2="127.0.0.1:${ports[1]}"
+  NODES="$N1,$N2"; NODE_PIDS="${pids[0]},${pids[1]}"
+}
+
+section_pusher() {
+  echo -e "\n## Pusher: $SUBS subscribers of one channel over two servers, one HTTP publisher on the second, 100-byte events\n" >>"$OUT"
+  rerun_note >>"$OUT"
+  local rate server rows=()
+  local saved=("${NODE_ENV[@]}")
+  NODE_ENV+=("${PUSHER_ENV[@]}")
+  for server in banter sockudo; do
+    if [ "$server" = sockudo ] && [ ! -x "$SOCKUDO_BIN" ]; then
+      echo -e "\nsockudo: not run (no sockudo binary; set SOCKUDO_BIN).\n" >>"$OUT"
+      continue
+    fi
+    for rate in $PUSHER_RATES; do
+      if [ "$server" = banter ]; then cluster_up; else sockudo_up; fi
+      echo -e "\n### $server, $rate events/s\n" >>"$OUT"
+      run "pusher-$server-$rate" fanout --proto pusher "${PUSHER_APP[@]}" --nodes "$NODES" --pids "$NODE_PIDS" \
+        --subscribers "$SUBS" --publishers 1 --rate "$rate" --size 100 --warmup "$WARM" --duration "$WINDOW" \
+        --room "bench-$rate"
+      rows+=("$server $rate $RES/pusher-$server-$rate.json")
+    done
+  done
+  NODE_ENV=("${saved[@]}")
+  {
+    echo
+    echo "### Side by side"
+    echo
+    echo "| server | events/s | deliveries per server CPU-second | p50 / p99 ms | RSS per connection | lost / duplicated / out of order |"
+    echo "| --- | --- | --- | --- | --- | --- |"
+    local row name r j
+    for row in "${rows[@]}"; do
+      read -r name r j <<<"$row"
+      [ -s "$j" ] || { echo "| $name | $r | (no result) | | | |"; continue; }
+      jq -r --arg name "$name" --arg rate "$r" '
+        def kib: ((.node_rss_kib_after | add) - (.node_rss_kib_before | add)) / ([.subscribers_connected, 1] | max);
+        "| \($name) | \($rate) | \(.deliveries_per_node_cpu_sec // 0 | floor) | \(.latency.p50_ms) / \(.latency.p99_ms) | \(kib | . * 10 | round / 10) KiB | \(.lost) / \(.duplicates) / \(.out_of_order) |"' "$j"
+    done
+  } >>"$OUT"
+}
+
 section_churn() {
   cluster_up
   echo -e "\n## Churn: connect, join, send one message, close\n" >>"$OUT"
