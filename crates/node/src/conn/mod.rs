@@ -9,11 +9,13 @@
 //! - [`session`]: the conversation's state and the dispatch of each frame;
 //!   [`commands`]: what each frame does.
 //! - [`bucket`]: the rate limit; [`rules`]: what a text and a request may be.
+//! - [`pusher`]: a Pusher socket's frames (`/app/{key}`).
 
 mod bucket;
 mod commands;
 mod dialogs;
 mod drive;
+mod pusher;
 pub(crate) mod rules;
 mod session;
 
@@ -156,7 +158,7 @@ async fn register(
     let text_mode = matches!(mode, Mode::Text { .. });
     let mut session = Session::new(node.clone(), member, outlet.clone(), text_mode);
     if pusher {
-        session.pusher = Some(crate::pusher::socket::PusherState::default());
+        session.pusher = Some(pusher::PusherState::default());
     }
     (session, kick)
 }
@@ -187,7 +189,7 @@ async fn greet(
                 write(ws, kick, outlet, said).await?;
                 return Err(Stop::Close(reason));
             }
-            let hello = crate::pusher::socket::connection_established(session.member.conn.as_str());
+            let hello = pusher::connection_established(session.member.conn.as_str());
             write(ws, kick, outlet, hello).await?;
         }
         Mode::Text { room } => match Box::pin(session.join(room, None)).await {

@@ -32,7 +32,7 @@ pub(crate) struct Session {
     /// `/text`: replies and messages as plain lines.
     text_mode: bool,
     /// A Pusher socket's channels (`None` for Banter's own protocols).
-    pub(crate) pusher: Option<crate::pusher::socket::PusherState>,
+    pub(crate) pusher: Option<super::pusher::PusherState>,
 }
 
 impl Session {

@@ -69,7 +69,7 @@ impl Delivery {
     /// A delivery of `envelope`, whose payload must be UTF-8.
     pub fn new(envelope: Envelope, at: u32) -> Delivery {
         let (except, json) = match envelope.topic {
-            Topic::Pusher(_) => crate::pusher::split_except(envelope.payload),
+            Topic::Pusher(_) => crate::pusher::wire::split_except(envelope.payload),
             _ => (None, envelope.payload),
         };
         Delivery {

@@ -9,11 +9,11 @@ use banter_protocol::{ChannelName, ConnId, DisplayName, User, UserId};
 use serde_json::{Value, json};
 use std::sync::Arc;
 
-use super::{
+use super::Session;
+use crate::pusher::{
     ACTIVITY_TIMEOUT_S, Kind, MAX_CHANNELS, MAX_EVENT_BYTES, MAX_PRESENCE_MEMBERS,
     MAX_USER_INFO_BYTES, auth_ok, error, frame, published, subscription_error, topic,
 };
-use crate::conn::Session;
 
 /// A Pusher socket's own state.
 #[derive(Debug, Default)]
