@@ -233,3 +233,70 @@ async fn a_drain_closes_pusher_sockets_with_4200() {
     assert_eq!(next(&mut ws).await, Err(4200));
     stop.await.unwrap();
 }
+
+/// GET /apps/{id}/channels{/name}, signed.
+async fn query(addr: SocketAddr, path: &str) -> (u16, Value) {
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let query = format!("auth_key={KEY}&auth_timestamp={ts}&auth_version=1.0");
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(format!("GET\n{path}\n{query}").as_bytes());
+    let sig = hex::encode(mac.finalize().into_bytes());
+    let (code, body) = http(
+        addr,
+        "GET",
+        &format!("{path}?{query}&auth_signature={sig}"),
+        &[],
+        "",
+    )
+    .await
+    .unwrap();
+    (code, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+/// Across two nodes: an event triggered on one reaches a subscriber on the
+/// other, and the channel queries on either see the channel occupied.
+async fn across_nodes(p: Pair) {
+    let mut ws = open(p.a.addr, &format!("/app/{KEY}?protocol=7")).await;
+    next(&mut ws).await.unwrap();
+    subscribe(&mut ws, "orders").await;
+    for i in 0..20 {
+        assert_eq!(
+            trigger(p.b.addr, SECRET, "orders", "created", &i.to_string()).await,
+            200
+        );
+    }
+    for i in 0..20 {
+        assert_eq!(
+            next(&mut ws).await.unwrap()["data"],
+            i.to_string(),
+            "in order"
+        );
+    }
+    for node in [&p.a, &p.b] {
+        let (code, list) = query(node.addr, "/apps/7/channels").await;
+        assert_eq!(code, 200);
+        assert!(list["channels"].get("orders").is_some(), "{list}");
+        let (_, one) = query(node.addr, "/apps/7/channels/orders").await;
+        assert_eq!(one["occupied"], true);
+        let (_, none) = query(node.addr, "/apps/7/channels/nobody-here").await;
+        assert_eq!(none["occupied"], false);
+    }
+}
+
+#[tokio::test]
+async fn across_nodes_redis() {
+    across_nodes(Pair::redis_with(with_pusher).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn across_nodes_redis_cluster() {
+    across_nodes(Pair::redis_cluster_with(with_pusher).await).await;
+}
+
+#[tokio::test]
+async fn across_nodes_memory() {
+    across_nodes(Pair::memory_with(with_pusher).await).await;
+}
