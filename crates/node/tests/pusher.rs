@@ -139,6 +139,17 @@ async fn the_handshake_names_the_socket_and_refuses_a_wrong_key_or_protocol() {
     assert_eq!(next(&mut old).await.unwrap()["data"]["code"], 4007);
     assert_eq!(next(&mut old).await, Err(4007));
 
+    // A browser page of the app's own site may connect (pusher-js always
+    // talks to another host than its page's).
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        format!("ws://{}/app/{KEY}?protocol=7", n.addr),
+    )
+    .unwrap();
+    req.headers_mut()
+        .insert("origin", "https://shop.example".parse().unwrap());
+    let (mut cross, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(next(&mut cross).await.unwrap()["event"], "pusher:connection_established");
+
     // Off without a key: 404.
     let off = TestNode::start(config("off", None)).await;
     let (code, _) = http(off.addr, "GET", "/app/k3y", &[], "").await.unwrap();

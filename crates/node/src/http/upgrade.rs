@@ -64,7 +64,15 @@ async fn try_upgrade(
     let slot = admit(node)?;
     let key = handshake(&req)?;
     let client = client_ip(peer, req.headers(), &node.config().server.trusted_proxies);
-    check_origin(&req, node, client)?;
+    // A Pusher app's page is served from its own host, never the node's
+    // (pusher-js connects to `wsHost`): the default "same host" rule would
+    // refuse every browser, so only an explicit allow-list is applied there.
+    // Its private and presence channels carry their own signed auth.
+    let pusher_any_origin =
+        format == Format::Pusher && node.config().server.allowed_origins.is_empty();
+    if !pusher_any_origin {
+        check_origin(&req, node, client)?;
+    }
     let query = WsQuery::parse(req.uri().query());
     let (identity, mode) = if format == Format::Pusher {
         // Pusher sockets are anonymous: their channels carry the auth.
