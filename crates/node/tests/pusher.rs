@@ -148,7 +148,10 @@ async fn the_handshake_names_the_socket_and_refuses_a_wrong_key_or_protocol() {
     req.headers_mut()
         .insert("origin", "https://shop.example".parse().unwrap());
     let (mut cross, _) = tokio_tungstenite::connect_async(req).await.unwrap();
-    assert_eq!(next(&mut cross).await.unwrap()["event"], "pusher:connection_established");
+    assert_eq!(
+        next(&mut cross).await.unwrap()["event"],
+        "pusher:connection_established"
+    );
 
     // Off without a key: 404.
     let off = TestNode::start(config("off", None)).await;
