@@ -152,14 +152,6 @@ pub async fn publisher(
                 None => break,
             },
         };
-        if sender.is_none() {
-            sender = connect(node).await.ok();
-        }
-        let Some(s) = sender.as_mut() else {
-            bump(&mut st.errors, "connect");
-            counters.errors.fetch_add(1, Ordering::Relaxed);
-            continue;
-        };
         let stamp = Stamp {
             publisher: number,
             seq: job.seq,
@@ -168,33 +160,52 @@ pub async fn publisher(
         let now_us = epoch.elapsed().as_micros() as u64;
         st.send_lag
             .saturating_record(now_us.saturating_sub(job.t_us).max(1));
-        let req = trigger_request(&app, node, &channel, &wire::encode_text(stamp, size));
+        let text = wire::encode_text(stamp, size);
         st.sent += 1;
         counters.sent.fetch_add(1, Ordering::Relaxed);
-        let answer = tokio::time::timeout(Duration::from_secs(10), async {
-            let res = s.send_request(req).await?;
-            let status = res.status();
-            let _ = res.into_body().collect().await;
-            Ok::<_, hyper::Error>(status)
-        })
-        .await;
+        // A server may close a keep-alive connection after any answer: the
+        // request goes again on a new one (once).
+        let mut answer = None;
+        for _ in 0..2 {
+            if sender.as_ref().is_none_or(|s: &Sender| s.is_closed()) {
+                sender = connect(node).await.ok();
+            }
+            let Some(s) = sender.as_mut() else {
+                break;
+            };
+            let req = trigger_request(&app, node, &channel, &text);
+            let sent = tokio::time::timeout(Duration::from_secs(10), async {
+                s.ready().await?;
+                let res = s.send_request(req).await?;
+                let status = res.status();
+                let _ = res.into_body().collect().await;
+                Ok::<_, hyper::Error>(status)
+            })
+            .await;
+            match sent {
+                Ok(Ok(status)) => {
+                    answer = Some(status);
+                    break;
+                }
+                _ => sender = None,
+            }
+        }
         counters.answered.fetch_add(1, Ordering::Relaxed);
         match answer {
-            Ok(Ok(status)) if status.is_success() => {
+            Some(status) if status.is_success() => {
                 let now_us = epoch.elapsed().as_micros() as u64;
                 if st.acked.insert(job.seq) {
                     st.ack_latency
                         .saturating_record(now_us.saturating_sub(job.t_us).max(1));
                 }
             }
-            Ok(Ok(status)) => {
+            Some(status) => {
                 counters.errors.fetch_add(1, Ordering::Relaxed);
                 bump(&mut st.errors, format!("http {}", status.as_u16()));
             }
-            Ok(Err(_)) | Err(_) => {
+            None => {
                 counters.errors.fetch_add(1, Ordering::Relaxed);
                 bump(&mut st.errors, "http failed");
-                sender = None;
             }
         }
     }
