@@ -20,7 +20,7 @@ use crate::outlet::Delivery;
 use crate::presence::{Diffs, snapshot};
 use banter_bus::{BusEvent, Envelope, Inbox, Topic};
 use banter_presence::{Change, Presence};
-use banter_protocol::ServerFrame;
+use banter_protocol::{CloseReason, ServerFrame};
 use bytes::Bytes;
 use std::sync::Arc;
 use tokio::time::Instant;
@@ -75,8 +75,13 @@ pub(crate) async fn run(mut inbox: Inbox, mut f: Fanout) {
                         ?topic,
                         "live delivery had a hole history cannot fill; members told"
                     );
-                    if let Topic::Pusher(_) = topic {
-                        // The Pusher protocol has no word for it.
+                    if let Topic::Pusher(channel) = &topic {
+                        // The Pusher protocol has no word for it: its
+                        // subscribers here are sent away to reconnect
+                        // (4200), as a Pusher app handles a lost connection
+                        // (it resubscribes and fetches its state again),
+                        // rather than left with a silent hole.
+                        f.hub.kick_channel(channel, CloseReason::PusherReconnect);
                         continue;
                     }
                     f.resync(&topic);

@@ -314,3 +314,57 @@ async fn across_nodes_redis_cluster() {
 async fn across_nodes_memory() {
     across_nodes(Pair::memory_with(with_pusher).await).await;
 }
+
+/// When a node's subscription to a channel was interrupted for longer than
+/// the channel's stream holds, the hole cannot be repaired and the Pusher
+/// protocol cannot say so: its subscribers there are sent away with 4200
+/// (pusher-js reconnects at once and resubscribes), never left with a silent
+/// hole. A shorter interruption is repaired (every event, in order).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hole_the_stream_cannot_fill_sends_subscribers_away_with_4200() {
+    let redis = banter_testkit::RedisServer::start();
+    let proxy = banter_testkit::Proxy::start(([127, 0, 0, 1], redis.port()).into());
+    let mut direct = config("direct", Some(&redis.url()));
+    with_pusher(&mut direct);
+    let a = TestNode::start(direct).await;
+    let mut via = config("via", Some(&proxy.redis_url()));
+    with_pusher(&mut via);
+    let b = TestNode::start(via).await;
+    let mut ws = open(b.addr, &format!("/app/{KEY}?protocol=7")).await;
+    next(&mut ws).await.unwrap();
+    subscribe(&mut ws, "busy").await;
+
+    // A short cut: repaired.
+    proxy.cut();
+    for i in 0..50 {
+        assert_eq!(
+            trigger(a.addr, SECRET, "busy", "e", &format!("short-{i}")).await,
+            200
+        );
+    }
+    proxy.restore();
+    for i in 0..50 {
+        assert_eq!(
+            next(&mut ws).await.unwrap()["data"],
+            format!("short-{i}"),
+            "repaired, in order"
+        );
+    }
+
+    // A long one: more than the channel's stream keeps (2,000).
+    proxy.cut();
+    for i in 0..2300 {
+        assert_eq!(
+            trigger(a.addr, SECRET, "busy", "e", &format!("long-{i}")).await,
+            200
+        );
+    }
+    proxy.restore();
+    let code = loop {
+        match next(&mut ws).await {
+            Ok(_) => {}
+            Err(code) => break code,
+        }
+    };
+    assert_eq!(code, 4200);
+}

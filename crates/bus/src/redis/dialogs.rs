@@ -37,6 +37,26 @@ static READ: LazyLock<redis::Script> =
 /// Frames a user's mailbox keeps: what gap repair can give back after an
 /// interruption of their topic.
 pub(crate) const MAILBOX_SIZE: usize = 256;
+/// Events a Pusher channel's stream keeps (a busy channel fills a user's
+/// mailbox size in well under a second): what gap repair can give back.
+pub(crate) const PUSHER_LOG_SIZE: usize = 2000;
+/// A Pusher channel's stream outlives its last event by this much.
+const PUSHER_LOG_TTL: Duration = Duration::from_secs(600);
+
+/// How many frames `topic`'s stream keeps (a room's history aside).
+pub(crate) fn stream_size(topic: &Topic) -> usize {
+    match topic {
+        Topic::Pusher(_) => PUSHER_LOG_SIZE,
+        _ => MAILBOX_SIZE,
+    }
+}
+
+fn stream_ttl(topic: &Topic) -> Duration {
+    match topic {
+        Topic::Pusher(_) => PUSHER_LOG_TTL,
+        _ => MAILBOX_TTL,
+    }
+}
 /// A mailbox outlives its last frame by this much: repair needs seconds.
 const MAILBOX_TTL: Duration = Duration::from_secs(3600);
 
@@ -354,8 +374,9 @@ fn parse_position(epoch: &str, sid: &str) -> Result<Position, BusError> {
     }
 }
 
-/// Keeps `payload` in `topic`'s mailbox stream ([`MAILBOX_SIZE`] frames, for
-/// [`MAILBOX_TTL`]) and publishes it on the topic, as one step
+/// Keeps `payload` in `topic`'s mailbox stream ([`stream_size`] frames:
+/// [`MAILBOX_SIZE`] for a user, [`PUSHER_LOG_SIZE`] for a Pusher channel) and
+/// publishes it on the topic, as one step
 /// (`lua/deliver.lua`). Returns how many subscribers got it.
 pub(crate) async fn deliver(
     commands: &Commands,
@@ -373,11 +394,11 @@ pub(crate) async fn deliver(
             DELIVER
                 .key(&stream)
                 .key(&epoch)
-                .arg(MAILBOX_SIZE)
+                .arg(stream_size(topic))
                 .arg(payload)
                 .arg(&channel)
                 .arg(&fresh)
-                .arg(millis(MAILBOX_TTL))
+                .arg(millis(stream_ttl(topic)))
                 .arg(publish)
                 .invoke_async(&mut conn)
                 .await

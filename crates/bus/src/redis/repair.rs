@@ -401,7 +401,7 @@ impl Repairs {
     fn kept(&self, topic: &Topic) -> usize {
         match topic {
             Topic::Room(_) => self.retention.size,
-            Topic::User(_) | Topic::Pusher(_) => super::dialogs::MAILBOX_SIZE,
+            Topic::User(_) | Topic::Pusher(_) => super::dialogs::stream_size(topic),
         }
     }
 }

@@ -392,6 +392,15 @@ impl Hub {
         let _ = self.bus.unsubscribe(&topic).await;
     }
 
+    /// Asks every local subscriber of `channel` to close with `reason`.
+    pub fn kick_channel(&self, channel: &ChannelName, reason: CloseReason) {
+        if let Some(subs) = self.read().channels.get(channel) {
+            for sub in subs.values() {
+                sub.handle.kick.kick(reason);
+            }
+        }
+    }
+
     /// How many local sockets are subscribed to `channel`.
     pub fn channel_subscribers(&self, channel: &ChannelName) -> usize {
         self.read().channels.get(channel).map_or(0, HashMap::len)
