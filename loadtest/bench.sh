@@ -132,14 +132,20 @@ wait_ready() {
 
 NODE_ENV=(BANTER__LIMITS__RATE_PER_SEC=1000000 BANTER__LIMITS__BURST=1000000 BANTER__LOG__LEVEL=warn)
 
-# Fresh Redis and two fresh nodes: sets NODES, NODE_PIDS, N1, N2, REDIS_PORT.
-cluster_up() {
-  cleanup
+# A fresh Redis without persistence on a free port: sets REDIS_PORT.
+redis_up() {
   local rp; rp=$(free_port)
   redis-server --port "$rp" --bind 127.0.0.1 --save '' --appendonly no >"$BIN/redis.log" 2>&1 &
   PIDS+=($!)
   REDIS_PORT=$rp
   for _ in $(seq 1 50); do (exec 3<>"/dev/tcp/127.0.0.1/$rp") 2>/dev/null && break; sleep 0.1; done
+}
+
+# Fresh Redis and two fresh nodes: sets NODES, NODE_PIDS, N1, N2, REDIS_PORT.
+cluster_up() {
+  cleanup
+  redis_up
+  local rp=$REDIS_PORT
   local p1 p2; p1=$(free_port); p2=$(free_port)
   while [ "$p2" = "$p1" ]; do p2=$(free_port); done
   env "${NODE_ENV[@]}" "$BIN/banter-node" --redis "redis://127.0.0.1:$rp/" --listen "127.0.0.1:$p1" --node-id a >"$BIN/node-a.log" 2>&1 &
@@ -428,11 +434,8 @@ SOCKUDO_BIN=${SOCKUDO_BIN:-$(command -v sockudo || true)}
 # Fresh Redis and two sockudo instances on it: sets NODES, NODE_PIDS.
 sockudo_up() {
   cleanup
-  local rp; rp=$(free_port)
-  redis-server --port "$rp" --bind 127.0.0.1 --save '' --appendonly no >"$BIN/redis.log" 2>&1 &
-  PIDS+=($!)
-  REDIS_PORT=$rp
-  for _ in $(seq 1 50); do (exec 3<>"/dev/tcp/127.0.0.1/$rp") 2>/dev/null && break; sleep 0.1; done
+  redis_up
+  local rp=$REDIS_PORT
   local ports=() pids=() i p
   for i in 1 2; do
     p=$(free_port)

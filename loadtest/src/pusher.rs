@@ -6,9 +6,8 @@
 //! connection each, and a 200 is the ack.
 
 use crate::conn::{ConnectError, Target, Ws};
-use crate::report::{Counts, bump};
+use crate::report::bump;
 use crate::scenarios::publish::{Job, PubCounters, PubStats};
-use crate::stats::{SeqSet, new_histogram};
 use crate::wire::{self, Stamp};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -134,14 +133,7 @@ pub async fn publisher(
     counters: Arc<PubCounters>,
     stop: CancellationToken,
 ) -> PubStats {
-    let mut st = PubStats {
-        acked: SeqSet::default(),
-        sent: 0,
-        errors: Counts::new(),
-        ack_latency: new_histogram(),
-        send_lag: new_histogram(),
-        closed: None,
-    };
+    let mut st = PubStats::new();
     let mut sender = None;
     loop {
         let job = tokio::select! {

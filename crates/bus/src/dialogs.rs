@@ -68,17 +68,6 @@ impl DmRecord {
     }
 }
 
-/// One dialog in a user's list.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DialogSummary {
-    /// The other user (the name they last wrote or read under).
-    pub with: User,
-    /// The newest message.
-    pub last: DirectMessage,
-    /// Messages from the other user after the position read.
-    pub unread: usize,
-}
-
 /// A `read` receipt as the bus stored it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReadMark {

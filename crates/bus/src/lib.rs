@@ -25,13 +25,13 @@ mod inbox;
 pub mod memory;
 pub mod redis;
 
-pub use dialogs::{DialogSummary, DmDraft, ReadMark, is_guest};
+pub use dialogs::{DmDraft, ReadMark, is_guest};
 pub use history::{DEFAULT_HISTORY, Draft, Epoch, HistoryPage, HistoryQuery, Position, StreamId};
 pub use inbox::Inbox;
 pub use memory::{MemoryBus, MemoryNetwork};
 pub use redis::{RedisBus, RedisBusConfig};
 
-use banter_protocol::{ChannelName, DirectMessage, Message, RoomId, User, UserId};
+use banter_protocol::{ChannelName, DialogEntry, DirectMessage, Message, RoomId, User, UserId};
 use bytes::Bytes;
 use tokio::sync::watch;
 
@@ -177,7 +177,7 @@ pub trait Bus: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<Vec<DirectMessage>, BusError>;
 
     /// The dialogs of `me`, most recent first, at most `limit`.
-    async fn dialogs(&self, me: &UserId, limit: usize) -> Result<Vec<DialogSummary>, BusError>;
+    async fn dialogs(&self, me: &UserId, limit: usize) -> Result<Vec<DialogEntry>, BusError>;
 
     /// Moves how far `by` has read the dialog with `with` up to `id` (never
     /// back), and when it moved delivers a `read` receipt to both users.

@@ -100,6 +100,20 @@ pub struct PubStats {
     pub closed: Option<String>,
 }
 
+impl PubStats {
+    /// Nothing seen yet.
+    pub fn new() -> PubStats {
+        PubStats {
+            acked: SeqSet::default(),
+            sent: 0,
+            errors: Counts::new(),
+            ack_latency: new_histogram(),
+            send_lag: new_histogram(),
+            closed: None,
+        }
+    }
+}
+
 /// Drives one publisher socket: writes due jobs in batches (feed, flush
 /// once), and reads answers until `stop`.
 #[allow(clippy::too_many_arguments)]
@@ -113,14 +127,7 @@ pub async fn publisher(
     counters: Arc<PubCounters>,
     stop: CancellationToken,
 ) -> PubStats {
-    let mut st = PubStats {
-        acked: SeqSet::default(),
-        sent: 0,
-        errors: Counts::new(),
-        ack_latency: new_histogram(),
-        send_lag: new_histogram(),
-        closed: None,
-    };
+    let mut st = PubStats::new();
     // Intended send time of each sequence number, for ack latency.
     let mut intended: Vec<u64> = Vec::new();
     let mut jobs_open = true;

@@ -2,9 +2,9 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use banter_protocol::{DirectMessage, User, UserId};
+use banter_protocol::{DialogEntry, DirectMessage, User, UserId};
 
-use crate::dialogs::{DialogSummary, DmDraft, DmRecord, ReadMark, fallback_name, pair};
+use crate::dialogs::{DmDraft, DmRecord, ReadMark, fallback_name, pair};
 use crate::history::{Epoch, HistoryQuery, Position, StreamId};
 
 /// Every dialog of the network, and every user's list of them.
@@ -77,21 +77,19 @@ impl DialogStore {
         }
         let size = self.size;
         let (from, to) = (&draft.from.id, &draft.to);
-        if self.get(from, to, now).is_none() {
-            let dialog = Dialog {
+        // An expired dialog is forgotten first: its next message begins anew.
+        self.get(from, to, now);
+        let dialog = self
+            .dialogs
+            .entry(Self::key(from, to))
+            .or_insert_with(|| Dialog {
                 epoch: Epoch::random(),
                 written_ms: 0,
                 entries: VecDeque::new(),
                 last: StreamId::default(),
                 read: HashMap::new(),
                 names: HashMap::new(),
-            };
-            self.dialogs.insert(Self::key(from, to), dialog);
-        }
-        let key = Self::key(from, to);
-        let Some(dialog) = self.dialogs.get_mut(&key) else {
-            unreachable!("the dialog was just made");
-        };
+            });
         let id = dialog.last.next(now);
         dialog.last = id;
         dialog.written_ms = now;
@@ -148,7 +146,7 @@ impl DialogStore {
     }
 
     /// The dialogs of `me`, most recent first.
-    pub fn list(&mut self, me: &UserId, limit: usize, now: u64) -> Vec<DialogSummary> {
+    pub fn list(&mut self, me: &UserId, limit: usize, now: u64) -> Vec<DialogEntry> {
         let mut others: Vec<(UserId, u64)> = self
             .lists
             .get(me)
@@ -184,7 +182,7 @@ impl DialogStore {
                 epoch: dialog.epoch,
                 id: *id,
             };
-            out.push(DialogSummary {
+            out.push(DialogEntry {
                 with,
                 last: last.clone().into_message(position),
                 unread,

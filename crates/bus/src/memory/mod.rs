@@ -17,14 +17,16 @@ use bytes::Bytes;
 use tokio::sync::{Mutex, watch};
 
 use crate::dialogs::{
-    DEFAULT_DIALOG_SIZE, DEFAULT_DIALOG_TTL, DialogSummary, DmDraft, ReadMark, both, read_frame,
+    DEFAULT_DIALOG_SIZE, DEFAULT_DIALOG_TTL, DmDraft, ReadMark, both, read_frame,
 };
 use crate::history::{
     DEFAULT_HISTORY, Draft, Epoch, HistoryPage, HistoryQuery, Position, Record, StreamId,
 };
 use crate::inbox::{self, InboxSender};
 use crate::{Bus, BusError, BusEvent, BusStatus, Envelope, Inbox, Topic};
-use banter_protocol::{ChannelName, DirectMessage, Message, RoomId, ServerFrame, User, UserId};
+use banter_protocol::{
+    ChannelName, DialogEntry, DirectMessage, Message, RoomId, ServerFrame, User, UserId,
+};
 use dialogs::DialogStore;
 
 /// How long a room's history is kept after its last message, unless told.
@@ -361,7 +363,7 @@ impl Bus for MemoryBus {
             .history(me, with, query, crate::now_ms()))
     }
 
-    async fn dialogs(&self, me: &UserId, limit: usize) -> Result<Vec<DialogSummary>, BusError> {
+    async fn dialogs(&self, me: &UserId, limit: usize) -> Result<Vec<DialogEntry>, BusError> {
         Ok(self.network.dialogs().list(me, limit, crate::now_ms()))
     }
 

@@ -14,14 +14,14 @@
 use std::sync::LazyLock;
 use std::time::Duration;
 
-use banter_protocol::{DirectMessage, ServerFrame, User, UserId};
+use banter_protocol::{DialogEntry, DirectMessage, ServerFrame, User, UserId};
 use futures_util::future::join_all;
 
 use super::Keyspace;
 use super::commands::Commands;
 use super::history::{self, Mode};
 use super::shards::Replication;
-use crate::dialogs::{DialogSummary, DmDraft, DmRecord, ReadMark, both, fallback_name, read_frame};
+use crate::dialogs::{DmDraft, DmRecord, ReadMark, both, fallback_name, read_frame};
 use crate::history::{Epoch, HistoryQuery, Position, StreamId};
 use crate::{BusError, Topic};
 
@@ -236,11 +236,7 @@ impl Dialogs<'_> {
     }
 
     /// `me`'s dialogs, most recent first.
-    pub async fn summaries(
-        &self,
-        me: &UserId,
-        limit: usize,
-    ) -> Result<Vec<DialogSummary>, BusError> {
+    pub async fn summaries(&self, me: &UserId, limit: usize) -> Result<Vec<DialogEntry>, BusError> {
         let list = self.names.dialogs(me);
         let oldest = crate::now_ms().saturating_sub(millis(self.retention.ttl));
         let stop = isize::try_from(limit)
@@ -273,11 +269,7 @@ impl Dialogs<'_> {
     }
 
     /// One dialog of `me`'s list; `None` when it expired.
-    async fn summary(
-        &self,
-        me: &UserId,
-        other: &UserId,
-    ) -> Result<Option<DialogSummary>, BusError> {
+    async fn summary(&self, me: &UserId, other: &UserId) -> Result<Option<DialogEntry>, BusError> {
         let keys = self.keys(me, other);
         let (epoch, id, record, unread, with): (String, String, String, usize, String) = self
             .commands
@@ -302,7 +294,7 @@ impl Dialogs<'_> {
             .ok()
             .filter(|u| &u.id == other)
             .unwrap_or_else(|| fallback_name(other));
-        Ok(Some(DialogSummary {
+        Ok(Some(DialogEntry {
             with,
             last: record.into_message(position),
             unread,

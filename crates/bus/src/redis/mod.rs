@@ -51,10 +51,10 @@ mod subscriber;
 
 use subscriber::{Connector, Subscriber};
 
-use crate::dialogs::{DialogSummary, DmDraft, ReadMark};
+use crate::dialogs::{DmDraft, ReadMark};
 use crate::history::{DEFAULT_HISTORY, Draft, HistoryPage, HistoryQuery, Position};
 use crate::{Bus, BusError, BusStatus, Inbox, Topic, inbox};
-use banter_protocol::{ChannelName, DirectMessage, Message, RoomId, User, UserId};
+use banter_protocol::{ChannelName, DialogEntry, DirectMessage, Message, RoomId, User, UserId};
 use history::Retention;
 
 /// The longest a TCP connect plus handshake to Redis may take.
@@ -450,7 +450,7 @@ impl Bus for RedisBus {
         self.dialogs().history(me, with, query).await
     }
 
-    async fn dialogs(&self, me: &UserId, limit: usize) -> Result<Vec<DialogSummary>, BusError> {
+    async fn dialogs(&self, me: &UserId, limit: usize) -> Result<Vec<DialogEntry>, BusError> {
         self.dialogs().summaries(me, limit).await
     }
 

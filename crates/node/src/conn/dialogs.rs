@@ -7,7 +7,7 @@ use super::rules::{
 use super::session::Session;
 use crate::metrics::DropReason;
 use banter_bus::{DmDraft, HistoryQuery, Position, is_guest};
-use banter_protocol::{DialogEntry, ErrorCode, MessageId, Ref, ServerFrame, UserId};
+use banter_protocol::{ErrorCode, MessageId, Ref, ServerFrame, UserId};
 use tokio::time::Instant;
 
 impl Session {
@@ -93,14 +93,6 @@ impl Session {
         let me = &self.member.user.id;
         match self.node.inner.bus.dialogs(me, DIALOGS_LIMIT).await {
             Ok(dialogs) => {
-                let dialogs: Vec<DialogEntry> = dialogs
-                    .into_iter()
-                    .map(|d| DialogEntry {
-                        with: d.with,
-                        last: d.last,
-                        unread: d.unread,
-                    })
-                    .collect();
                 let (dialogs, _, cost) = fit(dialogs);
                 self.bucket.charge(cost);
                 ServerFrame::Dialogs { dialogs }

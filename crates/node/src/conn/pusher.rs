@@ -12,7 +12,7 @@ use std::sync::Arc;
 use super::Session;
 use crate::pusher::{
     ACTIVITY_TIMEOUT_S, Kind, MAX_CHANNELS, MAX_EVENT_BYTES, MAX_PRESENCE_MEMBERS,
-    MAX_USER_INFO_BYTES, auth_ok, error, frame, published, subscription_error, topic,
+    MAX_USER_INFO_BYTES, auth_ok, client_event, error, frame, published, subscription_error, topic,
 };
 
 /// A Pusher socket's own state.
@@ -214,14 +214,8 @@ impl Session {
         if data.len() > MAX_EVENT_BYTES {
             return Some(error(4301, "client event data over 10 KB"));
         }
-        let mut frame: Value =
-            serde_json::from_str(&frame(event, Some(channel), &Value::String(data)))
-                .unwrap_or(Value::Null);
         // On a presence channel the others learn who sent it.
-        if let Some(user) = user {
-            frame["user_id"] = Value::String(user.to_string());
-        }
-        let frame = frame.to_string();
+        let frame = client_event(event, channel, data, user.as_ref().map(UserId::as_str));
         let payload = published(Some(&self.member.conn), &frame);
         match self
             .node

@@ -12,7 +12,7 @@ use crate::conn::rules::{
 };
 use crate::node::Node;
 use banter_bus::{Draft, HistoryQuery, Position};
-use banter_protocol::{DialogEntry, RoomId, UserId};
+use banter_protocol::{RoomId, UserId};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
@@ -269,14 +269,6 @@ pub(crate) async fn dialogs(node: &Node, user: &str, req: &Request<Incoming>) ->
     }
     match node.inner.bus.dialogs(&user, DIALOGS_LIMIT).await {
         Ok(dialogs) => {
-            let dialogs: Vec<DialogEntry> = dialogs
-                .into_iter()
-                .map(|d| DialogEntry {
-                    with: d.with,
-                    last: d.last,
-                    unread: d.unread,
-                })
-                .collect();
             let (dialogs, _, _) = fit(dialogs);
             json(StatusCode::OK, &j!({"user": user, "dialogs": dialogs}))
         }

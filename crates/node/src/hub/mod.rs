@@ -289,23 +289,44 @@ impl Hub {
         if first_local {
             self.metrics.rooms_local.inc();
         }
-        let topic = Topic::Room(room.clone());
-        let subscribed = self.bus.subscribe(&topic).await;
+        let result = self
+            .take_topic(&Topic::Room(room.clone()), Some(member), limit)
+            .await;
+        if result.is_err() {
+            self.remove_local(room, &member.conn);
+        }
+        result
+    }
+
+    /// Takes a reference on `topic` (subscribed before this returns) and,
+    /// for a `member`, records it in the topic's presence and reads its
+    /// first page of `limit` users. On failure the reference goes back and
+    /// the member is not left recorded; the caller forgets its local entry.
+    async fn take_topic(
+        &self,
+        topic: &Topic,
+        member: Option<&Member>,
+        limit: usize,
+    ) -> Result<Page, JoinError> {
+        let subscribed = self.bus.subscribe(topic).await;
         let result = async {
             subscribed?;
-            match self.presence.join_page(&topic, member, limit).await {
+            let Some(member) = member else {
+                return Ok(Page::default());
+            };
+            match self.presence.join_page(topic, member, limit).await {
                 Ok(page) => Ok(page),
                 Err(e) => {
                     // It may have been recorded all the same (a reply lost).
-                    let _ = self.presence.leave(&topic, member).await;
+                    let _ = self.presence.leave(topic, member).await;
                     Err(JoinError::from(e))
                 }
             }
         }
         .await;
         if result.is_err() {
-            self.remove_local(room, &member.conn);
-            let _ = self.bus.unsubscribe(&topic).await;
+            // The reference was taken whatever the result.
+            let _ = self.bus.unsubscribe(topic).await;
         }
         result
     }
@@ -353,25 +374,10 @@ impl Hub {
             .or_default()
             .insert(conn.clone(), sub);
         let topic = Topic::Pusher(channel.clone());
-        let result = async {
-            self.bus.subscribe(&topic).await?;
-            let Some(member) = &member else {
-                return Ok(Page::default());
-            };
-            match self.presence.join_page(&topic, member, limit).await {
-                Ok(page) => Ok(page),
-                Err(e) => {
-                    let _ = self.presence.leave(&topic, member).await;
-                    Err(JoinError::from(e))
-                }
-            }
-        }
-        .await;
-        match result {
+        match self.take_topic(&topic, member.as_ref(), limit).await {
             Ok(page) => Ok(Some(page)),
             Err(e) => {
                 self.remove_channel(channel, conn);
-                let _ = self.bus.unsubscribe(&topic).await;
                 Err(e)
             }
         }

@@ -19,7 +19,7 @@
 pub(crate) mod api;
 pub(crate) mod wire;
 
-pub(crate) use wire::{error, frame, published, subscription_error};
+pub(crate) use wire::{client_event, error, frame, published, subscription_error};
 
 use banter_bus::Topic;
 use banter_protocol::{ChannelName, ConnId};
@@ -92,7 +92,8 @@ pub(crate) fn member_event(
         topic,
         position: None,
         presence: false,
-        payload: Bytes::from(format!("\n{}", frame(event, Some(channel.as_str()), &data))),
+        // No socket to skip (no `{socket_id}\n` line): the user's are, below.
+        payload: Bytes::from(frame(event, Some(channel.as_str()), &data)),
     };
     let mut delivery = crate::outlet::Delivery::new(envelope, at);
     delivery.except_user = Some(change.user.id.clone());

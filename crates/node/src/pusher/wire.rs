@@ -19,6 +19,21 @@ pub(crate) fn frame(event: &str, channel: Option<&str>, data: &Value) -> String 
     f.to_string()
 }
 
+/// A client event as the other subscribers get it: with the sender's
+/// `user_id` on a presence channel.
+pub(crate) fn client_event(
+    event: &str,
+    channel: &str,
+    data: String,
+    user_id: Option<&str>,
+) -> String {
+    let mut f = json!({ "event": event, "channel": channel, "data": data });
+    if let Some(user_id) = user_id {
+        f["user_id"] = Value::String(user_id.to_owned());
+    }
+    f.to_string()
+}
+
 /// A `pusher:error` frame (its data an object, as Pusher sends it).
 pub(crate) fn error(code: u16, message: &str) -> String {
     json!({"event": "pusher:error", "data": {"code": code, "message": message}}).to_string()
