@@ -2,6 +2,7 @@
 //! requests on a live link: references per topic, baselines, delayed
 //! unsubscribes of idle rooms.
 
+use tokio::sync::oneshot;
 use tokio::time::{self, Instant};
 
 use super::link::Sink;
@@ -11,78 +12,198 @@ use super::{COMMAND_TIMEOUT, Request};
 use crate::{BusError, Topic};
 
 impl Subscriber {
-    /// Answers one request on a live connection. `Err`: the connection
-    /// failed and must be replaced (the wanted set is already updated).
-    pub(super) async fn answer(
+    /// Answers requests taken together on a live connection, in their
+    /// order: each run of subscribes costs one baseline read per new topic
+    /// (pipelined on the command connection) and one `SUBSCRIBE` for them
+    /// all, so a node taking thousands of connections a second does not wait
+    /// two round trips per topic in this one task. `Err`: the connection
+    /// failed and must be replaced; the requests not answered yet are
+    /// answered as by a bus that is down (the wanted set stays right).
+    pub(super) async fn answer_all(
         &mut self,
         sink: &mut Sink,
-        request: Request,
+        requests: Vec<Request>,
         repairs: &mut Repairs,
     ) -> Result<(), String> {
+        let mut requests = requests.into_iter();
+        let mut subscribes = Vec::new();
+        let mut failed = None;
+        for request in requests.by_ref() {
+            match request {
+                Request::Subscribe(topic, reply) => subscribes.push((topic, reply)),
+                Request::Unsubscribe(topic, reply) => {
+                    let result = match self
+                        .subscribe_all(sink, std::mem::take(&mut subscribes))
+                        .await
+                    {
+                        Ok(()) => self.unsubscribe(sink, topic, reply, repairs).await,
+                        Err(reason) => {
+                            self.answer_down(Request::Unsubscribe(topic, reply));
+                            Err(reason)
+                        }
+                    };
+                    if let Err(reason) = result {
+                        failed = Some(reason);
+                        break;
+                    }
+                }
+            }
+        }
+        if failed.is_none()
+            && let Err(reason) = self
+                .subscribe_all(sink, std::mem::take(&mut subscribes))
+                .await
+        {
+            failed = Some(reason);
+        }
+        match failed {
+            None => Ok(()),
+            Some(reason) => {
+                for (topic, reply) in subscribes {
+                    self.answer_down(Request::Subscribe(topic, reply));
+                }
+                for request in requests {
+                    self.answer_down(request);
+                }
+                Err(reason)
+            }
+        }
+    }
+
+    /// Answers a request as a bus that is down: a subscribe records the
+    /// topic for the next connection and answers `Down`, an unsubscribe
+    /// forgets it.
+    pub(super) fn answer_down(&mut self, request: Request) {
         match request {
             Request::Subscribe(topic, reply) => {
                 self.take_ref(&topic);
-                if self.topics.contains_key(&topic) {
-                    let _ = reply.send(Ok(()));
-                    return Ok(());
-                }
-                let baseline = self.baselines(vec![topic.clone()]).await;
-                let cursor = baseline
-                    .into_iter()
-                    .next()
-                    .map_or(Cursor::live_without_history(), |(_, c)| c);
-                let channel = self.names.channel(&topic);
-                self.topics.insert(topic.clone(), cursor);
-                match time::timeout(COMMAND_TIMEOUT, sink.subscribe(&[channel])).await {
-                    Ok(Ok(())) => {
-                        let _ = reply.send(Ok(()));
-                        Ok(())
-                    }
-                    // Redis refused it (ACL, ...): the connection is fine,
-                    // the topic cannot be had.
-                    // (A cluster's MOVED, ASK, TRYAGAIN or CLUSTERDOWN is not
-                    // a refusal: the topology changed, the link is rebuilt.)
-                    Ok(Err(e))
-                        if matches!(e.kind(), redis::ErrorKind::Server(_))
-                            && !e.is_cluster_error() =>
-                    {
-                        self.topics.remove(&topic);
-                        let _ = reply.send(Err(BusError::Redis(e)));
-                        Ok(())
-                    }
-                    // Kept as wanted: the next connection restores it.
-                    Ok(Err(e)) => {
-                        self.topics.insert(topic, Cursor::Pending);
-                        let reason = format!("SUBSCRIBE failed: {e}");
-                        let _ = reply.send(Err(BusError::Redis(e)));
-                        Err(reason)
-                    }
-                    Err(_) => {
-                        self.topics.insert(topic, Cursor::Pending);
-                        let _ = reply.send(Err(BusError::Down));
-                        Err("SUBSCRIBE timed out".into())
-                    }
-                }
+                self.topics.entry(topic).or_insert(Cursor::Pending);
+                let _ = reply.send(Err(BusError::Down));
             }
             Request::Unsubscribe(topic, reply) => {
-                if !self.give_ref(&topic) {
-                    let _ = reply.send(Ok(()));
-                    return Ok(());
+                if self.give_ref(&topic) {
+                    self.idle.remove(&topic);
+                    self.topics.remove(&topic);
                 }
-                if let Topic::Room(_) = topic
-                    && !self.unsubscribe_delay.is_zero()
-                {
-                    self.idle.insert(topic, Instant::now());
-                    let _ = reply.send(Ok(()));
-                    return Ok(());
-                }
-                // A user's topic goes at once: a direct message sent from
-                // now on finds nobody listening, and its sender is told.
-                let result = self.drop_topics(sink, vec![topic], repairs).await;
                 let _ = reply.send(Ok(()));
-                result
             }
         }
+    }
+
+    /// Takes a reference on each topic and subscribes those not subscribed
+    /// yet: their baselines first, then one `SUBSCRIBE`. Every request is
+    /// answered, also on `Err` (the connection failed; the topics stay
+    /// wanted, for the next connection).
+    async fn subscribe_all(
+        &mut self,
+        sink: &mut Sink,
+        requests: Vec<(Topic, oneshot::Sender<Result<(), BusError>>)>,
+    ) -> Result<(), String> {
+        let mut fresh = Vec::new();
+        let mut waiting = Vec::with_capacity(requests.len());
+        for (topic, reply) in requests {
+            self.take_ref(&topic);
+            if self.topics.contains_key(&topic) {
+                let _ = reply.send(Ok(()));
+                continue;
+            }
+            if !fresh.contains(&topic) {
+                fresh.push(topic.clone());
+            }
+            waiting.push((topic, reply));
+        }
+        if fresh.is_empty() {
+            return Ok(());
+        }
+        let mut channels = Vec::with_capacity(fresh.len());
+        for (topic, cursor) in self.baselines(fresh).await {
+            channels.push(self.names.channel(&topic));
+            self.topics.insert(topic, cursor);
+        }
+        let answer = |waiting: Vec<(Topic, oneshot::Sender<Result<(), BusError>>)>,
+                      result: &dyn Fn() -> Result<(), BusError>| {
+            for (_, reply) in waiting {
+                let _ = reply.send(result());
+            }
+        };
+        match time::timeout(COMMAND_TIMEOUT, sink.subscribe(&channels)).await {
+            Ok(Ok(())) => {
+                answer(waiting, &|| Ok(()));
+                Ok(())
+            }
+            // Redis refused it (ACL, ...): the connection is fine, one of
+            // the topics cannot be had. Each is asked alone, so the others
+            // are not refused with it.
+            // (A cluster's MOVED, ASK, TRYAGAIN or CLUSTERDOWN is not a
+            // refusal: the topology changed, the link is rebuilt.)
+            Ok(Err(e))
+                if matches!(e.kind(), redis::ErrorKind::Server(_)) && !e.is_cluster_error() =>
+            {
+                if channels.len() == 1 {
+                    for (topic, _) in &waiting {
+                        self.topics.remove(topic);
+                    }
+                    let (kind, detail) = (e.kind(), e.to_string());
+                    answer(waiting, &|| {
+                        Err(BusError::Redis(
+                            (kind, "SUBSCRIBE refused", detail.clone()).into(),
+                        ))
+                    });
+                    return Ok(());
+                }
+                for (topic, reply) in waiting {
+                    // Undone, then asked again alone (its reference too).
+                    self.topics.remove(&topic);
+                    self.give_ref(&topic);
+                    Box::pin(self.subscribe_all(sink, vec![(topic, reply)])).await?;
+                }
+                Ok(())
+            }
+            // Kept as wanted: the next connection restores them.
+            Ok(Err(e)) => {
+                let reason = format!("SUBSCRIBE failed: {e}");
+                for (topic, reply) in waiting {
+                    self.topics.insert(topic, Cursor::Pending);
+                    let _ = reply.send(Err(BusError::Down));
+                }
+                Err(reason)
+            }
+            Err(_) => {
+                for (topic, reply) in waiting {
+                    self.topics.insert(topic, Cursor::Pending);
+                    let _ = reply.send(Err(BusError::Down));
+                }
+                Err("SUBSCRIBE timed out".into())
+            }
+        }
+    }
+
+    /// Gives a reference on `topic` back; at its last, a room waits
+    /// [`Subscriber::unsubscribe_delay`] (a member may come back), a user's
+    /// topic goes at once.
+    async fn unsubscribe(
+        &mut self,
+        sink: &mut Sink,
+        topic: Topic,
+        reply: oneshot::Sender<Result<(), BusError>>,
+        repairs: &mut Repairs,
+    ) -> Result<(), String> {
+        if !self.give_ref(&topic) {
+            let _ = reply.send(Ok(()));
+            return Ok(());
+        }
+        if let Topic::Room(_) = topic
+            && !self.unsubscribe_delay.is_zero()
+        {
+            self.idle.insert(topic, Instant::now());
+            let _ = reply.send(Ok(()));
+            return Ok(());
+        }
+        // A user's topic goes at once: a direct message sent from now on
+        // finds nobody listening, and its sender is told.
+        let result = self.drop_topics(sink, vec![topic], repairs).await;
+        let _ = reply.send(Ok(()));
+        result
     }
 
     /// Takes a reference on `topic`; it is no longer idle.

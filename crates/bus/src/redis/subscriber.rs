@@ -40,6 +40,10 @@ const CLUSTER_BACKOFF_CAP: Duration = Duration::from_secs(1);
 /// as a warning (the others at debug), so an outage is seen but not spammed.
 const WARN_EVERY: u32 = 20;
 
+/// The most subscribe/unsubscribe requests answered together: their new
+/// topics' baselines are read in one go and subscribed in one command.
+const REQUEST_BATCH: usize = 256;
+
 /// Why [`Subscriber::serve`] stopped.
 enum Ended {
     /// Every bus handle, or the inbox, is gone: nobody needs the task.
@@ -292,20 +296,7 @@ impl Subscriber {
             tokio::select! {
                 out = &mut fut => return Some(out),
                 () = self.inbox.closed() => return None,
-                request = self.requests.recv() => match request? {
-                    Request::Subscribe(topic, reply) => {
-                        self.take_ref(&topic);
-                        self.topics.entry(topic).or_insert(Cursor::Pending);
-                        let _ = reply.send(Err(BusError::Down));
-                    }
-                    Request::Unsubscribe(topic, reply) => {
-                        if self.give_ref(&topic) {
-                            self.idle.remove(&topic);
-                            self.topics.remove(&topic);
-                        }
-                        let _ = reply.send(Ok(()));
-                    }
-                },
+                request = self.requests.recv() => self.answer_down(request?),
             }
         }
     }
@@ -358,8 +349,14 @@ impl Subscriber {
                 biased;
                 request = self.requests.recv() => match request {
                     None => return Ended::Exit,
-                    Some(request) => {
-                        if let Err(reason) = self.answer(&mut sink, request, &mut repairs).await {
+                    Some(first) => {
+                        let mut batch = vec![first];
+                        while batch.len() < REQUEST_BATCH
+                            && let Ok(request) = self.requests.try_recv()
+                        {
+                            batch.push(request);
+                        }
+                        if let Err(reason) = self.answer_all(&mut sink, batch, &mut repairs).await {
                             return Ended::Lost(reason);
                         }
                     }
