@@ -71,6 +71,14 @@ function subscribed(c, name) {
   });
 }
 
+// How many sockets a node has open (its `banter_connections` gauge).
+async function connections(port) {
+  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  const m = text.match(/^banter_connections\{[^}]*\} (\d+)/m);
+  assert.ok(m, 'banter_connections in /metrics');
+  return Number(m[1]);
+}
+
 function unique(prefix) {
   return `${prefix}-${Date.now().toString(36)}${Math.floor(Math.random() * 1e4)}`;
 }
@@ -101,6 +109,24 @@ describe('pusher-js and the pusher SDK against Banter', { timeout: 120_000 }, ()
     await sdk.triggerBatch([{ channel: name, name: 'b', data: JSON.stringify('first') }, { channel: `${name}-b`, name: 'b', data: JSON.stringify('second') }]);
     await until('the batch', () => seen.length === 2);
     assert.deepEqual(seen, ['first', 'second']);
+  });
+
+  it('subscription counts add up over the nodes: channel.subscriptionCount and pusher:subscription_count', async () => {
+    const [a, b, c] = [client(PORTS[0]), client(PORTS[1]), client(PORTS[2 % PORTS.length])];
+    await Promise.all([connected(a), connected(b), connected(c)]);
+    const name = unique('counted');
+    const cha = await subscribed(a, name);
+    const counts = [];
+    cha.bind('pusher:subscription_count', (d) => counts.push(d.subscription_count));
+    const chb = await subscribed(b, name);
+    await subscribed(c, name);
+    await until('a count of 3 at a', () => cha.subscriptionCount === 3);
+    await until('a count of 3 at b', () => chb.subscriptionCount === 3);
+    assert.equal(counts[counts.length - 1], 3, `the event too: ${counts}`);
+    const res = await server(PORTS[1]).get({ path: `/channels/${name}`, params: { info: 'subscription_count' } });
+    assert.equal((await res.json()).subscription_count, 3);
+    c.unsubscribe(name);
+    await until('a count of 2 at a', () => cha.subscriptionCount === 2);
   });
 
   it('private channels: a signed subscription succeeds, a bad signature is refused', async () => {
@@ -240,19 +266,18 @@ describe('pusher-js and the pusher SDK against Banter', { timeout: 120_000 }, ()
   });
 
   it('after its node is stopped (SIGTERM), a client comes back through nginx, resubscribes and gets what follows', async () => {
+    const before = await Promise.all(PORTS.map(connections));
     const c = client(NGINX);
     await connected(c);
     const name = unique('durable');
     const ch = await subscribed(c, name);
     const got = [];
     ch.bind('e', (d) => got.push(d));
-    // Which node holds the socket: the one whose local subscriber count is 1.
-    let node = null;
-    for (let i = 0; i < PORTS.length && !node; i++) {
-      const info = await (await server(PORTS[i]).get({ path: `/channels/${name}`, params: { info: 'subscription_count' } })).json();
-      if (info.subscription_count === 1) node = `node${i + 1}`;
-    }
-    assert.ok(node, 'the socket is on some node');
+    // Which node holds the socket: the one with one connection more.
+    const now = await Promise.all(PORTS.map(connections));
+    const holders = PORTS.map((_, i) => i).filter((i) => now[i] === before[i] + 1);
+    assert.equal(holders.length, 1, `the socket is on one node: ${before} -> ${now}`);
+    const node = `node${holders[0] + 1}`;
     const firstId = c.connection.socket_id;
     process.kill(nodePid(node), 'SIGTERM');
     await until('a new connection', () => c.connection.state === 'connected' && c.connection.socket_id !== firstId, 20_000);

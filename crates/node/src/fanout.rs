@@ -130,6 +130,14 @@ impl Fanout {
         now: Instant,
     ) {
         if let Topic::Pusher(channel) = &envelope.topic {
+            if let Some(count) = banter_presence::decode_tally(&envelope.payload) {
+                flush(&self.hub, &self.metrics, run);
+                let delivery =
+                    crate::pusher::count_event(channel, count, envelope.topic.clone(), at);
+                run.push(Arc::new(delivery));
+                flush(&self.hub, &self.metrics, run);
+                return;
+            }
             let Some(change) = Change::decode(&envelope.payload) else {
                 self.metrics.dropped(DropReason::BadPayload);
                 return;

@@ -106,6 +106,10 @@ pub async fn run(
     };
     let fanout = tokio::spawn(fanout::run(inbox, fanout));
     let housekeeping = tokio::spawn(housekeeping::run(node.clone(), background.clone()));
+    let tallies = config
+        .pusher
+        .enabled()
+        .then(|| tokio::spawn(pusher::tally::run(node.clone(), background.clone())));
     tracing::info!(node = %node.id(), addr = %listener.local_addr()?, "serving");
 
     accept(&listener, &node, shutdown.cancelled()).await;
@@ -128,6 +132,9 @@ pub async fn run(
     inner.stopped.cancel();
     background.cancel();
     let _ = housekeeping.await;
+    if let Some(tallies) = tallies {
+        let _ = tallies.await;
+    }
     fanout.abort();
     tracing::info!(node = %node.id(), "stopped");
     Ok(())

@@ -45,8 +45,19 @@ async fn open(addr: SocketAddr, path: &str) -> Ws {
     ws
 }
 
-/// The next text frame as JSON (pings skipped); `None` on a close, with its code.
+/// The next text frame as JSON (pings and subscription counts skipped);
+/// `Err` on a close, with its code.
 async fn next(ws: &mut Ws) -> Result<Value, u16> {
+    loop {
+        let frame = next_any(ws).await?;
+        if frame["event"] != "pusher_internal:subscription_count" {
+            return Ok(frame);
+        }
+    }
+}
+
+/// The next text frame as JSON (pings skipped); `Err` on a close, with its code.
+async fn next_any(ws: &mut Ws) -> Result<Value, u16> {
     loop {
         match tokio::time::timeout(WAIT, ws.next())
             .await
@@ -254,7 +265,13 @@ async fn query(addr: SocketAddr, path: &str) -> (u16, Value) {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let query = format!("auth_key={KEY}&auth_timestamp={ts}&auth_version=1.0");
+    // Parameters of the path (here only ones after `auth_*` in order: the
+    // signed query is sorted by key).
+    let (path, extra) = path.split_once('?').unwrap_or((path, ""));
+    let mut query = format!("auth_key={KEY}&auth_timestamp={ts}&auth_version=1.0");
+    if !extra.is_empty() {
+        query = format!("{query}&{extra}");
+    }
     let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
     mac.update(format!("GET\n{path}\n{query}").as_bytes());
     let sig = hex::encode(mac.finalize().into_bytes());
@@ -297,6 +314,45 @@ async fn across_nodes(p: Pair) {
         assert_eq!(one["occupied"], true);
         let (_, none) = query(node.addr, "/apps/7/channels/nobody-here").await;
         assert_eq!(none["occupied"], false);
+    }
+    // Subscription counts add up over the nodes, reach every subscriber as
+    // `pusher_internal:subscription_count`, and follow a socket that goes.
+    let mut on_b = open(p.b.addr, &format!("/app/{KEY}?protocol=7")).await;
+    next(&mut on_b).await.unwrap();
+    subscribe(&mut on_b, "orders").await;
+    let mut twin = open(p.a.addr, &format!("/app/{KEY}?protocol=7")).await;
+    next(&mut twin).await.unwrap();
+    subscribe(&mut twin, "orders").await;
+    for socket in [&mut ws, &mut on_b, &mut twin] {
+        count_reaches(socket, "orders", 3).await;
+    }
+    for node in [&p.a, &p.b] {
+        let (_, one) = query(node.addr, "/apps/7/channels/orders?info=subscription_count").await;
+        assert_eq!(one["subscription_count"], 3, "{one}");
+        let (_, list) = query(node.addr, "/apps/7/channels?info=subscription_count").await;
+        assert_eq!(
+            list["channels"]["orders"]["subscription_count"], 3,
+            "{list}"
+        );
+    }
+    twin.close(None).await.unwrap();
+    for socket in [&mut ws, &mut on_b] {
+        count_reaches(socket, "orders", 2).await;
+    }
+}
+
+/// Reads `socket` until a subscription count of `channel` says `n` (the
+/// counts before it may be any, each node writes its own at most once per
+/// diff interval).
+async fn count_reaches(socket: &mut Ws, channel: &str, n: u64) {
+    loop {
+        let frame = next_any(socket).await.unwrap();
+        if frame["event"] == "pusher_internal:subscription_count" {
+            assert_eq!(frame["channel"], channel);
+            if data(&frame)["subscription_count"] == n {
+                return;
+            }
+        }
     }
 }
 

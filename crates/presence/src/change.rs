@@ -4,6 +4,10 @@
 //! connection in the room, `-` their last going; `count` is how many users
 //! the room has after it. Encoded here and in the Redis scripts
 //! (`lua/announce.lua`), decoded only here.
+//!
+//! A topic's subscription count (how many sockets subscribe it over every
+//! node, see [`crate::Presence::tally`]) is published the same way as
+//! `={count}`: [`encode_tally`], [`decode_tally`].
 
 use banter_protocol::User;
 use bytes::Bytes;
@@ -49,9 +53,31 @@ impl Change {
     }
 }
 
+/// A subscription count's published form (`lua/tally.lua` writes it too).
+pub fn encode_tally(count: usize) -> Bytes {
+    Bytes::from(format!("={count}"))
+}
+
+/// Reads a subscription count's published form; `None` for anything else
+/// (a [`Change`]).
+pub fn decode_tally(payload: &[u8]) -> Option<usize> {
+    std::str::from_utf8(payload.strip_prefix(b"=")?)
+        .ok()?
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tallies_round_trip_and_are_not_changes() {
+        assert_eq!(decode_tally(&encode_tally(12)), Some(12));
+        assert_eq!(Change::decode(&encode_tally(12)), None);
+        assert_eq!(decode_tally(b"+1\n{}"), None);
+        assert_eq!(decode_tally(b"=x"), None);
+    }
 
     #[test]
     fn round_trips_and_refuses_the_rest() {

@@ -22,7 +22,7 @@ pub mod change;
 pub mod memory;
 pub mod redis;
 
-pub use change::Change;
+pub use change::{Change, decode_tally, encode_tally};
 pub use memory::MemoryPresence;
 pub use redis::RedisPresence;
 
@@ -158,4 +158,16 @@ pub trait Presence: Send + Sync + std::fmt::Debug + 'static {
     /// expired entries of these rooms (left by crashed nodes), publishing
     /// each user's leave once, however many nodes sweep the same room.
     async fn refresh(&self, entries: &[(Topic, Member)]) -> Result<(), PresenceError>;
+
+    /// Sets how many of `node`'s sockets subscribe `topic` (until now +
+    /// ttl: a node re-tallies its topics within it; 0 takes the node out),
+    /// sweeps the expired counts of other nodes, and returns the topic's
+    /// count over every node. When that total differs from the last one
+    /// published, it is published on the topic ([`encode_tally`]), in the
+    /// topic's order: the Pusher `subscription_count`.
+    async fn tally(&self, topic: &Topic, node: &str, local: usize) -> Result<usize, PresenceError>;
+
+    /// How many sockets subscribe `topic` over every node whose count has
+    /// not expired.
+    async fn tallied(&self, topic: &Topic) -> Result<usize, PresenceError>;
 }

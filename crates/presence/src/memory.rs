@@ -29,6 +29,25 @@ pub struct MemoryPresence {
     /// Where changes are published (the rooms' topics), in the order they
     /// are made; without one they are not published (a store on its own).
     network: Option<MemoryNetwork>,
+    /// The subscription counts (see [`Presence::tally`]), per topic.
+    tallies: Arc<Mutex<HashMap<Topic, Tally>>>,
+}
+
+/// One topic's subscription counts, as `lua/tally.lua` keeps them.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Node → its sockets subscribed, and when that expires (ms since epoch).
+    nodes: HashMap<String, (usize, u64)>,
+    /// The total last published.
+    last: Option<usize>,
+}
+
+impl Tally {
+    /// The total over the nodes not expired by `now`; sweeps the others.
+    fn total(&mut self, now: u64) -> usize {
+        self.nodes.retain(|_, (_, expiry)| *expiry >= now);
+        self.nodes.values().map(|(n, _)| n).sum()
+    }
 }
 
 /// One room: the same things the Redis implementation keeps in keys.
@@ -66,6 +85,7 @@ impl MemoryPresence {
             state: Arc::default(),
             ttl_ms: duration_ms(ttl),
             network: None,
+            tallies: Arc::default(),
         }
     }
 
@@ -156,6 +176,41 @@ impl Room {
 
 #[async_trait::async_trait]
 impl Presence for MemoryPresence {
+    async fn tally(&self, topic: &Topic, node: &str, local: usize) -> Result<usize, PresenceError> {
+        let now = now_ms();
+        let expiry = now.saturating_add(self.ttl_ms);
+        let apply = || {
+            let mut tallies = self.tallies.lock().unwrap_or_else(PoisonError::into_inner);
+            let tally = tallies.entry(topic.clone()).or_default();
+            if local > 0 {
+                tally.nodes.insert(node.to_owned(), (local, expiry));
+            } else {
+                tally.nodes.remove(node);
+            }
+            let total = tally.total(now);
+            let changed = tally.last != Some(total);
+            tally.last = Some(total);
+            if total == 0 {
+                tallies.remove(topic);
+            }
+            let published = if changed {
+                vec![crate::encode_tally(total)]
+            } else {
+                Vec::new()
+            };
+            (total, published)
+        };
+        Ok(match &self.network {
+            Some(network) => network.publish_presence(topic, apply).await,
+            None => apply().0,
+        })
+    }
+
+    async fn tallied(&self, topic: &Topic) -> Result<usize, PresenceError> {
+        let mut tallies = self.tallies.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(tallies.get_mut(topic).map_or(0, |t| t.total(now_ms())))
+    }
+
     async fn join(&self, room: &Topic, member: &Member) -> Result<(), PresenceError> {
         let (now, ttl) = (now_ms(), self.ttl_ms);
         self.changing(room, |rooms| {

@@ -12,6 +12,7 @@
 //! | `…:roster` | sorted set (score 0) | the user ids present, read in pages by id |
 //! | `…:names` | hash | user id → user JSON, for the pages |
 //! | `…:left` | sorted set | conns that left, and when: a refresh must not bring them back |
+//! | `…:tally` | hash | node → `count:expiry` of its sockets subscribed (a Pusher channel's subscription count, `lua/tally.lua`); `=` → the total last published |
 //!
 //! Every change is one Lua script (`lua/*.lua`), so it is atomic, and it
 //! publishes the change on the room's channel itself (`lua/announce.lua`),
@@ -69,6 +70,7 @@ struct Scripts {
     leave: Script,
     page: Script,
     refresh: Script,
+    tally: Script,
 }
 
 /// Rooms refreshed per Redis round trip (see `refresh`).
@@ -104,6 +106,7 @@ impl RedisPresence {
                     .concat(),
                 ),
                 refresh: script(include_str!("lua/refresh.lua")),
+                tally: Script::new(&format!("{publish}{}", include_str!("lua/tally.lua"))),
             }),
         }
     }
@@ -121,6 +124,12 @@ impl RedisPresence {
             more("names"),
             more("left"),
         ]
+    }
+
+    /// The topic's subscription counts (see `lua/tally.lua`), beside its
+    /// presence keys (in their slot on a cluster, with the channel).
+    fn tally_key(&self, topic: &Topic) -> String {
+        format!("{}:tally", self.names.presence_of(topic))
     }
 
     /// The room's channel, where its changes are published.
@@ -255,6 +264,42 @@ impl Presence for RedisPresence {
             .run(|mut con| async move { invocation.invoke_async(&mut con).await })
             .await?;
         page_from(reply, &keys[4], limit)
+    }
+
+    async fn tally(&self, topic: &Topic, node: &str, local: usize) -> Result<usize, PresenceError> {
+        let now = now_ms();
+        let mut invocation = self.scripts.tally.prepare_invoke();
+        invocation
+            .key(self.tally_key(topic))
+            .arg(node)
+            .arg(local)
+            .arg(now.saturating_add(self.ttl_ms))
+            .arg(now)
+            .arg(self.key_ttl_ms())
+            .arg(self.channel(topic));
+        let total: usize = self
+            .run(|mut con| async move { invocation.invoke_async(&mut con).await })
+            .await?;
+        Ok(total)
+    }
+
+    async fn tallied(&self, topic: &Topic) -> Result<usize, PresenceError> {
+        let key = self.tally_key(topic);
+        let all: std::collections::HashMap<String, String> = self
+            .run(
+                |mut con| async move { redis::cmd("HGETALL").arg(key).query_async(&mut con).await },
+            )
+            .await?;
+        let now = now_ms();
+        Ok(all
+            .iter()
+            .filter(|(node, _)| node.as_str() != "=")
+            .filter_map(|(_, value)| {
+                let (n, expiry) = value.split_once(':')?;
+                let (n, expiry) = (n.parse::<usize>().ok()?, expiry.parse::<u64>().ok()?);
+                (expiry >= now).then_some(n)
+            })
+            .sum())
     }
 
     async fn refresh(&self, entries: &[(Topic, Member)]) -> Result<(), PresenceError> {

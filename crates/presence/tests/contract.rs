@@ -51,6 +51,7 @@ contract! {
     a_left_connection_is_not_brought_back_by_a_stale_refresh(LONG);
     a_dead_twin_does_not_make_a_live_user_leave(SHORT);
     a_refresh_of_many_rooms_sweeps_them_all(MANY_TTL);
+    subscription_counts_add_up_over_nodes_and_crashed_nodes_stop_counting(SHORT);
 }
 
 async fn page(p: &dyn Presence, r: &banter_bus::Topic) -> Page {
@@ -309,4 +310,32 @@ async fn a_refresh_of_many_rooms_sweeps_them_all(b: Backend) {
         swept.insert(r);
     }
     assert_eq!(swept.len(), 150);
+}
+
+async fn subscription_counts_add_up_over_nodes_and_crashed_nodes_stop_counting(b: Backend) {
+    let (n1, n2, chan) = (b.node(), b.node(), room("news"));
+    let mut seen = b.watch(&[&chan]).await;
+    assert_eq!(n1.tally(&chan, "n1", 2).await.unwrap(), 2);
+    assert_eq!(seen.tally().await, (chan.clone(), 2));
+    assert_eq!(n2.tally(&chan, "n2", 3).await.unwrap(), 5);
+    assert_eq!(seen.tally().await, (chan.clone(), 5));
+    // The same count again is no news.
+    assert_eq!(n2.tally(&chan, "n2", 3).await.unwrap(), 5);
+    seen.quiet(Duration::from_millis(100)).await;
+    assert_eq!(n1.tallied(&chan).await.unwrap(), 5);
+    assert_eq!(n2.tally(&chan, "n2", 1).await.unwrap(), 3);
+    assert_eq!(seen.tally().await, (chan.clone(), 3));
+    // n1 stops re-tallying (it crashed): its 2 expire within the ttl.
+    sleep(SHORT / 2).await;
+    n2.tally(&chan, "n2", 1).await.unwrap();
+    sleep(SHORT / 2 + Duration::from_millis(100)).await;
+    assert_eq!(n2.tallied(&chan).await.unwrap(), 1, "n1's count expired");
+    assert_eq!(n2.tally(&chan, "n2", 1).await.unwrap(), 1);
+    assert_eq!(seen.tally().await, (chan.clone(), 1));
+    assert_eq!(n2.tally(&chan, "n2", 0).await.unwrap(), 0);
+    assert_eq!(seen.tally().await, (chan.clone(), 0));
+    assert_eq!(n1.tallied(&chan).await.unwrap(), 0);
+    // Counted again from nothing: announced again.
+    assert_eq!(n1.tally(&chan, "n1", 1).await.unwrap(), 1);
+    assert_eq!(seen.tally().await, (chan.clone(), 1));
 }

@@ -54,6 +54,13 @@ pub struct PusherConfig {
     pub secret: String,
 }
 
+impl PusherConfig {
+    /// Whether the front door is open (a key is set).
+    pub fn enabled(&self) -> bool {
+        !self.key.is_empty()
+    }
+}
+
 /// `[server]`
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

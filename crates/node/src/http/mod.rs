@@ -65,7 +65,7 @@ pub(crate) async fn serve_connection(stream: TcpStream, peer: SocketAddr, node: 
 
 /// Whether the Pusher front door is on (`pusher.key` set).
 fn pusher_on(node: &Node) -> bool {
-    !node.config().pusher.key.is_empty()
+    node.config().pusher.enabled()
 }
 
 /// The fixed routes; everything else is the room API or 404.

@@ -13,6 +13,7 @@
 use crate::clock::clock_s;
 use crate::metrics::{DropReason, Metrics};
 use crate::outlet::{Delivery, Kick, Offer, Outlet};
+use crate::pusher::tally::Tallies;
 use banter_bus::{Bus, BusError, Topic};
 use banter_presence::{Member, Page, Presence, PresenceError};
 use banter_protocol::{ChannelName, CloseReason, ConnId, RoomId, User, UserId};
@@ -72,6 +73,8 @@ pub(crate) struct Hub {
     bus: Arc<dyn Bus>,
     presence: Arc<dyn Presence>,
     metrics: Arc<Metrics>,
+    /// The Pusher channels whose local count changed.
+    tallies: Arc<Tallies>,
 }
 
 impl Hub {
@@ -81,7 +84,18 @@ impl Hub {
             bus,
             presence,
             metrics,
+            tallies: Arc::default(),
         }
+    }
+
+    /// The Pusher channels whose local subscriber count changed.
+    pub fn tallies(&self) -> Arc<Tallies> {
+        self.tallies.clone()
+    }
+
+    /// The Pusher channels with a local subscriber.
+    pub fn local_channels(&self) -> Vec<ChannelName> {
+        self.read().channels.keys().cloned().collect()
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
@@ -373,6 +387,7 @@ impl Hub {
             .entry(channel.clone())
             .or_default()
             .insert(conn.clone(), sub);
+        self.tallies.touch(channel);
         let topic = Topic::Pusher(channel.clone());
         match self.take_topic(&topic, member.as_ref(), limit).await {
             Ok(page) => Ok(Some(page)),
@@ -418,6 +433,9 @@ impl Hub {
         let removed = members.remove(conn);
         if members.is_empty() {
             state.channels.remove(channel);
+        }
+        if removed.is_some() {
+            self.tallies.touch(channel);
         }
         removed
     }

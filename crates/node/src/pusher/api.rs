@@ -124,6 +124,12 @@ pub(crate) async fn route(node: &Node, req: Request<Incoming>) -> Response<Body>
                                 Err(e) => return e,
                             };
                         }
+                        if info("subscription_count") {
+                            match subscription_count(node, c).await {
+                                Ok(n) => attrs.insert("subscription_count".into(), json!(n)),
+                                Err(e) => return e,
+                            };
+                        }
                         out.insert(c.to_string(), Value::Object(attrs));
                     }
                     reply(StatusCode::OK, &json!({ "channels": out }))
@@ -169,9 +175,10 @@ pub(crate) async fn route(node: &Node, req: Request<Incoming>) -> Response<Body>
                 Ok(n) => {
                     let mut out = json!({ "occupied": n > 0 });
                     if info("subscription_count") {
-                        // Counted on this node; other nodes' are not asked.
-                        out["subscription_count"] =
-                            json!(node.inner.hub.channel_subscribers(&channel));
+                        match subscription_count(node, &channel).await {
+                            Ok(n) => out["subscription_count"] = json!(n),
+                            Err(e) => return e,
+                        }
                     }
                     if info("user_count") {
                         if Kind::of(channel.as_str()) != Kind::Presence {
@@ -201,6 +208,21 @@ async fn user_count(node: &Node, channel: &ChannelName) -> Result<usize, Respons
         Ok(page) => Ok(page.count),
         Err(e) => {
             tracing::warn!(error = %e, "pusher api: presence unavailable");
+            Err(fail(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable, try again",
+            ))
+        }
+    }
+}
+
+/// How many sockets subscribe a channel, cluster-wide (each node's count
+/// as it last wrote it: at most `presence.diff_interval_ms` old).
+async fn subscription_count(node: &Node, channel: &ChannelName) -> Result<usize, Response<Body>> {
+    match node.inner.presence.tallied(&topic(channel)).await {
+        Ok(n) => Ok(n),
+        Err(e) => {
+            tracing::warn!(error = %e, "pusher api: subscription counts unavailable");
             Err(fail(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable, try again",

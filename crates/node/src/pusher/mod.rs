@@ -14,9 +14,11 @@
 //! - this file: channel kinds, limits, signatures, socket ids, member events;
 //! - `wire.rs`: the frames, and what a node publishes on a channel;
 //! - [`api`]: the HTTP API (trigger, batch trigger, channel queries);
+//! - [`tally`]: subscription counts over the cluster;
 //! - `conn/pusher.rs`: what a Pusher socket's frames do.
 
 pub(crate) mod api;
+pub(crate) mod tally;
 pub(crate) mod wire;
 
 pub(crate) use wire::{client_event, error, frame, published, subscription_error};
@@ -98,6 +100,27 @@ pub(crate) fn member_event(
     let mut delivery = crate::outlet::Delivery::new(envelope, at);
     delivery.except_user = Some(change.user.id.clone());
     delivery
+}
+
+/// A channel's subscription count over the cluster as the delivery of its
+/// `pusher_internal:subscription_count`, for every subscriber.
+pub(crate) fn count_event(
+    channel: &ChannelName,
+    count: usize,
+    topic: Topic,
+    at: u32,
+) -> crate::outlet::Delivery {
+    let envelope = banter_bus::Envelope {
+        topic,
+        position: None,
+        presence: false,
+        payload: Bytes::from(frame(
+            "pusher_internal:subscription_count",
+            Some(channel.as_str()),
+            &json!({ "subscription_count": count }),
+        )),
+    };
+    crate::outlet::Delivery::new(envelope, at)
 }
 
 /// The topic of a channel.

@@ -116,6 +116,22 @@ impl Watcher {
         }
     }
 
+    /// The next subscription count published.
+    pub async fn tally(&mut self) -> (Topic, usize) {
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(5), self.inbox.recv())
+                .await
+                .expect("a subscription count in time")
+                .expect("inbox open");
+            if let BusEvent::Envelope(e) = event
+                && e.presence
+            {
+                let count = banter_presence::decode_tally(&e.payload).expect("a count");
+                return (e.topic, count);
+            }
+        }
+    }
+
     /// Asserts that nothing more is published for `d`.
     pub async fn quiet(&mut self, d: Duration) {
         if let Ok(Some(event)) = tokio::time::timeout(d, self.inbox.recv()).await {
