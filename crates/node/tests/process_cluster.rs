@@ -466,14 +466,34 @@ async fn process_cluster_on_redis_cluster() {
     let pid = c.file(&format!("pids/redis-{news}.pid"));
     let pid = pid.split_whitespace().next().unwrap();
     run_ok(std::process::Command::new("kill").args(["-KILL", pid]));
+    let killed = Instant::now();
     within(15, "a replica took over", async || {
         let s = c.sh(&["status"]);
         s.contains(&format!("redis-{news} exited")) && primaries(&s) == 3 && replicas(&s) == 2
     })
     .await;
     shards_up(&c, 10).await;
-    ann.say("news", "after the failover").await;
-    message(&mut bob, "after the failover").await;
+    // Sending resumes within cluster-node-timeout (cluster.sh's 2 s) + 5 s of
+    // the kill; until then a send may be refused (`unavailable`, never a
+    // false ack), and a client tries again, as users do.
+    let resumed = killed + Duration::from_secs(2 + 5);
+    let mut attempt = 0;
+    let text = loop {
+        attempt += 1;
+        let text = format!("after the failover #{attempt}");
+        match ann.try_say("news", &text).await {
+            Ok(_) => break text,
+            Err(code) => {
+                assert!(
+                    Instant::now() < resumed,
+                    "still refused ({code}) after {:?}",
+                    killed.elapsed()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    message(&mut bob, &text).await;
     bob.say("news", "still here").await;
     message(&mut ann, "still here").await;
     ann.close().await;

@@ -185,6 +185,23 @@ impl Client {
         }
     }
 
+    /// Sends a chat text; the acked id, or the error's code when it was
+    /// refused (frames before the answer are skipped).
+    pub async fn try_say(&mut self, room: &str, text: &str) -> Result<MessageId, String> {
+        self.next_ref += 1;
+        let r = format!("r{}", self.next_ref);
+        self.send(json!({"type":"send","room":room,"text":text,"ref":r}))
+            .await;
+        match self
+            .recv_until(|f| matches!(f, ServerFrame::Ack { .. } | ServerFrame::Error { .. }))
+            .await
+        {
+            ServerFrame::Ack { id, .. } => Ok(id),
+            ServerFrame::Error { code, .. } => Err(format!("{code:?}")),
+            _ => unreachable!(),
+        }
+    }
+
     /// The next chat message (other frames skipped).
     pub async fn next_message(&mut self) -> banter_protocol::Message {
         match self
