@@ -120,7 +120,8 @@ fn sign(secret: &str, message: &str) -> String {
 }
 
 /// One HTTP publisher: triggers each due job in turn on its own keep-alive
-/// connection, and counts the 200s as acks.
+/// connection, and counts the 200s as acks; stops taking jobs at `taking`
+/// (the schedule ended), and at once at `stop`.
 #[allow(clippy::too_many_arguments)]
 pub async fn publisher(
     number: u32,
@@ -132,6 +133,7 @@ pub async fn publisher(
     epoch: Instant,
     counters: Arc<PubCounters>,
     stop: CancellationToken,
+    taking: CancellationToken,
 ) -> PubStats {
     let mut st = PubStats::new();
     let mut sender = None;
@@ -139,6 +141,7 @@ pub async fn publisher(
         let job = tokio::select! {
             biased;
             () = stop.cancelled() => break,
+            () = taking.cancelled() => break,
             job = jobs.recv() => match job {
                 Some(job) => job,
                 None => break,

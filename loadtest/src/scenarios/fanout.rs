@@ -303,6 +303,10 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<FanoutOutcome> {
 
     let mut queues = Vec::new();
     let mut pubs: Vec<JoinHandle<PubStats>> = Vec::new();
+    // Cancelled when the schedule ends: a Pusher publisher, one trigger at
+    // a time, may be far behind it, and must not go on taking jobs while
+    // the drain counts what it expects.
+    let taking = CancellationToken::new();
     if sh.pusher {
         for n in 0..args.publishers {
             let (tx, rx) = tokio::sync::mpsc::channel::<Job>(1 << 16);
@@ -317,6 +321,7 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<FanoutOutcome> {
                 sh.epoch,
                 counters.clone(),
                 stop.child_token(),
+                taking.clone(),
             )));
         }
     }
@@ -356,15 +361,30 @@ pub async fn run(args: &FanoutArgs) -> anyhow::Result<FanoutOutcome> {
     let pacer_done = tokio::task::spawn_blocking(move || pacer.join().is_ok());
     let _ = tokio::time::timeout(Duration::from_secs(5), pacer_done).await;
     abort.store(true, Ordering::Relaxed);
+    taking.cancel();
 
     // Drain: every sent frame answered, then every acked message delivered
     // (or nothing new for a second), bounded.
     let deadline = Instant::now() + Duration::from_secs(20);
+    // Every frame sent answered (and, for good measure, none sent for 100 ms).
     let sent = || counters.sent.load(Ordering::Relaxed);
-    while counters.answered.load(Ordering::Relaxed) < sent() && Instant::now() < deadline {
+    let answered = || counters.answered.load(Ordering::Relaxed);
+    let (mut last_sent, mut settled) = (u64::MAX, 0);
+    while Instant::now() < deadline && settled < 5 {
+        let now_sent = sent();
+        settled = if answered() >= now_sent && now_sent == last_sent {
+            settled + 1
+        } else {
+            0
+        };
+        last_sent = now_sent;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let expected = counters.answered.load(Ordering::Relaxed) * sub_open.ok;
+    let expected = answered() * sub_open.ok;
+    // Deliveries may still be on their way (a saturated machine runs
+    // seconds behind): wait while they keep coming, up to a minute more,
+    // so that what the run counts lost did not arrive at all.
+    let deadline = deadline.max(Instant::now() + Duration::from_secs(60));
     let (mut last, mut still) = (u64::MAX, 0);
     while Instant::now() < deadline {
         let d = sh.delivered.load(Ordering::Relaxed);
