@@ -13,13 +13,15 @@
 use crate::clock::clock_s;
 use crate::metrics::{DropReason, Metrics};
 use crate::outlet::{Delivery, Kick, Offer, Outlet};
-use crate::pusher::tally::Tallies;
 use banter_bus::{Bus, BusError, Topic};
 use banter_presence::{Member, Page, Presence, PresenceError};
 use banter_protocol::{ChannelName, CloseReason, ConnId, RoomId, User, UserId};
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
+
+mod tallies;
+pub(crate) use tallies::Tallies;
 
 /// A socket whose queue has not moved for this long is closed as a slow
 /// consumer (it stopped reading while nothing else arrives for it, which

@@ -15,48 +15,9 @@
 
 use crate::node::Node;
 use banter_protocol::ChannelName;
-use std::collections::{HashMap, HashSet};
-use std::sync::{Mutex, PoisonError};
-use tokio::sync::Notify;
+use std::collections::HashMap;
 use tokio::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-
-/// The channels whose local count changed since it was last written.
-#[derive(Debug, Default)]
-pub(crate) struct Tallies {
-    dirty: Mutex<HashSet<ChannelName>>,
-    wake: Notify,
-}
-
-impl Tallies {
-    /// Notes that `channel`'s local count changed.
-    pub fn touch(&self, channel: &ChannelName) {
-        let fresh = self
-            .dirty
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(channel.clone());
-        if fresh {
-            self.wake.notify_one();
-        }
-    }
-
-    /// Takes the changed channels `due` says may be written now.
-    fn take(&self, due: impl Fn(&ChannelName) -> bool) -> Vec<ChannelName> {
-        let mut dirty = self.dirty.lock().unwrap_or_else(PoisonError::into_inner);
-        let taken: Vec<ChannelName> = dirty.iter().filter(|c| due(c)).cloned().collect();
-        for channel in &taken {
-            dirty.remove(channel);
-        }
-        taken
-    }
-
-    /// The changed channels, for when the next may be written.
-    fn pending(&self) -> Vec<ChannelName> {
-        let dirty = self.dirty.lock().unwrap_or_else(PoisonError::into_inner);
-        dirty.iter().cloned().collect()
-    }
-}
 
 /// Writes this node's counts until `stop`; then once more, every channel
 /// whose count changed (the drain took its sockets away).
@@ -81,7 +42,7 @@ pub(crate) async fn run(node: Node, stop: CancellationToken) {
             .min();
         let stopping = tokio::select! {
             () = stop.cancelled() => true,
-            () = tallies.wake.notified() => false,
+            () = tallies.changed() => false,
             () = sleep_until(next) => false,
             _ = refresh.tick() => {
                 for channel in inner.hub.local_channels() {
