@@ -43,6 +43,7 @@ contract!(publish_reaches_every_subscriber_once, 3);
 contract!(concurrent_publishers_one_order, 2);
 contract!(unsubscribe_stops_and_topics_are_separate, 2);
 contract!(full_inbox_waits_never_drops, 2);
+contract!(topics_subscribed_together_are_each_in_place, 2);
 
 /// A publish reaches every subscribed node exactly once, the publisher's
 /// own node included, and not a node that did not subscribe. A marker on a
@@ -152,6 +153,57 @@ async fn unsubscribe_stops_and_topics_are_separate(mut nodes: Vec<Node>) {
 /// for the fan-out, and every envelope arrives, in order.
 async fn full_inbox_waits_never_drops(mut nodes: Vec<Node>) {
     full_inbox(&mut nodes, None).await;
+}
+
+/// Hundreds of subscribes at once (a node taking a burst of connections,
+/// whose requests the Redis bus answers together, in one `SUBSCRIBE`), some
+/// of one topic twice and mixed with unsubscribes: every subscribe that
+/// returned is in place, each topic once, and what was given back is gone.
+async fn topics_subscribed_together_are_each_in_place(mut nodes: Vec<Node>) {
+    // (Users' topics: a room's stays subscribed a moment after its last reference.)
+    let topics: Vec<_> = (0..600).map(|i| user(&format!("burst-{i}"))).collect();
+    // The first 100 asked twice in a row (so both asks of one topic are
+    // answered together).
+    let twice = topics
+        .iter()
+        .enumerate()
+        .flat_map(|(i, t)| std::iter::repeat_n(t, if i < 100 { 2 } else { 1 }));
+    let asks = twice.map(|t| nodes[0].bus.subscribe(t));
+    for result in futures_util::future::join_all(asks).await {
+        result.unwrap();
+    }
+    // Each of the first 100 holds two references: one given back keeps it;
+    // the last 100 lose their only one.
+    let gives = topics[..100]
+        .iter()
+        .chain(&topics[500..])
+        .map(|t| nodes[0].bus.unsubscribe(t));
+    for result in futures_util::future::join_all(gives).await {
+        result.unwrap();
+    }
+    for (i, topic) in topics.iter().enumerate() {
+        publish(&nodes[1], topic, &i.to_string()).await;
+    }
+    let mut got: Vec<usize> = Vec::new();
+    for _ in 0..500 {
+        let e = next(&mut nodes[0]).await;
+        got.push(
+            String::from_utf8(e.payload.to_vec())
+                .unwrap()
+                .parse()
+                .unwrap(),
+        );
+    }
+    got.sort_unstable();
+    assert_eq!(got, (0..500).collect::<Vec<_>>(), "each kept topic once");
+    let marker = room("burst-end");
+    nodes[0].bus.subscribe(&marker).await.unwrap();
+    publish(&nodes[1], &marker, "end").await;
+    assert_eq!(
+        next(&mut nodes[0]).await,
+        envelope(&marker, "end"),
+        "nothing of the given-back topics"
+    );
 }
 
 /// The memory bus never goes down.
