@@ -130,21 +130,16 @@ impl Fanout {
         now: Instant,
     ) {
         if let Topic::Pusher(channel) = &envelope.topic {
-            if let Some(count) = banter_presence::decode_tally(&envelope.payload) {
-                flush(&self.hub, &self.metrics, run);
-                let delivery =
-                    crate::pusher::count_event(channel, count, envelope.topic.clone(), at);
-                run.push(Arc::new(delivery));
-                flush(&self.hub, &self.metrics, run);
-                return;
-            }
-            let Some(change) = Change::decode(&envelope.payload) else {
+            let topic = envelope.topic.clone();
+            let delivery = if let Some(count) = banter_presence::decode_tally(&envelope.payload) {
+                crate::pusher::count_event(channel, count, topic, at)
+            } else if let Some(change) = Change::decode(&envelope.payload) {
+                crate::pusher::member_event(channel, &change, topic, at)
+            } else {
                 self.metrics.dropped(DropReason::BadPayload);
                 return;
             };
             flush(&self.hub, &self.metrics, run);
-            let delivery =
-                crate::pusher::member_event(channel, &change, envelope.topic.clone(), at);
             run.push(Arc::new(delivery));
             flush(&self.hub, &self.metrics, run);
             return;

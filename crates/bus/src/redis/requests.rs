@@ -26,48 +26,32 @@ impl Subscriber {
         repairs: &mut Repairs,
     ) -> Result<(), String> {
         let mut requests = requests.into_iter();
-        let mut subscribes = Vec::new();
-        let mut failed = None;
-        for request in requests.by_ref() {
-            match request {
-                Request::Subscribe(topic, reply) => subscribes.push((topic, reply)),
-                Request::Unsubscribe(topic, reply) => {
-                    let result = match self
-                        .subscribe_all(sink, std::mem::take(&mut subscribes))
-                        .await
-                    {
-                        Ok(()) => self.unsubscribe(sink, topic, reply, repairs).await,
-                        Err(reason) => {
+        // Each run of subscribes goes as one (every one of them is answered
+        // whatever the outcome), before the unsubscribe that ends it.
+        let result = async {
+            let mut subscribes = Vec::new();
+            for request in requests.by_ref() {
+                match request {
+                    Request::Subscribe(topic, reply) => subscribes.push((topic, reply)),
+                    Request::Unsubscribe(topic, reply) => {
+                        let run = std::mem::take(&mut subscribes);
+                        if let Err(reason) = self.subscribe_all(sink, run).await {
                             self.answer_down(Request::Unsubscribe(topic, reply));
-                            Err(reason)
+                            return Err(reason);
                         }
-                    };
-                    if let Err(reason) = result {
-                        failed = Some(reason);
-                        break;
+                        self.unsubscribe(sink, topic, reply, repairs).await?;
                     }
                 }
             }
+            self.subscribe_all(sink, subscribes).await
         }
-        if failed.is_none()
-            && let Err(reason) = self
-                .subscribe_all(sink, std::mem::take(&mut subscribes))
-                .await
-        {
-            failed = Some(reason);
-        }
-        match failed {
-            None => Ok(()),
-            Some(reason) => {
-                for (topic, reply) in subscribes {
-                    self.answer_down(Request::Subscribe(topic, reply));
-                }
-                for request in requests {
-                    self.answer_down(request);
-                }
-                Err(reason)
+        .await;
+        if result.is_err() {
+            for request in requests {
+                self.answer_down(request);
             }
         }
+        result
     }
 
     /// Answers a request as a bus that is down: a subscribe records the
@@ -120,16 +104,12 @@ impl Subscriber {
             channels.push(self.names.channel(&topic));
             self.topics.insert(topic, cursor);
         }
-        let answer = |waiting: Vec<(Topic, oneshot::Sender<Result<(), BusError>>)>,
-                      result: &dyn Fn() -> Result<(), BusError>| {
-            for (_, reply) in waiting {
-                let _ = reply.send(result());
-            }
-        };
-        match time::timeout(COMMAND_TIMEOUT, sink.subscribe(&channels)).await {
+        let failure = match time::timeout(COMMAND_TIMEOUT, sink.subscribe(&channels)).await {
             Ok(Ok(())) => {
-                answer(waiting, &|| Ok(()));
-                Ok(())
+                for (_, reply) in waiting {
+                    let _ = reply.send(Ok(()));
+                }
+                return Ok(());
             }
             // Redis refused it (ACL, ...): the connection is fine, one of
             // the topics cannot be had. Each is asked alone, so the others
@@ -139,43 +119,32 @@ impl Subscriber {
             Ok(Err(e))
                 if matches!(e.kind(), redis::ErrorKind::Server(_)) && !e.is_cluster_error() =>
             {
-                if channels.len() == 1 {
-                    for (topic, _) in &waiting {
-                        self.topics.remove(topic);
+                if channels.len() > 1 {
+                    for (topic, reply) in waiting {
+                        // Undone, then asked again alone (its reference too).
+                        self.topics.remove(&topic);
+                        self.give_ref(&topic);
+                        Box::pin(self.subscribe_all(sink, vec![(topic, reply)])).await?;
                     }
-                    let (kind, detail) = (e.kind(), e.to_string());
-                    answer(waiting, &|| {
-                        Err(BusError::Redis(
-                            (kind, "SUBSCRIBE refused", detail.clone()).into(),
-                        ))
-                    });
                     return Ok(());
                 }
+                let (kind, detail) = (e.kind(), e.to_string());
                 for (topic, reply) in waiting {
-                    // Undone, then asked again alone (its reference too).
                     self.topics.remove(&topic);
-                    self.give_ref(&topic);
-                    Box::pin(self.subscribe_all(sink, vec![(topic, reply)])).await?;
+                    let refused = (kind, "SUBSCRIBE refused", detail.clone());
+                    let _ = reply.send(Err(BusError::Redis(refused.into())));
                 }
-                Ok(())
+                return Ok(());
             }
-            // Kept as wanted: the next connection restores them.
-            Ok(Err(e)) => {
-                let reason = format!("SUBSCRIBE failed: {e}");
-                for (topic, reply) in waiting {
-                    self.topics.insert(topic, Cursor::Pending);
-                    let _ = reply.send(Err(BusError::Down));
-                }
-                Err(reason)
-            }
-            Err(_) => {
-                for (topic, reply) in waiting {
-                    self.topics.insert(topic, Cursor::Pending);
-                    let _ = reply.send(Err(BusError::Down));
-                }
-                Err("SUBSCRIBE timed out".into())
-            }
+            Ok(Err(e)) => format!("SUBSCRIBE failed: {e}"),
+            Err(_) => "SUBSCRIBE timed out".into(),
+        };
+        // Kept as wanted: the next connection restores them.
+        for (topic, reply) in waiting {
+            self.topics.insert(topic, Cursor::Pending);
+            let _ = reply.send(Err(BusError::Down));
         }
+        Err(failure)
     }
 
     /// Gives a reference on `topic` back; at its last, a room waits

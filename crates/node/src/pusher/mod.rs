@@ -90,14 +90,8 @@ pub(crate) fn member_event(
     } else {
         ("pusher_internal:member_removed", json!({"user_id": id}))
     };
-    let envelope = banter_bus::Envelope {
-        topic,
-        position: None,
-        presence: false,
-        // No socket to skip (no `{socket_id}\n` line): the user's are, below.
-        payload: Bytes::from(frame(event, Some(channel.as_str()), &data)),
-    };
-    let mut delivery = crate::outlet::Delivery::new(envelope, at);
+    // No socket to skip (no `{socket_id}\n` line): the user's are, below.
+    let mut delivery = node_event(topic, frame(event, Some(channel.as_str()), &data), at);
     delivery.except_user = Some(change.user.id.clone());
     delivery
 }
@@ -110,15 +104,19 @@ pub(crate) fn count_event(
     topic: Topic,
     at: u32,
 ) -> crate::outlet::Delivery {
+    let data = json!({ "subscription_count": count });
+    let event = "pusher_internal:subscription_count";
+    node_event(topic, frame(event, Some(channel.as_str()), &data), at)
+}
+
+/// A Pusher frame the node made (not published as a channel's event) as a
+/// delivery to the channel's subscribers.
+fn node_event(topic: Topic, frame: String, at: u32) -> crate::outlet::Delivery {
     let envelope = banter_bus::Envelope {
         topic,
         position: None,
         presence: false,
-        payload: Bytes::from(frame(
-            "pusher_internal:subscription_count",
-            Some(channel.as_str()),
-            &json!({ "subscription_count": count }),
-        )),
+        payload: Bytes::from(frame),
     };
     crate::outlet::Delivery::new(envelope, at)
 }

@@ -100,6 +100,21 @@ pub struct Watcher {
 impl Watcher {
     /// The next presence change, with its room.
     pub async fn next(&mut self) -> (Topic, Change) {
+        let (topic, payload) = self.published().await;
+        (topic, Change::decode(&payload).expect("a readable change"))
+    }
+
+    /// The next subscription count published.
+    pub async fn tally(&mut self) -> (Topic, usize) {
+        let (topic, payload) = self.published().await;
+        (
+            topic,
+            banter_presence::decode_tally(&payload).expect("a count"),
+        )
+    }
+
+    /// The next thing the store published, with its topic.
+    async fn published(&mut self) -> (Topic, bytes::Bytes) {
         loop {
             let event = tokio::time::timeout(Duration::from_secs(5), self.inbox.recv())
                 .await
@@ -108,26 +123,7 @@ impl Watcher {
             if let BusEvent::Envelope(e) = event
                 && e.presence
             {
-                return (
-                    e.topic,
-                    Change::decode(&e.payload).expect("a readable change"),
-                );
-            }
-        }
-    }
-
-    /// The next subscription count published.
-    pub async fn tally(&mut self) -> (Topic, usize) {
-        loop {
-            let event = tokio::time::timeout(Duration::from_secs(5), self.inbox.recv())
-                .await
-                .expect("a subscription count in time")
-                .expect("inbox open");
-            if let BusEvent::Envelope(e) = event
-                && e.presence
-            {
-                let count = banter_presence::decode_tally(&e.payload).expect("a count");
-                return (e.topic, count);
+                return (e.topic, e.payload);
             }
         }
     }
