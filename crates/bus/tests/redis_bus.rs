@@ -11,7 +11,7 @@ use common::*;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use banter_bus::{BusError, BusStatus, RedisBus, RedisBusConfig};
+use banter_bus::{Bus, BusError, BusStatus, RedisBus, RedisBusConfig};
 use banter_testkit::RedisServer;
 use bytes::Bytes;
 use deadpool_redis::Runtime;
@@ -277,4 +277,59 @@ async fn redis_references_keep_topics_and_idle_rooms_go_together() {
         (1..=2).contains(&unsubscribes),
         "48 idle rooms, {unsubscribes} UNSUBSCRIBEs"
     );
+}
+
+/// Redis refuses one topic of many subscribed together (an ACL that does
+/// not allow its channel): that one subscribe gets the refusal, the others
+/// asked in the same `SUBSCRIBE` are asked again alone and are in place,
+/// and the link stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_topic_does_not_take_the_others_of_its_batch_with_it() {
+    let server = RedisServer::start();
+    let admin = redis::Client::open(server.url()).unwrap();
+    let mut admin = admin.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("ACL")
+        .arg(&[
+            "SETUSER",
+            "limited",
+            "on",
+            ">pw",
+            "~*",
+            "+@all",
+            "resetchannels",
+            "&banter:health:*",
+            "&banter:room:ok-*",
+        ])
+        .exec_async(&mut admin)
+        .await
+        .unwrap();
+    let url = format!("redis://limited:pw@127.0.0.1:{}/", server.port());
+    let (bus, inbox) = redis_bus(&url, DEFAULT_HISTORY).await;
+    let topics: Vec<_> = ["ok-1", "no", "ok-2", "ok-3"]
+        .iter()
+        .map(|r| room(r))
+        .collect();
+    let results = futures_util::future::join_all(topics.iter().map(|t| bus.subscribe(t))).await;
+    assert!(results[1].is_err(), "the refused topic: {:?}", results[1]);
+    for (i, r) in results.iter().enumerate().filter(|(i, _)| *i != 1) {
+        assert!(r.is_ok(), "{:?}: {r:?}", topics[i]);
+    }
+    let publisher = redis_nodes(&server, 1, DEFAULT_HISTORY).await.remove(0);
+    for t in [&topics[0], &topics[2], &topics[3]] {
+        publish(&publisher, t, "hi").await;
+    }
+    let mut node = Node {
+        bus: Arc::new(bus),
+        inbox,
+    };
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(next(&mut node).await.topic);
+    }
+    got.sort_by_key(|t| format!("{t:?}"));
+    assert_eq!(
+        got,
+        [topics[0].clone(), topics[2].clone(), topics[3].clone()]
+    );
+    assert!(node.bus.status().borrow().up, "the link stayed up");
 }
