@@ -333,3 +333,99 @@ async fn a_refused_topic_does_not_take_the_others_of_its_batch_with_it() {
     );
     assert!(node.bus.status().borrow().up, "the link stayed up");
 }
+
+/// Messages sent together on one Redis are stored and published in batches
+/// (one script call for many): 100 rooms written at once by 100 senders,
+/// 10 messages each, take fewer calls than messages; every message is
+/// acked with its own position, reaches the subscriber once and in its
+/// room's order; and a room whose history key Redis refuses (a string where
+/// a stream should be) fails its own messages alone, never the others of
+/// their batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_sent_together_are_batched_each_in_order_and_a_refused_one_fails_alone() {
+    use banter_bus::Draft;
+    use banter_protocol::User;
+    use std::collections::HashMap;
+
+    const ROOMS: usize = 100;
+    const EACH: usize = 10;
+    let server = RedisServer::start();
+    let mut nodes = redis_nodes(&server, 2, DEFAULT_HISTORY).await;
+    for r in 0..ROOMS {
+        nodes[0]
+            .bus
+            .subscribe(&room(&format!("r{r}")))
+            .await
+            .unwrap();
+    }
+    let _: String =
+        tokio::task::block_in_place(|| server.query(&["SET", "banter:history:bad", "x"]));
+    let before = calls(&server, "evalsha");
+    let draft = |room: &str, text: String| Draft {
+        room: room.parse().unwrap(),
+        from: User::parse("u1", "Ann").unwrap(),
+        text,
+        ts: 42,
+    };
+    let mut senders = Vec::new();
+    for r in 0..ROOMS {
+        let bus = nodes[1].bus.clone();
+        let name = format!("r{r}");
+        senders.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..EACH {
+                let message = bus.publish_message(&draft(&name, format!("{i}"))).await;
+                ids.push(message.expect("a good room's message is stored").id);
+            }
+            ids
+        }));
+    }
+    let bus = nodes[1].bus.clone();
+    let refused = tokio::spawn(async move {
+        let mut outcomes = Vec::new();
+        for i in 0..EACH {
+            outcomes.push(bus.publish_message(&draft("bad", format!("{i}"))).await);
+        }
+        outcomes
+    });
+    let mut acked = HashMap::new();
+    for (r, sender) in senders.into_iter().enumerate() {
+        let ids = tokio::time::timeout(WITHIN, sender).await.unwrap().unwrap();
+        assert_eq!(ids.len(), EACH);
+        acked.insert(format!("r{r}"), ids);
+    }
+    let refused = tokio::time::timeout(WITHIN, refused)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        refused.iter().all(Result::is_err),
+        "a refused room's messages fail: {refused:?}"
+    );
+    let calls = calls(&server, "evalsha") - before;
+    assert!(
+        calls < (ROOMS * EACH) as u64,
+        "{calls} script calls for {} messages: nothing was batched",
+        ROOMS * EACH
+    );
+
+    // Each room's messages arrive once, in the order sent, with the ids acked.
+    let mut seen: HashMap<String, Vec<(String, String)>> = HashMap::new();
+    for _ in 0..ROOMS * EACH {
+        let envelope = next(&mut nodes[0]).await;
+        let frame: serde_json::Value = serde_json::from_slice(&envelope.payload).unwrap();
+        let room = frame["room"].as_str().unwrap().to_owned();
+        let text = frame["text"].as_str().unwrap().to_owned();
+        let id = frame["id"].as_str().unwrap().to_owned();
+        seen.entry(room).or_default().push((text, id));
+    }
+    assert_eq!(seen.len(), ROOMS);
+    for (room, got) in seen {
+        let texts: Vec<String> = got.iter().map(|(t, _)| t.clone()).collect();
+        let expected: Vec<String> = (0..EACH).map(|i| i.to_string()).collect();
+        assert_eq!(texts, expected, "{room}'s messages, once and in order");
+        let ids: Vec<String> = got.iter().map(|(_, id)| id.clone()).collect();
+        let acked: Vec<String> = acked[&room].iter().map(ToString::to_string).collect();
+        assert_eq!(ids, acked, "{room}'s delivered ids are the acked ones");
+    }
+}

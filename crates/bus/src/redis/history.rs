@@ -50,7 +50,77 @@ fn keys(names: &Keyspace, topic: &Topic) -> [String; 2] {
     [stream, epoch]
 }
 
-/// Stores `draft` in its room's stream and publishes it. See the module docs.
+/// What storing and publishing one message sends Redis, apart from the
+/// room's retention: built once per message, for the one-message script
+/// (Redis Cluster) or for a batch ([`super::publisher`], one Redis).
+#[derive(Debug)]
+pub(super) struct Prepared {
+    pub stream: String,
+    pub epoch: String,
+    /// The record to store (JSON: from, text, ts).
+    pub record: String,
+    pub channel: String,
+    /// The `message` frame's JSON up to its id, and after it.
+    pub head: String,
+    pub tail: String,
+    /// A fresh epoch, used if the room has none.
+    pub fresh: String,
+}
+
+impl Prepared {
+    pub(super) fn new(names: &Keyspace, draft: &Draft) -> Result<Prepared, BusError> {
+        let record = serde_json::to_string(&draft.to_record()).map_err(BusError::Encode)?;
+        let (head, tail) = draft.frame_parts();
+        let topic = Topic::Room(draft.room.clone());
+        let [stream, epoch] = keys(names, &topic);
+        Ok(Prepared {
+            stream,
+            epoch,
+            record,
+            channel: names.channel(&topic),
+            head,
+            tail,
+            fresh: Epoch::random().to_string(),
+        })
+    }
+
+    /// About how many bytes this sends Redis.
+    pub(super) fn size(&self) -> usize {
+        self.stream.len()
+            + self.epoch.len()
+            + self.record.len()
+            + self.channel.len()
+            + self.head.len()
+            + self.tail.len()
+            + self.fresh.len()
+    }
+}
+
+impl Retention {
+    /// The trim strategy: `MAXLEN ~ 0` may keep a whole radix node, and no
+    /// history means exactly none.
+    pub(super) fn trim(&self) -> &'static str {
+        if self.size == 0 { "=" } else { "~" }
+    }
+
+    pub(super) fn ttl_ms(&self) -> u64 {
+        u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// The message `draft` becomes once Redis stored it as `epoch`, `id`.
+pub(super) fn stamped(draft: &Draft, epoch: &str, id: &str) -> Result<Message, BusError> {
+    let position = match (Epoch::parse(epoch), StreamId::parse(id)) {
+        (Some(epoch), Some(id)) => Position { epoch, id },
+        _ => return Err(BusError::Unexpected(format!("a position `{epoch}:{id}`"))),
+    };
+    Ok(draft.stamp(position.to_message_id()))
+}
+
+/// Stores `draft` in its room's stream and publishes it with one script
+/// call of its own (Redis Cluster, where a script's keys are in one slot),
+/// then waits for a replica's copy where the slot has one. See the module
+/// docs.
 pub(super) async fn publish_message(
     commands: &Commands,
     names: &Keyspace,
@@ -58,31 +128,23 @@ pub(super) async fn publish_message(
     replication: Option<&Replication>,
     draft: &Draft,
 ) -> Result<Message, BusError> {
-    let record = serde_json::to_string(&draft.to_record()).map_err(BusError::Encode)?;
-    let (head, tail) = draft.frame_parts();
-    // `MAXLEN ~ 0` may keep a whole radix node: no history means exactly none.
-    let trim = if retention.size == 0 { "=" } else { "~" };
-    let topic = Topic::Room(draft.room.clone());
-    let channel = names.channel(&topic);
+    let prepared = Prepared::new(names, draft)?;
     let publish = names.publish_command();
-    let [stream, epoch] = keys(names, &topic);
-    let ttl_ms = u64::try_from(retention.ttl.as_millis()).unwrap_or(u64::MAX);
-    let slot = super::keyspace::slot(&stream);
+    let slot = super::keyspace::slot(&prepared.stream);
     let replicated = replication.is_some_and(|r| r.replicated(slot));
-    let fresh = Epoch::random().to_string();
     let invocation = || {
         let mut invocation = PUBLISH_MESSAGE.prepare_invoke();
         invocation
-            .key(&stream)
-            .key(&epoch)
-            .arg(trim)
+            .key(&prepared.stream)
+            .key(&prepared.epoch)
+            .arg(retention.trim())
             .arg(retention.size)
-            .arg(&record)
-            .arg(&channel)
-            .arg(&head)
-            .arg(&tail)
-            .arg(&fresh)
-            .arg(ttl_ms)
+            .arg(&prepared.record)
+            .arg(&prepared.channel)
+            .arg(&prepared.head)
+            .arg(&prepared.tail)
+            .arg(&prepared.fresh)
+            .arg(retention.ttl_ms())
             .arg(publish);
         invocation
     };
@@ -92,11 +154,7 @@ pub(super) async fn publish_message(
     if replicated {
         confirm_replica(commands, slot).await?;
     }
-    let position = match (Epoch::parse(&epoch), StreamId::parse(&id)) {
-        (Some(epoch), Some(id)) => Position { epoch, id },
-        _ => return Err(BusError::Unexpected(format!("a position `{epoch}:{id}`"))),
-    };
-    Ok(draft.stamp(position.to_message_id()))
+    stamped(draft, &epoch, &id)
 }
 
 /// Waits for a replica of `slot`'s primary to confirm what was just written

@@ -44,6 +44,7 @@ pub use commands::{Commands, Conn};
 pub use keyspace::{Keyspace, SLOTS, slot};
 mod link;
 mod listeners;
+mod publisher;
 mod repair;
 mod requests;
 mod shards;
@@ -144,6 +145,9 @@ struct Inner {
     /// On Redis Cluster, which slots have replicas (a stored message is
     /// acked once one has it).
     replication: Option<shards::Replication>,
+    /// On one Redis, the task that stores and publishes chat messages in
+    /// batches (`publisher.rs`); on a cluster each message has its own call.
+    publisher: Option<publisher::Publisher>,
     retention: Retention,
     dialog_retention: dialogs::DialogRetention,
     requests: mpsc::Sender<Request>,
@@ -319,10 +323,14 @@ impl RedisBus {
         tokio::spawn(watch_writable(writable, config.probe_interval, status_tx));
         // Either outcome of the first attempt is fine; the wait is bounded anyway.
         let _ = time::timeout(CONNECT_TIMEOUT + COMMAND_TIMEOUT, first_rx).await;
+        let publisher = replication.is_none().then(|| {
+            publisher::Publisher::start(commands.clone(), retention, names.publish_command())
+        });
         let inner = Inner {
             commands,
             names,
             replication,
+            publisher,
             retention,
             dialog_retention: dialogs::DialogRetention {
                 size: config.dialog_size,
@@ -420,6 +428,11 @@ impl Bus for RedisBus {
     async fn publish_message(&self, draft: &Draft) -> Result<Message, BusError> {
         self.check_up()?;
         let inner = &self.inner;
+        if let Some(publisher) = &inner.publisher {
+            let prepared = history::Prepared::new(&inner.names, draft)?;
+            let (epoch, id) = publisher.publish(prepared).await?;
+            return history::stamped(draft, &epoch, &id);
+        }
         let replication = inner.replication.as_ref();
         history::publish_message(
             &inner.commands,
