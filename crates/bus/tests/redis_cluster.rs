@@ -298,7 +298,7 @@ async fn a_primary_killed_under_traffic_loses_nothing_silently() {
             "{room}: delivery resumed after the kill"
         );
         // From the last arrival before the kill, as a client saw it.
-        let before = arrivals.iter().copied().filter(|t| *t <= killed).last();
+        let before = arrivals.iter().copied().rfind(|t| *t <= killed);
         let marks: Vec<Instant> = std::iter::once(before.unwrap_or(killed))
             .chain(arrivals.iter().copied().filter(|t| *t > killed))
             .chain(std::iter::once(ended))
