@@ -295,7 +295,12 @@ async fn a_primary_killed_under_traffic_loses_nothing_silently() {
         let arrivals = &seen.arrivals[room];
         assert!(
             arrivals.iter().any(|t| *t > killed),
-            "{room}: delivery resumed after the kill"
+            "{room}: delivery resumed after the kill ({} arrivals, none after it; {} acked; gap: {}; \
+             the traffic went on {:?} after the kill)",
+            arrivals.len(),
+            acked.get(room).map_or(0, Vec::len),
+            seen.gaps.contains(room),
+            ended.duration_since(killed),
         );
         // From the last arrival before the kill, as a client saw it.
         let before = arrivals.iter().copied().rfind(|t| *t <= killed);

@@ -70,6 +70,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
 /// ...doubling per failed attempt up to this cap.
 const BACKOFF_CAP: Duration = Duration::from_secs(5);
+/// On Redis Cluster, the shortest and longest wait (ms) before a command
+/// whose shard failed is tried again (see `connect_cluster`).
+const RETRY_WAIT_MIN_MS: u64 = 50;
+const RETRY_WAIT_MAX_MS: u64 = 1_000;
 /// Subscribe/unsubscribe requests waiting for the subscriber task.
 const REQUEST_QUEUE: usize = 256;
 /// How many probe intervals a probe may take to come back before the
@@ -229,6 +233,13 @@ impl RedisBus {
         let client = ClusterClient::builder(seeds.clone())
             .connection_timeout(CONNECT_TIMEOUT)
             .response_timeout(commands::IN_FLIGHT_TIMEOUT)
+            // redis-rs waits at least 1.28 s before each retry of a command
+            // whose shard failed, and up to minutes after a few: far too
+            // long for a chat in a failover. Retries every 50 ms to 1 s
+            // (jittered, doubling) find the promoted replica soon after it
+            // takes over; IN_FLIGHT_TIMEOUT still bounds the whole command.
+            .min_retry_wait(RETRY_WAIT_MIN_MS)
+            .max_retry_wait(RETRY_WAIT_MAX_MS)
             .build()
             .map_err(BusError::Url)?;
         let names = Keyspace::cluster(config.key_prefix.clone());
