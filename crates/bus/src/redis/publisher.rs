@@ -12,9 +12,9 @@
 //!   ago (the node publishes more than about 100 messages a second), the
 //!   next waits [`LINGER`] for company before it goes. At 5,000 messages a
 //!   second per node that makes batches of about four where the round trip
-//!   alone gathered 1.3: a message costs Redis about a fifth less CPU, for
-//!   a millisecond or two more latency (BENCHMARKS.md). On a quiet node a
-//!   message still goes at once.
+//!   alone gathered 1.3: a message costs Redis a fifth to a third less
+//!   CPU, for a millisecond or two more latency (BENCHMARKS.md). On a quiet
+//!   node a message still goes at once.
 //! - Each message in a batch is its own step of the script: one that Redis
 //!   refuses is answered with its error alone. A batch whose call fails as a
 //!   whole (the connection died) answers every one of its messages with
