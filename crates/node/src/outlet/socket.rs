@@ -8,7 +8,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 
 /// A write the outlet refused because the client's queue is full: it is a
 /// slow consumer (close 4002). What tungstenite could not write stays in
@@ -82,14 +82,29 @@ impl AsyncRead for Socket {
         let tcp = &self.outlet.tcp;
         loop {
             ready!(tcp.poll_read_ready(cx))?;
-            match tcp.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
+            // A read that fills less than the buffer drained the socket: its
+            // readiness is cleared with the read (the closure's `WouldBlock`),
+            // so the next poll waits for the kernel instead of asking it
+            // again for nothing, one wasted `recvfrom` per client frame (as
+            // tokio's own `TcpStream::poll_read` does). Readiness that came
+            // after the read is kept.
+            let unfilled = buf.initialize_unfilled();
+            let wanted = unfilled.len();
+            let mut got = 0;
+            match tcp.try_io(Interest::READABLE, || {
+                got = tcp.try_read(unfilled)?;
+                if got > 0 && got < wanted {
+                    return Err(io::ErrorKind::WouldBlock.into());
                 }
+                Ok(())
+            }) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && got == 0 => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Poll::Ready(Err(e)),
             }
+            buf.advance(got);
+            return Poll::Ready(Ok(()));
         }
     }
 }
