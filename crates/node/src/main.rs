@@ -42,6 +42,12 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // No transparent huge pages: mimalloc asks for them, and a node that
+    // grows then zeroes 2 MiB at each first touch (`clear_page_erms` was
+    // 8 % of a node filling a 20,000-member room). With 4 KiB pages the
+    // joined member costs 7.1-7.6 KiB instead of 8.3-8.5 (BENCHMARKS.md).
+    // Best effort: a kernel without the switch keeps them.
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
     let args = Args::parse();
     let overrides = Overrides {
         listen: args.listen,
