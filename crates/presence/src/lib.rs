@@ -73,18 +73,37 @@ pub(crate) fn stored_json(user: &User, info: Option<&str>) -> String {
     }
 }
 
+/// A stored user as read back: `{"id","name"}` and `info` if any, read in
+/// one pass (`info` kept as its JSON text, not built).
+#[derive(serde::Deserialize)]
+pub(crate) struct Stored {
+    id: banter_protocol::UserId,
+    name: banter_protocol::DisplayName,
+    #[serde(default)]
+    info: Option<Box<serde_json::value::RawValue>>,
+}
+
+impl Stored {
+    /// The user, and its `info` if any.
+    pub(crate) fn into_parts(self) -> (User, Option<Arc<str>>) {
+        let user = User {
+            id: self.id,
+            name: self.name,
+        };
+        // `"info": null` is no info, as it was when written.
+        let info = self
+            .info
+            .filter(|raw| raw.get() != "null")
+            .map(|raw| Arc::from(raw.get()));
+        (user, info)
+    }
+}
+
 /// A stored user as read back: the user, and its `info` if any.
 pub(crate) fn parse_stored(json: &[u8]) -> Option<(User, Option<Arc<str>>)> {
-    #[derive(serde::Deserialize)]
-    struct Stored {
-        #[serde(flatten)]
-        user: User,
-        #[serde(default)]
-        info: Option<serde_json::Value>,
-    }
-    let stored: Stored = serde_json::from_slice(json).ok()?;
-    let info = stored.info.map(|v| Arc::from(v.to_string()));
-    Some((stored.user, info))
+    serde_json::from_slice::<Stored>(json)
+        .ok()
+        .map(Stored::into_parts)
 }
 
 /// One page of a room's users.

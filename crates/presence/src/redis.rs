@@ -153,23 +153,26 @@ impl RedisPresence {
     }
 }
 
-/// A page script's reply (`{count, json…}`, one user more than `limit` when
-/// another page follows) as a [`Page`]; `names` names the hash it came from.
+/// A page script's reply (`{count, "[json,…]"}`, one user more than `limit`
+/// when another page follows) as a [`Page`]; `names` names the hash it came
+/// from.
 fn page_from(reply: Vec<Value>, names: &str, limit: usize) -> Result<Page, PresenceError> {
+    let corrupt = || PresenceError::Corrupt(format!("an unreadable user entry in {names}"));
     let mut items = reply.into_iter();
     let count = items
         .next()
         .and_then(|v| usize::from_redis_value(v).ok())
         .unwrap_or(0);
-    let mut users = Vec::with_capacity(limit.min(items.len()));
+    let json = match items.next() {
+        Some(Value::BulkString(json)) => json,
+        Some(Value::SimpleString(json)) => json.into_bytes(),
+        _ => return Err(corrupt()),
+    };
+    let stored: Vec<crate::Stored> = serde_json::from_slice(&json).map_err(|_| corrupt())?;
+    let mut users = Vec::with_capacity(limit.min(stored.len()));
     let mut info = BTreeMap::new();
-    for item in items {
-        let json = String::from_redis_value(item).map_err(|e| PresenceError::Redis(e.into()))?;
-        let Some((user, extra)) = crate::parse_stored(json.as_bytes()) else {
-            return Err(PresenceError::Corrupt(format!(
-                "an unreadable user entry in {names}"
-            )));
-        };
+    for entry in stored {
+        let (user, extra) = entry.into_parts();
         if let Some(extra) = extra {
             info.insert(user.id.clone(), extra);
         }
@@ -380,5 +383,55 @@ impl Presence for RedisPresence {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(count: i64, json: &str) -> Vec<Value> {
+        vec![Value::Int(count), Value::BulkString(json.as_bytes().to_vec())]
+    }
+
+    #[test]
+    fn a_page_reads_its_users_and_their_info_in_order() {
+        let json = r#"[{"id":"a","name":"Ann"},{"id":"b","name":"Bob","info":{"x":[1, 2]}},{"id":"c","name":"Cy","info":null}]"#;
+        let page = page_from(reply(7, json), "names", 2).expect("a page");
+        let ids: Vec<&str> = page.users.iter().map(|u| u.id.as_str()).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(page.count, 7);
+        // The third user says another page follows; the cursor is the last listed.
+        assert_eq!(page.next.as_deref(), Some("b"));
+        let info: Vec<(&str, &str)> = page
+            .info
+            .iter()
+            .map(|(id, info)| (id.as_str(), &**info))
+            .collect();
+        assert_eq!(info, [("b", r#"{"x":[1, 2]}"#)]);
+    }
+
+    #[test]
+    fn a_last_page_has_no_cursor_and_an_empty_room_no_users() {
+        let page = page_from(reply(1, r#"[{"id":"a","name":"Ann"}]"#), "names", 2).expect("a page");
+        assert_eq!((page.users.len(), page.next), (1, None));
+        let empty = page_from(reply(0, "[]"), "names", 2).expect("a page");
+        assert_eq!((empty.users.len(), empty.count), (0, 0));
+    }
+
+    #[test]
+    fn an_unreadable_entry_is_corrupt_not_skipped() {
+        for json in [
+            r#"[{"id":"a","name":"Ann"},{"id":"b"}]"#,
+            r#"[{"id":"not valid!","name":"Ann"}]"#,
+            "[nonsense",
+        ] {
+            let e = page_from(reply(2, json), "names", 5).expect_err(json);
+            assert!(matches!(e, PresenceError::Corrupt(_)), "{json}: {e}");
+        }
+        assert!(matches!(
+            page_from(vec![Value::Int(2)], "names", 5),
+            Err(PresenceError::Corrupt(_))
+        ));
     }
 }

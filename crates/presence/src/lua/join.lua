@@ -8,7 +8,7 @@
 --       left (conn -> when it left).
 -- ARGV: conn, expiry (ms since epoch), user JSON, user id, key ttl (ms),
 --       the room's channel, the page's size.
--- Returns {count, json1, json2, ...}.
+-- Returns {count, '[json1,json2,...]'}.
 redis.call('ZREM', KEYS[6], ARGV[1])
 if redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) == 1 then
   redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])

@@ -3,5 +3,5 @@
 --
 -- KEYS: roster, names (see join.lua).
 -- ARGV: the cursor ('' for the first page), limit.
--- Returns {count, json1, json2, ...}.
+-- Returns {count, '[json1,json2,...]'}.
 return page_of(KEYS[1], KEYS[2], ARGV[1], ARGV[2])
