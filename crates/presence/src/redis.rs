@@ -33,8 +33,9 @@ use std::time::Duration;
 
 use banter_bus::Topic;
 use banter_bus::redis::{Commands, Conn, Keyspace};
+use banter_protocol::{User, UserId};
 use redis::{FromRedisValue, Script, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use crate::memory::{duration_ms, group_by_room, now_ms};
 use crate::{Member, Page, Presence, PresenceError};
@@ -53,6 +54,8 @@ pub struct RedisPresence {
     /// Built once; each is sent by hash (EVALSHA) and loaded on NOSCRIPT,
     /// e.g. after a Redis restart.
     scripts: Arc<Scripts>,
+    /// The last full page read of each big room, parsed (see [`Pages`]).
+    pages: Arc<Pages>,
 }
 
 impl std::fmt::Debug for RedisPresence {
@@ -108,6 +111,7 @@ impl RedisPresence {
                 refresh: script(include_str!("lua/refresh.lua")),
                 tally: Script::new(&format!("{publish}{}", include_str!("lua/tally.lua"))),
             }),
+            pages: Arc::default(),
         }
     }
 
@@ -153,11 +157,76 @@ impl RedisPresence {
     }
 }
 
+/// Rooms whose last full page is kept parsed (see [`Pages`]).
+const PAGES_KEPT: usize = 256;
+
+/// The last full page (more users than asked) read of each big room, kept
+/// with the exact reply it was parsed from. While a big room fills, nearly
+/// every join reads the same first page (a newcomer's id rarely sorts into
+/// it), and checking every user of it again cost a tenth of the node. A
+/// reply is reused only when it is byte for byte the one parsed, so a page
+/// is never staler than what Redis answered. Bounded by [`PAGES_KEPT`]
+/// rooms; when full, it starts over.
+#[derive(Debug, Default)]
+struct Pages {
+    rooms: std::sync::Mutex<HashMap<String, Arc<Parsed>>>,
+}
+
+/// A page's users as parsed from `json`.
+#[derive(Debug)]
+struct Parsed {
+    json: Vec<u8>,
+    users: Vec<User>,
+    info: BTreeMap<UserId, Arc<str>>,
+}
+
+impl Pages {
+    /// The users of `json`, a page script's array, from `names`'s hash.
+    fn read(&self, names: &str, json: Vec<u8>, limit: usize) -> Result<Arc<Parsed>, PresenceError> {
+        let kept = self.lock().get(names).cloned();
+        if let Some(kept) = kept.filter(|kept| kept.json == json) {
+            return Ok(kept);
+        }
+        let stored: Vec<crate::Stored> = serde_json::from_slice(&json)
+            .map_err(|_| PresenceError::Corrupt(format!("an unreadable user entry in {names}")))?;
+        let mut users = Vec::with_capacity(stored.len());
+        let mut info = BTreeMap::new();
+        for entry in stored {
+            let (user, extra) = entry.into_parts();
+            if let Some(extra) = extra {
+                info.insert(user.id.clone(), extra);
+            }
+            users.push(user);
+        }
+        let full = users.len() > limit;
+        let parsed = Arc::new(Parsed { json, users, info });
+        if full {
+            let mut rooms = self.lock();
+            if rooms.len() >= PAGES_KEPT && !rooms.contains_key(names) {
+                rooms.clear();
+            }
+            rooms.insert(names.to_owned(), parsed.clone());
+        }
+        Ok(parsed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Parsed>>> {
+        // The map is whole after any panic: each change is one insert or clear.
+        self.rooms
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// A page script's reply (`{count, "[json,…]"}`, one user more than `limit`
 /// when another page follows) as a [`Page`]; `names` names the hash it came
 /// from.
-fn page_from(reply: Vec<Value>, names: &str, limit: usize) -> Result<Page, PresenceError> {
-    let corrupt = || PresenceError::Corrupt(format!("an unreadable user entry in {names}"));
+fn page_from(
+    pages: &Pages,
+    reply: Vec<Value>,
+    names: &str,
+    limit: usize,
+) -> Result<Page, PresenceError> {
     let mut items = reply.into_iter();
     let count = items
         .next()
@@ -166,25 +235,25 @@ fn page_from(reply: Vec<Value>, names: &str, limit: usize) -> Result<Page, Prese
     let json = match items.next() {
         Some(Value::BulkString(json)) => json,
         Some(Value::SimpleString(json)) => json.into_bytes(),
-        _ => return Err(corrupt()),
-    };
-    let stored: Vec<crate::Stored> = serde_json::from_slice(&json).map_err(|_| corrupt())?;
-    let mut users = Vec::with_capacity(limit.min(stored.len()));
-    let mut info = BTreeMap::new();
-    for entry in stored {
-        let (user, extra) = entry.into_parts();
-        if let Some(extra) = extra {
-            info.insert(user.id.clone(), extra);
+        _ => {
+            return Err(PresenceError::Corrupt(format!(
+                "an unreadable page of {names}"
+            )));
         }
-        users.push(user);
-    }
-    let next = if users.len() > limit {
-        users.truncate(limit);
+    };
+    let parsed = pages.read(names, json, limit)?;
+    let users: Vec<User> = parsed.users.iter().take(limit).cloned().collect();
+    let next = if parsed.users.len() > limit {
         users.last().map(|u| u.id.to_string())
     } else {
         None
     };
-    info.retain(|id, _| users.iter().any(|u| &u.id == id));
+    let info = parsed
+        .info
+        .iter()
+        .filter(|(id, _)| users.iter().any(|u| &u.id == *id))
+        .map(|(id, info)| (id.clone(), info.clone()))
+        .collect();
     Ok(Page {
         users,
         count,
@@ -223,7 +292,7 @@ impl Presence for RedisPresence {
         let reply: Vec<Value> = self
             .run(|mut con| async move { invocation.invoke_async(&mut con).await })
             .await?;
-        page_from(reply, &keys[4], limit)
+        page_from(&self.pages, reply, &keys[4], limit)
     }
 
     async fn leave(&self, room: &Topic, member: &Member) -> Result<(), PresenceError> {
@@ -266,7 +335,7 @@ impl Presence for RedisPresence {
         let reply: Vec<Value> = self
             .run(|mut con| async move { invocation.invoke_async(&mut con).await })
             .await?;
-        page_from(reply, &keys[4], limit)
+        page_from(&self.pages, reply, &keys[4], limit)
     }
 
     async fn tally(&self, topic: &Topic, node: &str, local: usize) -> Result<usize, PresenceError> {
@@ -391,13 +460,16 @@ mod tests {
     use super::*;
 
     fn reply(count: i64, json: &str) -> Vec<Value> {
-        vec![Value::Int(count), Value::BulkString(json.as_bytes().to_vec())]
+        vec![
+            Value::Int(count),
+            Value::BulkString(json.as_bytes().to_vec()),
+        ]
     }
 
     #[test]
     fn a_page_reads_its_users_and_their_info_in_order() {
         let json = r#"[{"id":"a","name":"Ann"},{"id":"b","name":"Bob","info":{"x":[1, 2]}},{"id":"c","name":"Cy","info":null}]"#;
-        let page = page_from(reply(7, json), "names", 2).expect("a page");
+        let page = page_from(&Pages::default(), reply(7, json), "names", 2).expect("a page");
         let ids: Vec<&str> = page.users.iter().map(|u| u.id.as_str()).collect();
         assert_eq!(ids, ["a", "b"]);
         assert_eq!(page.count, 7);
@@ -413,10 +485,47 @@ mod tests {
 
     #[test]
     fn a_last_page_has_no_cursor_and_an_empty_room_no_users() {
-        let page = page_from(reply(1, r#"[{"id":"a","name":"Ann"}]"#), "names", 2).expect("a page");
+        let page = page_from(
+            &Pages::default(),
+            reply(1, r#"[{"id":"a","name":"Ann"}]"#),
+            "names",
+            2,
+        )
+        .expect("a page");
         assert_eq!((page.users.len(), page.next), (1, None));
-        let empty = page_from(reply(0, "[]"), "names", 2).expect("a page");
+        let empty = page_from(&Pages::default(), reply(0, "[]"), "names", 2).expect("a page");
         assert_eq!((empty.users.len(), empty.count), (0, 0));
+    }
+
+    #[test]
+    fn a_kept_page_serves_only_the_reply_it_was_parsed_from() {
+        let pages = Pages::default();
+        let ab = r#"[{"id":"a","name":"Ann"},{"id":"b","name":"Bob"}]"#;
+        let first = page_from(&pages, reply(2, ab), "names", 1).expect("a page");
+        assert_eq!(first.users[0].id.as_str(), "a");
+        assert_eq!(pages.lock().len(), 1, "a full page is kept");
+        // The same reply again: the same users, the count as answered.
+        let again = page_from(&pages, reply(3, ab), "names", 1).expect("a page");
+        assert_eq!((again.users, again.count), (first.users, 3));
+        // Another reply for the room is read afresh, never the kept one.
+        let cb = r#"[{"id":"c","name":"Cy"},{"id":"b","name":"Bob"}]"#;
+        let changed = page_from(&pages, reply(2, cb), "names", 1).expect("a page");
+        assert_eq!(changed.users[0].id.as_str(), "c");
+        assert!(page_from(&pages, reply(2, "[nonsense"), "names", 1).is_err());
+        // A page that is not full (a small room) is not kept.
+        let small = Pages::default();
+        page_from(&small, reply(1, r#"[{"id":"a","name":"Ann"}]"#), "names", 1).expect("a page");
+        assert!(small.lock().is_empty());
+    }
+
+    #[test]
+    fn the_kept_pages_are_bounded() {
+        let pages = Pages::default();
+        let ab = r#"[{"id":"a","name":"Ann"},{"id":"b","name":"Bob"}]"#;
+        for room in 0..PAGES_KEPT + 10 {
+            page_from(&pages, reply(2, ab), &format!("room{room}"), 1).expect("a page");
+            assert!(pages.lock().len() <= PAGES_KEPT);
+        }
     }
 
     #[test]
@@ -426,11 +535,11 @@ mod tests {
             r#"[{"id":"not valid!","name":"Ann"}]"#,
             "[nonsense",
         ] {
-            let e = page_from(reply(2, json), "names", 5).expect_err(json);
+            let e = page_from(&Pages::default(), reply(2, json), "names", 0).expect_err(json);
             assert!(matches!(e, PresenceError::Corrupt(_)), "{json}: {e}");
         }
         assert!(matches!(
-            page_from(vec![Value::Int(2)], "names", 5),
+            page_from(&Pages::default(), vec![Value::Int(2)], "names", 5),
             Err(PresenceError::Corrupt(_))
         ));
     }
