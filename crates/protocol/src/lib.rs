@@ -22,6 +22,6 @@ pub mod ids;
 pub use codes::{CloseReason, ErrorCode};
 pub use frames::{
     ClientFrame, DialogEntry, DirectMessage, FrameError, Limits, Message, PresenceEvent,
-    ServerFrame, decode,
+    ServerFrame, decode, decode_any,
 };
 pub use ids::{ChannelName, ConnId, DisplayName, IdError, MessageId, Ref, RoomId, User, UserId};

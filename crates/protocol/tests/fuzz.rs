@@ -3,7 +3,7 @@
 //! thousand cases) so it runs in the normal test command.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use banter_protocol::{ClientFrame, ErrorCode, decode};
+use banter_protocol::{ClientFrame, ErrorCode, decode, decode_any};
 use proptest::prelude::*;
 use serde_json::{Map, Value};
 
@@ -68,8 +68,74 @@ fn check(text: &str) {
     }
 }
 
+/// Text shaped like the frames `decode` reads on its short path (`send`,
+/// `join`), written as raw JSON so keys can repeat and strings be escaped:
+/// each field from a few valid and invalid values.
+fn common_like() -> impl Strategy<Value = String> {
+    let long_ref = format!("\"{}\"", "x".repeat(65));
+    let field = prop_oneof![
+        prop::sample::select(vec![
+            r#""send""#,
+            r#""join""#,
+            r#""s\u0065nd""#,
+            r#""leave""#,
+            "5",
+            "null"
+        ])
+        .prop_map(|v| ("type", v.to_string())),
+        prop::sample::select(vec![
+            r#""lobby""#,
+            r#""ok_room.1""#,
+            r#""a b""#,
+            r#""lob\u0062y""#,
+            "3",
+            "null"
+        ])
+        .prop_map(|v| ("room", v.to_string())),
+        prop::sample::select(vec![
+            r#""hi""#,
+            r#""caf\u00e9 \n""#,
+            r#""""#,
+            "7",
+            "null",
+            "[]"
+        ])
+        .prop_map(|v| ("text", v.to_string())),
+        prop::sample::select(vec![
+            r#""r1""#.to_string(),
+            "12".into(),
+            "-3".into(),
+            "123456789012345678901234567890".into(),
+            "1.5".into(),
+            "null".into(),
+            "[1]".into(),
+            r#""""#.into(),
+            long_ref,
+        ])
+        .prop_map(|v| ("ref", v)),
+        prop::sample::select(vec![r#""AAAAAAAA-1""#, r#""1-2""#, r#""bad""#, "5", "null"])
+            .prop_map(|v| ("since", v.to_string())),
+        prop::sample::select(vec!["{}", "1", r#""x""#]).prop_map(|v| ("x", v.to_string())),
+    ];
+    prop::collection::vec(field, 0..7).prop_map(|fields| {
+        let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+        format!("{{{}}}", body.join(","))
+    })
+}
+
 proptest! {
     #![proptest_config(config())]
+
+    #[test]
+    fn the_short_path_answers_as_the_general_one(text in common_like()) {
+        prop_assert_eq!(decode(&text), decode_any(&text), "{}", text);
+    }
+
+    #[test]
+    fn the_short_path_answers_as_the_general_one_on_frame_shaped_json(v in frame_like()) {
+        let text = v.to_string();
+        prop_assert_eq!(decode(&text), decode_any(&text), "{}", text);
+    }
 
     #[test]
     fn arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
