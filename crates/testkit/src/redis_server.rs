@@ -1,7 +1,8 @@
 //! A real `redis-server` owned by one test, and a typed client for it.
 
-use crate::{free_port, tool};
+use crate::{free_port, run_ok, tool};
 use redis::{FromRedisValue, RedisResult, Value};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -25,6 +26,15 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct RedisServer {
     port: u16,
     child: Option<Child>,
+    /// A TLS port beside the plain one ([`start_tls`](Self::start_tls)).
+    tls: Option<Tls>,
+}
+
+/// A TLS listener's port and the directory of its certificates.
+#[derive(Debug)]
+struct Tls {
+    port: u16,
+    dir: PathBuf,
 }
 
 impl RedisServer {
@@ -32,9 +42,48 @@ impl RedisServer {
     /// and waits (at most 10 s) until it answers `PING`.
     pub fn start() -> RedisServer {
         let port = free_port();
-        let mut server = RedisServer { port, child: None };
+        let mut server = RedisServer {
+            port,
+            child: None,
+            tls: None,
+        };
         server.restart();
         server
+    }
+
+    /// [`start`](Self::start) with a TLS port too ([`tls_url`](Self::tls_url)),
+    /// serving a certificate for 127.0.0.1 signed by a CA made for this
+    /// server alone ([`ca_file`](Self::ca_file)), with `openssl`. Clients
+    /// need no certificate. The helper's own client keeps the plain port.
+    pub fn start_tls() -> RedisServer {
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("banter-redis-tls-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a directory for the certificates");
+        make_certificates(&dir);
+        let mut server = RedisServer {
+            port,
+            child: None,
+            tls: Some(Tls {
+                port: free_port(),
+                dir,
+            }),
+        };
+        server.restart();
+        server
+    }
+
+    /// `rediss://127.0.0.1:{tls port}/`; fails unless started by
+    /// [`start_tls`](Self::start_tls).
+    pub fn tls_url(&self) -> String {
+        let tls = self.tls.as_ref().expect("started with start_tls");
+        format!("rediss://127.0.0.1:{}/", tls.port)
+    }
+
+    /// The PEM file of the CA that signed the TLS port's certificate.
+    pub fn ca_file(&self) -> PathBuf {
+        let tls = self.tls.as_ref().expect("started with start_tls");
+        tls.dir.join("ca.pem")
     }
 
     /// `redis://127.0.0.1:{port}/`.
@@ -76,6 +125,7 @@ impl RedisServer {
                 .args(["--port", &self.port.to_string()])
                 .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
                 .args(["--protected-mode", "no", "--loglevel", "warning"])
+                .args(self.tls_args())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -100,6 +150,26 @@ impl RedisServer {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The TLS port's arguments, if it has one.
+    fn tls_args(&self) -> Vec<String> {
+        let Some(tls) = &self.tls else {
+            return Vec::new();
+        };
+        let file = |name: &str| tls.dir.join(name).display().to_string();
+        vec![
+            "--tls-port".into(),
+            tls.port.to_string(),
+            "--tls-cert-file".into(),
+            file("server.pem"),
+            "--tls-key-file".into(),
+            file("server.key"),
+            "--tls-ca-cert-file".into(),
+            file("ca.pem"),
+            "--tls-auth-clients".into(),
+            "no".into(),
+        ]
     }
 
     /// Whether the child answers `PING` before `deadline` (false if it exits).
@@ -241,7 +311,56 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+        if let Some(tls) = &self.tls {
+            let _ = std::fs::remove_dir_all(&tls.dir);
+        }
     }
+}
+
+/// A CA (`ca.pem`) and a certificate for IP 127.0.0.1 it signed
+/// (`server.pem`, `server.key`) in `dir`, valid for a day.
+fn make_certificates(dir: &Path) {
+    let openssl = tool("openssl", "openssl");
+    let at = |name: &str| dir.join(name);
+    run_ok(
+        Command::new(&openssl)
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
+            .args(["-subj", "/CN=banter test CA", "-keyout"])
+            .arg(at("ca.key"))
+            .arg("-out")
+            .arg(at("ca.pem")),
+    );
+    run_ok(
+        Command::new(&openssl)
+            .args([
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=127.0.0.1",
+            ])
+            .arg("-keyout")
+            .arg(at("server.key"))
+            .arg("-out")
+            .arg(at("server.csr")),
+    );
+    std::fs::write(at("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").expect("write ext.cnf");
+    run_ok(
+        Command::new(&openssl)
+            .args(["x509", "-req", "-days", "1", "-in"])
+            .arg(at("server.csr"))
+            .arg("-CA")
+            .arg(at("ca.pem"))
+            .arg("-CAkey")
+            .arg(at("ca.key"))
+            .args(["-CAcreateserial", "-out"])
+            .arg(at("server.pem"))
+            .arg("-extfile")
+            .arg(at("ext.cnf")),
+    );
 }
 
 #[cfg(test)]

@@ -1,0 +1,55 @@
+//! `rediss://`: nodes reach a real `redis-server` over TLS, and trust it
+//! only through the system's trust store (here `SSL_CERT_FILE`, which
+//! names the CA that signed the server's certificate).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use common::*;
+use std::time::Duration;
+
+#[tokio::test]
+async fn two_nodes_chat_through_a_redis_over_tls() {
+    let redis = banter_testkit::RedisServer::start_tls();
+    let ca = redis.ca_file().display().to_string();
+    let env = [("SSL_CERT_FILE", ca.as_str())];
+    let a = NodeProcess::start("tls-a", &redis.tls_url(), &env).await;
+    let b = NodeProcess::start("tls-b", &redis.tls_url(), &env).await;
+    let mut ann = Client::connect(a.addr, "name=Ann").await;
+    let mut bob = Client::connect(b.addr, "name=Bob").await;
+    ann.join("secure").await;
+    let (_, count) = bob.join("secure").await;
+    assert_eq!(count, 2, "presence crosses the nodes over TLS");
+
+    let id = ann.say("secure", "over tls").await;
+    let got = bob.next_message().await;
+    assert_eq!((got.id, got.text.as_str()), (id, "over tls"));
+    // It was stored in this Redis (read back through its plain port).
+    let keys: Vec<String> = redis.query(&["KEYS", "banter:history:*secure*"]);
+    assert!(!keys.is_empty(), "no history stream for the room");
+}
+
+#[tokio::test]
+async fn a_node_that_does_not_trust_the_certificate_never_gets_ready() {
+    let redis = banter_testkit::RedisServer::start_tls();
+    let port = banter_testkit::free_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // No SSL_CERT_FILE: the system's roots do not hold the test CA.
+    let _node = tokio::process::Command::new(env!("CARGO_BIN_EXE_banter-node"))
+        .args(["--listen", &addr.to_string(), "--node-id", "tls-untrusted"])
+        .args(["--redis", &redis.tls_url()])
+        .env_clear()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn banter-node");
+    eventually("node serving", async || {
+        http(addr, "GET", "/healthz", &[], "").await.is_ok()
+    })
+    .await;
+    for _ in 0..10 {
+        let (status, body) = http(addr, "GET", "/readyz", &[], "").await.unwrap();
+        assert_eq!(status, 503, "ready on an untrusted certificate: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
