@@ -53,3 +53,36 @@ async fn a_node_that_does_not_trust_the_certificate_never_gets_ready() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn two_nodes_chat_through_a_redis_cluster_over_tls() {
+    let cluster = banter_testkit::RedisCluster::start_tls(3, 0);
+    let ca = cluster.ca_file().display().to_string();
+    let env = [
+        ("SSL_CERT_FILE", ca.as_str()),
+        ("BANTER__REDIS__MODE", "cluster"),
+    ];
+    let a = NodeProcess::start("tlsc-a", &cluster.tls_url(), &env).await;
+    let b = NodeProcess::start("tlsc-b", &cluster.tls_url(), &env).await;
+    // Every shard's subscriber link is up, over TLS to the TLS ports.
+    for node in [&a, &b] {
+        eventually("banter_bus_shards_up 3", async || {
+            let (_, metrics) = http(node.addr, "GET", "/metrics", &[], "").await.unwrap();
+            metrics
+                .lines()
+                .any(|l| l.starts_with("banter_bus_shards_up") && l.ends_with(" 3"))
+        })
+        .await;
+    }
+    let mut ann = Client::connect(a.addr, "name=Ann").await;
+    let mut bob = Client::connect(b.addr, "name=Bob").await;
+    // Rooms on every shard (their names hash to different slots).
+    for room in ["tls-0", "tls-1", "tls-2", "tls-3", "tls-4", "tls-5"] {
+        ann.join(room).await;
+        let (_, count) = bob.join(room).await;
+        assert_eq!(count, 2, "{room}: presence crosses the nodes");
+        let id = ann.say(room, room).await;
+        let got = bob.next_message().await;
+        assert_eq!((got.id, got.text.as_str()), (id, room));
+    }
+}

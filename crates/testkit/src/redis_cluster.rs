@@ -22,6 +22,8 @@ pub const NODE_TIMEOUT_MS: u64 = 1_000;
 #[derive(Debug)]
 pub struct ClusterNode {
     pub port: u16,
+    /// Its TLS port, in a cluster started by [`RedisCluster::start_tls`].
+    pub tls_port: Option<u16>,
     child: Option<Child>,
 }
 
@@ -30,6 +32,8 @@ pub struct ClusterNode {
 pub struct RedisCluster {
     pub nodes: Vec<ClusterNode>,
     dir: std::path::PathBuf,
+    /// Whether the nodes also serve TLS, and talk TLS among themselves.
+    tls: bool,
 }
 
 /// A free port below 55536 whose cluster-bus twin (port + 10000) is free too.
@@ -51,19 +55,42 @@ impl RedisCluster {
     /// Starts `primaries` primaries with `replicas` replicas each and waits
     /// until every node reports `cluster_state:ok`.
     pub fn start(primaries: usize, replicas: usize) -> RedisCluster {
+        RedisCluster::start_with(primaries, replicas, false)
+    }
+
+    /// [`start`](Self::start) over TLS: each node also has a TLS port for
+    /// clients ([`tls_url`](Self::tls_url); `CLUSTER SLOTS` asked over TLS
+    /// names these), the cluster bus and replication use TLS, and the
+    /// certificate for 127.0.0.1 is signed by a CA made for this cluster
+    /// ([`ca_file`](Self::ca_file)). The helper's own client keeps the plain
+    /// ports.
+    pub fn start_tls(primaries: usize, replicas: usize) -> RedisCluster {
+        RedisCluster::start_with(primaries, replicas, true)
+    }
+
+    fn start_with(primaries: usize, replicas: usize, tls: bool) -> RedisCluster {
         let dir = std::env::temp_dir().join(format!(
             "banter-cluster-{}-{}",
             std::process::id(),
             rand_suffix()
         ));
         std::fs::create_dir_all(&dir).expect("cluster dir");
+        if tls {
+            crate::redis_server::make_certificates(&dir);
+        }
         let mut cluster = RedisCluster {
             nodes: Vec::new(),
             dir,
+            tls,
         };
         for _ in 0..primaries * (1 + replicas) {
             let port = free_cluster_port();
-            let mut node = ClusterNode { port, child: None };
+            let tls_port = tls.then(free_cluster_port);
+            let mut node = ClusterNode {
+                port,
+                tls_port,
+                child: None,
+            };
             cluster.spawn(&mut node);
             cluster.nodes.push(node);
         }
@@ -72,9 +99,13 @@ impl RedisCluster {
         }
         let cli = tool("redis-cli", "redis-tools");
         let mut create = Command::new(&cli);
+        if tls {
+            // Over TLS, so that the nodes meet on their TLS cluster bus.
+            create.arg("--tls").arg("--cacert").arg(cluster.ca_file());
+        }
         create.args(["--cluster", "create"]);
         for node in &cluster.nodes {
-            create.arg(format!("127.0.0.1:{}", node.port));
+            create.arg(format!("127.0.0.1:{}", node.tls_port.unwrap_or(node.port)));
         }
         create.args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"]);
         let out = create.output().expect("redis-cli --cluster create");
@@ -103,6 +134,7 @@ impl RedisCluster {
             .args(["--repl-ping-replica-period", "1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .args(["--loglevel", "warning", "--enable-debug-command", "yes"])
+            .args(self.tls_args(node))
             .arg("--dir")
             .arg(&self.dir)
             .stdin(Stdio::null())
@@ -113,6 +145,44 @@ impl RedisCluster {
                 panic!("cannot start redis-server ({e}): install the Debian package `redis-server`")
             });
         node.child = Some(child);
+    }
+
+    /// The TLS arguments of `node`, in a TLS cluster.
+    fn tls_args(&self, node: &ClusterNode) -> Vec<String> {
+        let Some(tls_port) = node.tls_port.filter(|_| self.tls) else {
+            return Vec::new();
+        };
+        let file = |name: &str| self.dir.join(name).display().to_string();
+        [
+            ("--tls-port", tls_port.to_string()),
+            ("--tls-cert-file", file("server.pem")),
+            ("--tls-key-file", file("server.key")),
+            ("--tls-ca-cert-file", file("ca.pem")),
+            ("--tls-auth-clients", "no".into()),
+            ("--tls-cluster", "yes".into()),
+            ("--tls-replication", "yes".into()),
+        ]
+        .into_iter()
+        .flat_map(|(k, v)| [k.to_owned(), v])
+        .collect()
+    }
+
+    /// TLS seed URLs joined with commas: `rediss://127.0.0.1:{tls port}/`;
+    /// fails unless started by [`start_tls`](Self::start_tls).
+    pub fn tls_url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let port = n.tls_port.expect("started with start_tls");
+                format!("rediss://127.0.0.1:{port}/")
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The PEM file of the CA that signed the nodes' certificate.
+    pub fn ca_file(&self) -> std::path::PathBuf {
+        self.dir.join("ca.pem")
     }
 
     /// Seed URLs, one per node: `redis://127.0.0.1:{port}/`.

@@ -319,7 +319,7 @@ impl Drop for RedisServer {
 
 /// A CA (`ca.pem`) and a certificate for IP 127.0.0.1 it signed
 /// (`server.pem`, `server.key`) in `dir`, valid for a day.
-fn make_certificates(dir: &Path) {
+pub(crate) fn make_certificates(dir: &Path) {
     let openssl = tool("openssl", "openssl");
     let at = |name: &str| dir.join(name);
     run_ok(

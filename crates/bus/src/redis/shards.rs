@@ -349,7 +349,7 @@ async fn topology(seeds: &[ConnectionInfo]) -> Result<(ConnectionInfo, Vec<Range
                 .await
                 .map_err(|_| cluster_error("CLUSTER SLOTS timed out"))??;
             let host = match seed.addr() {
-                ConnectionAddr::Tcp(host, _) => host.clone(),
+                ConnectionAddr::Tcp(host, _) | ConnectionAddr::TcpTls { host, .. } => host.clone(),
                 _ => String::new(),
             };
             Ok::<_, RedisError>((seed.clone(), parse_slots(reply, &host)?))
@@ -407,13 +407,28 @@ fn parse_slots(reply: Value, seed_host: &str) -> Result<Vec<Range>, RedisError> 
     Ok(ranges)
 }
 
-/// `seed`'s settings (password, database, RESP3) at another node's address.
+/// `seed`'s settings (password, database, RESP3, TLS) at another node's
+/// address.
 fn at(seed: &ConnectionInfo, host: &str, port: u16) -> Result<ConnectionInfo, RedisError> {
-    if !matches!(seed.addr(), ConnectionAddr::Tcp(..)) {
-        return Err(cluster_error(
-            "Redis Cluster is supported over redis:// (TCP) seeds",
-        ));
-    }
+    let addr = match seed.addr() {
+        ConnectionAddr::Tcp(..) => ConnectionAddr::Tcp(host.to_owned(), port),
+        // The same checks of the certificate, against the node's own name.
+        ConnectionAddr::TcpTls {
+            insecure,
+            tls_params,
+            ..
+        } => ConnectionAddr::TcpTls {
+            host: host.to_owned(),
+            port,
+            insecure: *insecure,
+            tls_params: tls_params.clone(),
+        },
+        _ => {
+            return Err(cluster_error(
+                "Redis Cluster is supported over redis:// and rediss:// (TCP) seeds",
+            ));
+        }
+    };
     let resp3 = seed
         .redis_settings()
         .clone()
@@ -423,7 +438,7 @@ fn at(seed: &ConnectionInfo, host: &str, port: u16) -> Result<ConnectionInfo, Re
     let tcp = tcp.set_user_timeout(super::BACKOFF_CAP);
     Ok(seed
         .clone()
-        .set_addr(ConnectionAddr::Tcp(host.to_owned(), port))
+        .set_addr(addr)
         .set_redis_settings(resp3)
         .set_tcp_settings(tcp))
 }

@@ -107,10 +107,13 @@ impl Config {
             if seeds.is_empty() {
                 return invalid("redis.url", "cluster mode needs at least one seed node");
             }
-            if !seeds.iter().all(|s| s.starts_with("redis://")) {
+            // All over TLS or none: one cluster, one way in.
+            let plain = seeds.iter().all(|s| s.starts_with("redis://"));
+            let tls = seeds.iter().all(|s| s.starts_with("rediss://"));
+            if !plain && !tls {
                 return invalid(
                     "redis.url",
-                    "cluster seeds are comma-separated redis://host:port URLs",
+                    "cluster seeds are comma-separated redis://host:port URLs, or all rediss://",
                 );
             }
         } else if !url.is_empty() && !schemes.iter().any(|s| url.starts_with(s)) {
@@ -347,6 +350,21 @@ mod tests {
             r#"["a"]"#,
         ] {
             assert!(!origin_form(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cluster_seeds_are_all_plain_or_all_tls() {
+        let with = |url: &str| {
+            let mut c = Config::default();
+            c.redis.mode = super::super::RedisMode::Cluster;
+            c.redis.url = url.to_owned();
+            c.validate()
+        };
+        assert!(with("redis://a:7000,redis://b:7000").is_ok());
+        assert!(with("rediss://a:7000, rediss://b:7000").is_ok());
+        for bad in ["redis://a:7000,rediss://b:7000", "unix:///tmp/r.sock", ""] {
+            assert!(with(bad).is_err(), "{bad}");
         }
     }
 }
