@@ -152,19 +152,9 @@ impl RedisCluster {
         let Some(tls_port) = node.tls_port.filter(|_| self.tls) else {
             return Vec::new();
         };
-        let file = |name: &str| self.dir.join(name).display().to_string();
-        [
-            ("--tls-port", tls_port.to_string()),
-            ("--tls-cert-file", file("server.pem")),
-            ("--tls-key-file", file("server.key")),
-            ("--tls-ca-cert-file", file("ca.pem")),
-            ("--tls-auth-clients", "no".into()),
-            ("--tls-cluster", "yes".into()),
-            ("--tls-replication", "yes".into()),
-        ]
-        .into_iter()
-        .flat_map(|(k, v)| [k.to_owned(), v])
-        .collect()
+        let mut args = crate::redis_server::tls_port_args(&self.dir, tls_port);
+        args.extend(["--tls-cluster", "yes", "--tls-replication", "yes"].map(String::from));
+        args
     }
 
     /// TLS seed URLs joined with commas: `rediss://127.0.0.1:{tls port}/`;

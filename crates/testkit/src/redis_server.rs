@@ -154,22 +154,10 @@ impl RedisServer {
 
     /// The TLS port's arguments, if it has one.
     fn tls_args(&self) -> Vec<String> {
-        let Some(tls) = &self.tls else {
-            return Vec::new();
-        };
-        let file = |name: &str| tls.dir.join(name).display().to_string();
-        vec![
-            "--tls-port".into(),
-            tls.port.to_string(),
-            "--tls-cert-file".into(),
-            file("server.pem"),
-            "--tls-key-file".into(),
-            file("server.key"),
-            "--tls-ca-cert-file".into(),
-            file("ca.pem"),
-            "--tls-auth-clients".into(),
-            "no".into(),
-        ]
+        self.tls
+            .as_ref()
+            .map(|tls| tls_port_args(&tls.dir, tls.port))
+            .unwrap_or_default()
     }
 
     /// Whether the child answers `PING` before `deadline` (false if it exits).
@@ -315,6 +303,22 @@ impl Drop for RedisServer {
             let _ = std::fs::remove_dir_all(&tls.dir);
         }
     }
+}
+
+/// `redis-server` arguments for a TLS port `port` serving the certificate
+/// [`make_certificates`] wrote to `dir`; clients need none.
+pub(crate) fn tls_port_args(dir: &Path, port: u16) -> Vec<String> {
+    let file = |name: &str| dir.join(name).display().to_string();
+    [
+        ("--tls-port", port.to_string()),
+        ("--tls-cert-file", file("server.pem")),
+        ("--tls-key-file", file("server.key")),
+        ("--tls-ca-cert-file", file("ca.pem")),
+        ("--tls-auth-clients", "no".into()),
+    ]
+    .into_iter()
+    .flat_map(|(k, v)| [k.to_owned(), v])
+    .collect()
 }
 
 /// A CA (`ca.pem`) and a certificate for IP 127.0.0.1 it signed
