@@ -44,6 +44,7 @@ macro_rules! contract {
 contract! {
     first_join_and_last_leave_are_published_once(LONG);
     pages_cover_every_user_once(LONG);
+    the_first_page_follows_every_change(SHORT);
     concurrent_changes_publish_the_final_state(LONG);
     an_unrefreshed_entry_is_swept_with_its_leave(SHORT);
     two_sweepers_announce_a_departure_once(SHORT);
@@ -126,6 +127,88 @@ async fn pages_cover_every_user_once(b: Backend) {
         "everyone once"
     );
     assert!(listed.windows(2).all(|w| w[0] < w[1]), "in id order");
+}
+
+/// The first page after each kind of change (a join and a leave in it and
+/// after it, a second connection, a sweep, a stalled node's user put back)
+/// is what the room holds (Redis keeps the first page between changes).
+async fn the_first_page_follows_every_change(b: Backend) {
+    let (p, stalled, hall) = (b.node(), b.node(), room("hall"));
+    let ids = |page: Page| -> (Vec<String>, usize) {
+        let ids = page.users.iter().map(|u| u.id.to_string()).collect();
+        (ids, page.count)
+    };
+    let first = async |p: &dyn Presence| ids(p.page(&hall, None, 2).await.unwrap());
+    let mut live = Vec::new();
+    for n in ["10", "20", "30", "40"] {
+        let m = member(&format!("c{n}"), &user(&format!("u{n}"), n));
+        p.join(&hall, &m).await.unwrap();
+        live.push(m);
+    }
+    assert_eq!(first(&*p).await, (vec!["u10".into(), "u20".into()], 4));
+    // Joins answer with the first page too, of the size asked here.
+    let m05 = member("c05", &user("u05", "05"));
+    let joined = ids(p.join_page(&hall, &m05, 2).await.unwrap());
+    assert_eq!(
+        joined,
+        (vec!["u05".into(), "u10".into()], 5),
+        "a join into it"
+    );
+    live.push(m05);
+    assert_eq!(
+        first(&*p).await,
+        (vec!["u05".into(), "u10".into()], 5),
+        "a join into it"
+    );
+    let m99 = member("c99", &user("u99", "99"));
+    let joined = ids(p.join_page(&hall, &m99, 2).await.unwrap());
+    assert_eq!(
+        joined,
+        (vec!["u05".into(), "u10".into()], 6),
+        "a join after it"
+    );
+    live.push(m99);
+    assert_eq!(
+        first(&*p).await,
+        (vec!["u05".into(), "u10".into()], 6),
+        "a join after it"
+    );
+    p.leave(&hall, &live[0]).await.unwrap(); // u10
+    live.remove(0);
+    assert_eq!(
+        first(&*p).await,
+        (vec!["u05".into(), "u20".into()], 5),
+        "a leave from it"
+    );
+    let second = member("c20b", &user("u20", "20"));
+    p.join(&hall, &second).await.unwrap();
+    live.push(second);
+    assert_eq!(
+        first(&*p).await,
+        (vec!["u05".into(), "u20".into()], 5),
+        "a second tab"
+    );
+    // A node that stops refreshing: its user, first in id order, is swept.
+    let m01 = member("c01", &user("u01", "01"));
+    stalled.join(&hall, &m01).await.unwrap();
+    assert_eq!(first(&*p).await, (vec!["u01".into(), "u05".into()], 6));
+    let entries: Vec<_> = live.iter().map(|m| entry(&hall, m)).collect();
+    sleep(SHORT / 2).await;
+    p.refresh(&entries).await.unwrap();
+    sleep(SHORT / 2 + Duration::from_millis(100)).await;
+    p.refresh(&entries).await.unwrap();
+    assert_eq!(
+        first(&*p).await,
+        (vec!["u05".into(), "u20".into()], 5),
+        "a sweep"
+    );
+    // The stalled node refreshes again: its user is back, first.
+    stalled.refresh(&[entry(&hall, &m01)]).await.unwrap();
+    assert_eq!(
+        first(&*p).await,
+        (vec!["u01".into(), "u05".into()], 6),
+        "put back"
+    );
 }
 
 /// Joins and leaves of one user racing on two nodes: the changes are

@@ -36,6 +36,7 @@ async fn redis_keys_are_prefixed_and_expire() {
                 "banter-x:presence:lobby:counts",
                 "banter-x:presence:lobby:names",
                 "banter-x:presence:lobby:roster",
+                "banter-x:presence:lobby:roster:page",
                 "banter-x:presence:lobby:users",
             ]
         );
