@@ -12,7 +12,7 @@
 //! | `…:roster` | sorted set (score 0) | the user ids present, read in pages by id |
 //! | `…:names` | hash | user id → user JSON, for the pages |
 //! | `…:left` | sorted set | conns that left, and when: a refresh must not bring them back |
-//! | `…:roster:page` | string | the first page as last read (`limit`, a newline, the users' JSON array), dropped by any change of a user who sorts into it (`lua/page_of.lua`); lives no longer than the roster |
+//! | `…:roster:page` | hash | the first page as last read: `limit`, the roster's `size`, and the users' JSON array (`page`); dropped by any change of a user who sorts into it, and not used once the roster's size differs (`lua/page_of.lua`); lives no longer than the roster |
 //! | `…:tally` | hash | node → `count:expiry` of its sockets subscribed (a Pusher channel's subscription count, `lua/tally.lua`); `=` → the total last published |
 //!
 //! Every change is one Lua script (`lua/*.lua`), so it is atomic, and it

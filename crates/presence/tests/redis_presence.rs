@@ -159,3 +159,33 @@ async fn redis_a_leave_costs_the_same_in_a_big_room() {
     })
     .await;
 }
+
+/// A roster change the page-keeping code does not see (an older node's
+/// script during a rolling upgrade, a hand edit) is not hidden by the first
+/// page Redis keeps: the roster's size gives it away.
+#[tokio::test]
+async fn redis_a_foreign_change_is_not_hidden_by_the_kept_page() {
+    bounded(async {
+        let server = RedisServer::start();
+        let p = redis_presence(&server, "banter-f", Duration::from_secs(10));
+        let hall = room("hall");
+        for n in ["10", "20", "30"] {
+            let m = member(&format!("c{n}"), &user(&format!("u{n}"), n));
+            p.join(&hall, &m).await.unwrap();
+        }
+        let first = async || {
+            let page = p.page(&hall, None, 2).await.unwrap();
+            let ids: Vec<String> = page.users.iter().map(|u| u.id.to_string()).collect();
+            (ids, page.count)
+        };
+        assert_eq!(first().await, (vec!["u10".into(), "u20".into()], 3));
+        let kept: i64 = server.query(&["EXISTS", "banter-f:presence:hall:roster:page"]);
+        assert_eq!(kept, 1, "the first page is kept");
+        // What an older node's join writes: nothing about the kept page.
+        let _: i64 = server.query(&["ZADD", "banter-f:presence:hall:roster", "0", "u00"]);
+        let json = r#"{"id":"u00","name":"Old"}"#;
+        let _: i64 = server.query(&["HSET", "banter-f:presence:hall:names", "u00", json]);
+        assert_eq!(first().await, (vec!["u00".into(), "u10".into()], 4));
+    })
+    .await;
+}

@@ -14,7 +14,7 @@ if redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) == 1 then
   redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
   if redis.call('HINCRBY', KEYS[3], ARGV[4], 1) == 1 then
     redis.call('ZADD', KEYS[4], 0, ARGV[4])
-    page_changed(KEYS[4], ARGV[4])
+    page_changed(KEYS[4], ARGV[4], 1)
     redis.call('HSET', KEYS[5], ARGV[4], ARGV[3])
     announce(ARGV[6], '+', KEYS[4], ARGV[3])
   end

@@ -17,7 +17,7 @@ if not id then return -1 end
 if redis.call('HINCRBY', KEYS[3], id, -1) > 0 then return 0 end
 redis.call('HDEL', KEYS[3], id)
 redis.call('ZREM', KEYS[4], id)
-page_changed(KEYS[4], id)
+page_changed(KEYS[4], id, -1)
 redis.call('HDEL', KEYS[5], id)
 announce(ARGV[4], '-', KEYS[4], json)
 return 1

@@ -5,18 +5,28 @@
 -- 100-user page in one parse).
 --
 -- The first page is kept beside the roster (`roster .. ':page'`, in the
--- room's hash tag, so in its slot): `limit`, a newline, the array. Every
--- change to the roster calls `page_changed`, which drops the kept page when
--- the user sorts into it, so a kept page is always what a fresh read would
--- give. While a big room fills, a newcomer rarely sorts into the first
--- page, and a join then reads one key instead of the page's users.
-local function page_changed(roster, id)
-  local kept = redis.call('GET', roster .. ':page')
-  if not kept then return end
-  local n = tonumber(string.match(kept, '^(%d+)\n'))
+-- room's hash tag, so in its slot), a hash of the page's `limit`, the
+-- roster's `size` when it was read or last changed, and the `page` itself.
+-- Every change to the roster calls `page_changed`, which drops the kept
+-- page when the user sorts into it, so a kept page is what a fresh read
+-- would give. A change made by anything that does not call it (an older
+-- node during a rolling upgrade) shows in the roster's size, and the kept
+-- page is then not used. While a big room fills, a newcomer rarely sorts
+-- into the first page, and a join then reads one key instead of the page's
+-- users.
+
+-- After `id` joined (`delta` 1) or left (-1) the roster.
+local function page_changed(roster, id, delta)
+  local key = roster .. ':page'
+  local kept = redis.call('HMGET', key, 'limit', 'size')
+  if not kept[1] then return end
+  local now = redis.call('ZCARD', roster)
   -- The user's place in id order (before it was removed, or now it is in).
-  if not n or redis.call('ZLEXCOUNT', roster, '-', '(' .. id) < n then
-    redis.call('DEL', roster .. ':page')
+  local place = redis.call('ZLEXCOUNT', roster, '-', '(' .. id)
+  if tonumber(kept[2]) ~= now - delta or place < tonumber(kept[1]) then
+    redis.call('DEL', key)
+  else
+    redis.call('HSET', key, 'size', now)
   end
 end
 
@@ -24,12 +34,9 @@ local function page_of(roster, names, cursor, limit)
   local count = redis.call('ZCARD', roster)
   local key = roster .. ':page'
   if cursor == '' then
-    local kept = redis.call('GET', key)
-    if kept then
-      local at = string.find(kept, '\n', 1, true)
-      if at and string.sub(kept, 1, at - 1) == tostring(limit) then
-        return {count, string.sub(kept, at + 1)}
-      end
+    local kept = redis.call('HMGET', key, 'limit', 'size', 'page')
+    if kept[1] == tostring(limit) and tonumber(kept[2]) == count and kept[3] then
+      return {count, kept[3]}
     end
   end
   local min = '-'
@@ -47,7 +54,10 @@ local function page_of(roster, names, cursor, limit)
   if cursor == '' then
     -- Kept no longer than the roster lives.
     local ttl = redis.call('PTTL', roster)
-    if ttl > 0 then redis.call('SET', key, tostring(limit) .. '\n' .. page, 'PX', ttl) end
+    if ttl > 0 then
+      redis.call('HSET', key, 'limit', limit, 'size', count, 'page', page)
+      redis.call('PEXPIRE', key, ttl)
+    end
   end
   return {count, page}
 end

@@ -18,7 +18,7 @@ for i = 5, #ARGV, 3 do
       redis.call('HSET', KEYS[2], conn, json)
       if redis.call('HINCRBY', KEYS[3], id, 1) == 1 then
         redis.call('ZADD', KEYS[4], 0, id)
-        page_changed(KEYS[4], id)
+        page_changed(KEYS[4], id, 1)
         redis.call('HSET', KEYS[5], id, json)
         announce(ARGV[4], '+', KEYS[4], json)
       end
@@ -36,7 +36,7 @@ for _, conn in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])) do
   elseif redis.call('HINCRBY', KEYS[3], id, -1) <= 0 then
     redis.call('HDEL', KEYS[3], id)
     redis.call('ZREM', KEYS[4], id)
-    page_changed(KEYS[4], id)
+    page_changed(KEYS[4], id, -1)
     redis.call('HDEL', KEYS[5], id)
     departed = departed + 1
     announce(ARGV[4], '-', KEYS[4], json)
