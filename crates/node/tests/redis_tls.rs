@@ -31,18 +31,9 @@ async fn two_nodes_chat_through_a_redis_over_tls() {
 #[tokio::test]
 async fn a_node_that_does_not_trust_the_certificate_never_gets_ready() {
     let redis = banter_testkit::RedisServer::start_tls();
-    let port = banter_testkit::free_port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     // No SSL_CERT_FILE: the system's roots do not hold the test CA.
-    let _node = tokio::process::Command::new(env!("CARGO_BIN_EXE_banter-node"))
-        .args(["--listen", &addr.to_string(), "--node-id", "tls-untrusted"])
-        .args(["--redis", &redis.tls_url()])
-        .env_clear()
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn banter-node");
+    let node = NodeProcess::spawn("tls-untrusted", &redis.tls_url(), &[]);
+    let addr = node.addr;
     eventually("node serving", async || {
         http(addr, "GET", "/healthz", &[], "").await.is_ok()
     })

@@ -147,32 +147,17 @@ async fn the_first_page_follows_every_change(b: Backend) {
     }
     assert_eq!(first(&*p).await, (vec!["u10".into(), "u20".into()], 4));
     // Joins answer with the first page too, of the size asked here.
-    let m05 = member("c05", &user("u05", "05"));
-    let joined = ids(p.join_page(&hall, &m05, 2).await.unwrap());
-    assert_eq!(
-        joined,
-        (vec!["u05".into(), "u10".into()], 5),
-        "a join into it"
-    );
-    live.push(m05);
-    assert_eq!(
-        first(&*p).await,
-        (vec!["u05".into(), "u10".into()], 5),
-        "a join into it"
-    );
-    let m99 = member("c99", &user("u99", "99"));
-    let joined = ids(p.join_page(&hall, &m99, 2).await.unwrap());
-    assert_eq!(
-        joined,
-        (vec!["u05".into(), "u10".into()], 6),
-        "a join after it"
-    );
-    live.push(m99);
-    assert_eq!(
-        first(&*p).await,
-        (vec!["u05".into(), "u10".into()], 6),
-        "a join after it"
-    );
+    for (n, count, what) in [("05", 5, "a join into it"), ("99", 6, "a join after it")] {
+        let m = member(&format!("c{n}"), &user(&format!("u{n}"), n));
+        let want = (vec!["u05".to_string(), "u10".into()], count);
+        assert_eq!(
+            ids(p.join_page(&hall, &m, 2).await.unwrap()),
+            want,
+            "{what}"
+        );
+        live.push(m);
+        assert_eq!(first(&*p).await, want, "{what}");
+    }
     p.leave(&hall, &live[0]).await.unwrap(); // u10
     live.remove(0);
     assert_eq!(

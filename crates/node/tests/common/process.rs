@@ -14,6 +14,17 @@ pub struct NodeProcess {
 impl NodeProcess {
     /// Starts the binary on a free port with `env` (`BANTER__...`) and waits until it is ready.
     pub async fn start(id: &str, redis_url: &str, env: &[(&str, &str)]) -> NodeProcess {
+        let node = NodeProcess::spawn(id, redis_url, env);
+        let addr = node.addr;
+        eventually("node process ready", async || {
+            matches!(http(addr, "GET", "/readyz", &[], "").await, Ok((200, _)))
+        })
+        .await;
+        node
+    }
+
+    /// [`start`](Self::start) without waiting for anything.
+    pub fn spawn(id: &str, redis_url: &str, env: &[(&str, &str)]) -> NodeProcess {
         let port = banter_testkit::free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_banter-node"))
@@ -32,10 +43,6 @@ impl NodeProcess {
             .kill_on_drop(true)
             .spawn()
             .expect("spawn banter-node");
-        eventually("node process ready", async || {
-            matches!(http(addr, "GET", "/readyz", &[], "").await, Ok((200, _)))
-        })
-        .await;
         NodeProcess { addr, child }
     }
 
