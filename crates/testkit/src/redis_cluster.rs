@@ -84,18 +84,8 @@ impl RedisCluster {
             tls,
         };
         for _ in 0..primaries * (1 + replicas) {
-            let port = free_cluster_port();
-            let tls_port = tls.then(free_cluster_port);
-            let mut node = ClusterNode {
-                port,
-                tls_port,
-                child: None,
-            };
-            cluster.spawn(&mut node);
+            let node = cluster.spawn_ready();
             cluster.nodes.push(node);
-        }
-        for node in &cluster.nodes {
-            wait_ping(node.port);
         }
         let cli = tool("redis-cli", "redis-tools");
         let mut create = Command::new(&cli);
@@ -117,6 +107,46 @@ impl RedisCluster {
         );
         cluster.wait_ok();
         cluster
+    }
+
+    /// A new node on free ports, answering `PING`. Ports are free when
+    /// picked but may be taken before `redis-server` binds them (a test
+    /// beside this one picked the same): a node that exits for that is
+    /// started again on other ports.
+    fn spawn_ready(&self) -> ClusterNode {
+        let deadline = Instant::now() + FORM_TIMEOUT;
+        loop {
+            let mut node = ClusterNode {
+                port: free_cluster_port(),
+                tls_port: self.tls.then(free_cluster_port),
+                child: None,
+            };
+            self.spawn(&mut node);
+            while query::<String>(node.port, &["PING"]).is_err() {
+                let exited = node
+                    .child
+                    .as_mut()
+                    .is_none_or(|c| !matches!(c.try_wait(), Ok(None)));
+                if exited {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "redis-server on {} never answered",
+                    node.port
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if let Some(child) = node.child.as_mut()
+                && matches!(child.try_wait(), Ok(None))
+            {
+                return node;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis-server kept exiting at start (ports taken?)"
+            );
+        }
     }
 
     fn spawn(&self, node: &mut ClusterNode) {
@@ -341,17 +371,6 @@ fn query<T: FromRedisValue>(port: u16, args: &[&str]) -> RedisResult<T> {
         cmd.arg(*a);
     }
     cmd.query(&mut con)
-}
-
-fn wait_ping(port: u16) {
-    let deadline = Instant::now() + FORM_TIMEOUT;
-    while query::<String>(port, &["PING"]).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "redis-server on {port} never answered"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 impl Drop for RedisCluster {
