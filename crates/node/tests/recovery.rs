@@ -233,3 +233,27 @@ async fn join_shows_recent_history_and_history_pages_backwards() {
         400
     );
 }
+
+/// A join's history is read while its presence is written: over a Redis a
+/// round trip of 400 ms away, joining a room the node already subscribes
+/// waits one round trip, not one for presence and one more for history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_waits_one_redis_round_trip() {
+    const RTT: Duration = Duration::from_millis(400);
+    let redis = banter_testkit::RedisServer::start();
+    let proxy = banter_testkit::Proxy::start(([127, 0, 0, 1], redis.port()).into());
+    let node = TestNode::start(config("far", Some(&proxy.redis_url()))).await;
+    let mut first = node.client("name=first").await;
+    first.join("far").await;
+    first.say("far", "hello").await;
+    let mut second = node.client("name=second").await;
+
+    proxy.set_delay(RTT);
+    let started = tokio::time::Instant::now();
+    let (history, _) = join_since(&mut second, "far", None).await;
+    let took = started.elapsed();
+    assert_eq!(history.len(), 1, "the history came with the join");
+    assert_eq!(history[0].text, "hello");
+    assert!(took >= RTT, "the delay applies: {took:?}");
+    assert!(took < RTT * 7 / 4, "one round trip, not two: {took:?}");
+}

@@ -1,14 +1,15 @@
 //! A TCP proxy on loopback that a test can cut: what a proxy blip, a
 //! firewall or a network partition does to one client's connection while
-//! the server itself stays up. Real sockets, real bytes; only the wire in
-//! between is the test's.
+//! the server itself stays up, or a server across a network (a delay on its
+//! replies). Real sockets, real bytes; only the wire in between is the
+//! test's.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A proxy from a free loopback port to `target`, running until dropped.
 #[derive(Debug)]
@@ -25,6 +26,8 @@ struct Shared {
     stopped: AtomicBool,
     /// Both ends of every proxied connection, to close them on a cut.
     open: Mutex<Vec<TcpStream>>,
+    /// How long the server's bytes take to reach the client, µs.
+    delay_us: AtomicU64,
 }
 
 impl Proxy {
@@ -77,6 +80,17 @@ impl Proxy {
     pub fn restore(&self) {
         self.shared.cut.store(false, Ordering::Relaxed);
     }
+
+    /// From now on, what the server sends reaches the client `delay` after
+    /// the proxy read it (a round trip of `delay` to a distant server).
+    /// Replies keep their order and their spacing: two replies sent
+    /// together arrive together, one `delay` later, so requests a client
+    /// pipelines cost it one round trip, and requests it makes one after
+    /// the other cost one each.
+    pub fn set_delay(&self, delay: Duration) {
+        let us = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
+        self.shared.delay_us.store(us, Ordering::Relaxed);
+    }
 }
 
 impl Drop for Proxy {
@@ -102,7 +116,46 @@ fn connect(shared: &Arc<Shared>, client: TcpStream, server: TcpStream) {
         }
     }
     thread::spawn(move || pipe(client, server));
-    thread::spawn(move || pipe(server2, client2));
+    let shared = shared.clone();
+    thread::spawn(move || pipe_delayed(server2, client2, &shared));
+}
+
+/// [`pipe`], with each chunk held until its arrival plus the proxy's delay
+/// (by a second thread, so a chunk read meanwhile is not delayed twice).
+fn pipe_delayed(mut from: TcpStream, to: TcpStream, shared: &Shared) {
+    let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+    let Ok(to2) = to.try_clone() else {
+        return;
+    };
+    let writer = thread::spawn(move || {
+        let mut to = to2;
+        for (due, bytes) in rx {
+            thread::sleep(due.saturating_duration_since(Instant::now()));
+            if to.write_all(&bytes).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(Shutdown::Both);
+    });
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let delay = Duration::from_micros(shared.delay_us.load(Ordering::Relaxed));
+                if tx
+                    .send((Instant::now() + delay, buf[..n].to_vec()))
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }
+    }
+    drop(tx);
+    let _ = writer.join();
+    let _ = to.shutdown(Shutdown::Both);
+    let _ = from.shutdown(Shutdown::Both);
 }
 
 fn pipe(mut from: TcpStream, mut to: TcpStream) {
@@ -166,5 +219,39 @@ mod tests {
         again.write_all(b"pong").unwrap();
         again.read_exact(&mut b).unwrap();
         assert_eq!(&b, b"pong");
+    }
+
+    #[test]
+    fn delays_replies_once_each() {
+        let server = TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = server.local_addr().unwrap();
+        thread::spawn(move || {
+            for mut s in server.incoming().flatten() {
+                thread::spawn(move || {
+                    let mut b = [0u8; 1];
+                    while let Ok(1) = s.read(&mut b) {
+                        if s.write_all(&b).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let proxy = Proxy::start(target);
+        proxy.set_delay(Duration::from_millis(300));
+        let mut c = TcpStream::connect(proxy.addr()).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let started = Instant::now();
+        // Three requests sent together: three replies, one delay later.
+        c.write_all(b"abc").unwrap();
+        let mut b = [0u8; 3];
+        c.read_exact(&mut b).unwrap();
+        let took = started.elapsed();
+        assert_eq!(&b, b"abc");
+        assert!(took >= Duration::from_millis(300), "{took:?}");
+        assert!(
+            took < Duration::from_millis(550),
+            "not once per reply: {took:?}"
+        );
     }
 }

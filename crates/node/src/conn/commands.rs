@@ -21,11 +21,14 @@ impl Session {
         let node = self.node.clone();
         let inner = &node.inner;
         let limit = inner.config.presence.list_limit;
-        let page = if self.rooms.contains(&room) {
-            inner
-                .presence
-                .page(&Topic::Room(room.clone()), None, limit)
-                .await
+        // The history is read while presence is written (one round trip).
+        let (page, history) = if self.rooms.contains(&room) {
+            let topic = Topic::Room(room.clone());
+            let (page, history) = tokio::join!(
+                inner.presence.page(&topic, None, limit),
+                self.recover(&room, since)
+            );
+            (page, history)
         } else {
             if self.rooms.len() >= inner.config.limits.max_rooms {
                 return self.fail(
@@ -41,13 +44,14 @@ impl Session {
                     None,
                 );
             }
-            match inner.hub.join(&room, &self.member, limit).await {
-                Ok(page) => {
+            let recovery = self.recover(&room, since);
+            match inner.hub.join(&room, &self.member, limit, recovery).await {
+                (Ok(page), history) => {
                     self.rooms.insert(room.clone());
                     self.entered(&room);
-                    Ok(page)
+                    (Ok(page), history.unwrap_or_default())
                 }
-                Err(e) => {
+                (Err(e), _) => {
                     tracing::warn!(%room, error = %e, "join failed");
                     return self.fail(ErrorCode::Unavailable, "cannot join now, try again", None);
                 }
@@ -56,7 +60,7 @@ impl Session {
         let Ok(page) = page else {
             return self.fail(ErrorCode::Unavailable, "presence unavailable", None);
         };
-        let (history, recovered) = self.recover(&room, since).await;
+        let (history, recovered) = history;
         let (history, cut, cost) = fit(history);
         let recovered = recovered && !cut;
         self.bucket.charge(cost);

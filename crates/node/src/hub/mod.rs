@@ -287,14 +287,21 @@ impl Hub {
     /// presence (which publishes the user's join if this is their first
     /// connection in the room), and returns the first page of who is there,
     /// at most `limit` users, with the exact count.
-    pub async fn join(
+    ///
+    /// `alongside` (the join's history read) runs once the room is
+    /// subscribed, at the same time as the presence write: both requests go
+    /// to Redis together, and the join waits one round trip instead of two.
+    /// Its output comes back with the page (`None` when the socket was
+    /// already gone or the subscription failed, and it never ran).
+    pub async fn join<T>(
         &self,
         room: &RoomId,
         member: &Member,
         limit: usize,
-    ) -> Result<Page, JoinError> {
+        alongside: impl Future<Output = T>,
+    ) -> (Result<Page, JoinError>, Option<T>) {
         let Some(handle) = self.read().conns.get(&member.conn).cloned() else {
-            return Ok(Page::default()); // the socket is already gone
+            return (Ok(Page::default()), None); // the socket is already gone
         };
         let first_local = {
             let mut state = self.write();
@@ -305,46 +312,54 @@ impl Hub {
         if first_local {
             self.metrics.rooms_local.inc();
         }
-        let result = self
-            .take_topic(&Topic::Room(room.clone()), Some(member), limit)
+        let (result, beside) = self
+            .take_topic(&Topic::Room(room.clone()), Some(member), limit, alongside)
             .await;
         if result.is_err() {
             self.remove_local(room, &member.conn);
         }
-        result
+        (result, beside)
     }
 
     /// Takes a reference on `topic` (subscribed before this returns) and,
     /// for a `member`, records it in the topic's presence and reads its
-    /// first page of `limit` users. On failure the reference goes back and
-    /// the member is not left recorded; the caller forgets its local entry.
-    async fn take_topic(
+    /// first page of `limit` users, while `alongside` runs (once
+    /// subscribed; see [`Hub::join`]). On failure the reference goes back
+    /// and the member is not left recorded; the caller forgets its local
+    /// entry.
+    async fn take_topic<T>(
         &self,
         topic: &Topic,
         member: Option<&Member>,
         limit: usize,
-    ) -> Result<Page, JoinError> {
+        alongside: impl Future<Output = T>,
+    ) -> (Result<Page, JoinError>, Option<T>) {
         let subscribed = self.bus.subscribe(topic).await;
-        let result = async {
-            subscribed?;
-            let Some(member) = member else {
-                return Ok(Page::default());
-            };
-            match self.presence.join_page(topic, member, limit).await {
-                Ok(page) => Ok(page),
-                Err(e) => {
-                    // It may have been recorded all the same (a reply lost).
-                    let _ = self.presence.leave(topic, member).await;
-                    Err(JoinError::from(e))
-                }
+        let (result, beside) = match subscribed {
+            Err(e) => (Err(JoinError::from(e)), None),
+            Ok(()) => {
+                let record = async {
+                    let Some(member) = member else {
+                        return Ok(Page::default());
+                    };
+                    match self.presence.join_page(topic, member, limit).await {
+                        Ok(page) => Ok(page),
+                        Err(e) => {
+                            // It may have been recorded all the same (a reply lost).
+                            let _ = self.presence.leave(topic, member).await;
+                            Err(JoinError::from(e))
+                        }
+                    }
+                };
+                let (result, beside) = tokio::join!(record, alongside);
+                (result, Some(beside))
             }
-        }
-        .await;
+        };
         if result.is_err() {
             // The reference was taken whatever the result.
             let _ = self.bus.unsubscribe(topic).await;
         }
-        result
+        (result, beside)
     }
 
     /// Takes `member` out of `room` (presence publishes the user's leave if
@@ -391,7 +406,11 @@ impl Hub {
             .insert(conn.clone(), sub);
         self.tallies.touch(channel);
         let topic = Topic::Pusher(channel.clone());
-        match self.take_topic(&topic, member.as_ref(), limit).await {
+        match self
+            .take_topic(&topic, member.as_ref(), limit, std::future::ready(()))
+            .await
+            .0
+        {
             Ok(page) => Ok(Some(page)),
             Err(e) => {
                 self.remove_channel(channel, conn);
