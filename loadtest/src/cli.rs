@@ -124,7 +124,8 @@ pub struct BigroomArgs {
     #[arg(long, default_value = "hall")]
     pub room: String,
     /// Joins started per second, all processes together (0: as fast as
-    /// --concurrency allows).
+    /// --concurrency allows). The baseline's connections follow the same
+    /// pace, so the two are compared at one rate.
     #[arg(long, default_value_t = 0.0)]
     pub join_rate: f64,
     /// How long to hold the members once every one has joined.

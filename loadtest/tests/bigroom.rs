@@ -14,8 +14,8 @@ use banter_node::{Node, run};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_hundred_members_fill_one_room() {
+/// One node on the in-memory bus, serving until the token is cancelled.
+async fn start_node() -> (std::net::SocketAddr, CancellationToken) {
     let mut c = Config::default();
     c.server.listen = "127.0.0.1:0".parse().unwrap();
     c.node.id = "bigroom".into();
@@ -32,8 +32,11 @@ async fn two_hundred_members_fill_one_room() {
         assert!(Instant::now() < deadline, "node never ready");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    (addr, shutdown)
+}
 
-    let args = BigroomArgs {
+fn args(addr: std::net::SocketAddr, members: usize, join_rate: f64) -> BigroomArgs {
+    BigroomArgs {
         common: Common {
             nodes: vec![addr],
             sources: 2,
@@ -44,16 +47,22 @@ async fn two_hundred_members_fill_one_room() {
             procs: 1,
             shard: None,
         },
-        members: 200,
+        members,
         room: "hall".into(),
-        join_rate: 0.0,
+        join_rate,
         hold: Duration::from_secs(2),
         chatter: 5.0,
         chatters: 2,
         diff_interval: Duration::from_secs(1),
         no_baseline: false,
         redis_port: None,
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_members_fill_one_room() {
+    let (addr, shutdown) = start_node().await;
+    let args = args(addr, 200, 0.0);
     let started = Instant::now();
     let o = bigroom::run(&args)
         .await
@@ -86,5 +95,28 @@ async fn two_hundred_members_fill_one_room() {
     assert!(o.fill_slowdown.is_some());
     assert_eq!(o.goals.len(), 4);
     assert!(report.ok, "{}", report.table());
+    shutdown.cancel();
+}
+
+/// With `--join-rate`, the joins and the baseline's connections are both
+/// spread over members ÷ rate: 60 at 100 per second take 0.6 s each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_rate_paces_the_fill_and_the_baseline() {
+    let (addr, shutdown) = start_node().await;
+    let o = bigroom::run(&args(addr, 60, 100.0))
+        .await
+        .unwrap()
+        .expect("the parent reports");
+    println!("{}", bigroom::report(&o).table());
+    assert_eq!(o.joined, 60);
+    assert!(o.fill_secs >= 0.55, "the fill is paced: {} s", o.fill_secs);
+    let b = o.baseline.as_ref().expect("a baseline");
+    assert_eq!(b.opened, 60);
+    assert!(b.secs >= 0.55, "the baseline is paced too: {} s", b.secs);
+    assert!(
+        o.fill_slowdown.is_some_and(|s| s < 1.5),
+        "{:?}",
+        o.fill_slowdown
+    );
     shutdown.cancel();
 }

@@ -27,7 +27,7 @@ mod table;
 
 pub use table::report;
 
-use super::{check_nodes, open_all};
+use super::{check_nodes, open_all_with};
 use crate::cli::BigroomArgs;
 use crate::conn::{Target, Ws};
 use crate::procfs::{CpuSnapshot, CpuUsage, raise_nofile, rss_all, self_cpu_split};
@@ -477,11 +477,22 @@ async fn baseline(args: &BigroomArgs, index: usize, count: usize) -> (Vec<Ws>, B
         ..BasePart::default()
     };
     let mut sockets = Vec::with_capacity(range.len());
-    let o = open_all(
+    // At the fill's pace when it had one: what the join rate asked costs
+    // without the room.
+    let pace =
+        (args.join_rate > 0.0).then(|| Duration::from_secs_f64(count as f64 / args.join_rate));
+    let (first, start) = (range.start, tokio::time::Instant::now());
+    let dial = |i: usize, target: Target| async move {
+        if let Some(p) = pace {
+            tokio::time::sleep_until(start + p.mul_f64((i - first) as f64)).await;
+        }
+        crate::conn::open(&target, &format!("name=b{i}")).await
+    };
+    let o = open_all_with(
         &args.common,
         range.start,
         range.len(),
-        |i| format!("name=b{i}"),
+        dial,
         Arc::new(AtomicU64::new(0)),
         |i, ws| {
             part.opened_per_node[i % n_nodes] += 1;

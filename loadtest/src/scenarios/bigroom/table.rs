@@ -26,7 +26,14 @@ fn yes_no(met: Option<bool>) -> &'static str {
 pub fn goals(o: &BigroomOutcome) -> Vec<Goal> {
     let mut g = Vec::new();
     g.push(Goal {
-        what: "fill rate against plain connecting".into(),
+        what: if o.join_rate_asked > 0.0 {
+            format!(
+                "fill rate against plain connecting, both paced at {:.0} joins/s",
+                o.join_rate_asked
+            )
+        } else {
+            "fill rate against plain connecting, both as fast as they go".into()
+        },
         target: format!("baseline connect rate ÷ fill rate ≤ {MAX_SLOWDOWN}"),
         value: match (&o.baseline, o.fill_slowdown) {
             (Some(b), Some(s)) => format!(
@@ -149,7 +156,11 @@ pub fn report(o: &BigroomOutcome) -> Report {
     );
     if let Some(b) = &o.baseline {
         r.row(
-            "baseline: the same connections, no room",
+            if o.join_rate_asked > 0.0 {
+                "baseline: the same connections, no room, at the same join rate"
+            } else {
+                "baseline: the same connections, no room"
+            },
             format!(
                 "{} opened in {:.2} s = {:.0} /s; errors: {}",
                 b.opened,
