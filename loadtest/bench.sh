@@ -238,7 +238,7 @@ section_bigroom() {
     --hold "$BIG_HOLD" --chatter 2 --chatters 4
   bigroom_vs_idle >>"$OUT"
   echo -e "\n### The same room at a set join rate: $BIG_RATE joins per second\n" >>"$OUT"
-  echo "The same run with the joins paced at $BIG_RATE per second, all processes together (\`--join-rate\`), as a reconnect storm arrives: whether the room fills at the rate members come, and what a join waits meanwhile. The baseline is paced the same way. (The issue's own figures for other servers: sockudo joined 5,000 members in 1.4 s, 3,571 per second; Socket.IO in 1.8 s.)" >>"$OUT"
+  echo "The same run with the joins paced at $BIG_RATE per second, all processes together (\`--join-rate\`), as a reconnect storm arrives: whether the room fills at the rate members come, and what a join waits meanwhile. The baseline is paced the same way. It runs on the nodes of the run above, so its RSS figures are of warm allocators and say nothing about memory per member. (The issue's own figures for other servers: sockudo joined 5,000 members in 1.4 s, 3,571 per second; Socket.IO in 1.8 s.)" >>"$OUT"
   run bigroom-paced bigroom --nodes "$NODES" --pids "$NODE_PIDS" --redis-port "$REDIS_PORT" -m "$BIG_N" --sources 4 \
     --join-rate "$BIG_RATE" --hold "$BIG_HOLD" --chatter 2 --chatters 4
 }

@@ -46,47 +46,47 @@ FANOUT_SWEEP_DELIVERIES_PER_CPU_S = {
 FANOUT_SWEEP_P99_MS = {25: 17.01, 50: 15.25, 100: 41.92, 200: 54.43, 400: 87.61}
 
 # BENCHMARKS.md "Big room: 20000 members in one room over two nodes"
-# (ONLY=bigroom loadtest/bench.sh, 2026-12-03, 30993aa;
+# (ONLY=idle,bigroom loadtest/bench.sh, 2026-12-03, 15e68c1;
 # "the machine is the one described above"):
 #   banter-load bigroom --nodes A,B --pids PID_A,PID_B --redis-port REDIS_PORT
 #     -m 20000 --sources 4 --hold 10s --chatter 2 --chatters 4
 # While the room was held: 20 messages x 20,000 members = 400,000 deliveries,
 # and the nodes' CPU for the whole 10 s hold (presence refresh included).
 BIGROOM_HOLD_DELIVERIES = 400_000
-BIGROOM_HOLD_NODE_CPU_S = 1.45 + 1.48
+BIGROOM_HOLD_NODE_CPU_S = 1.62 + 1.45
 BIGROOM_HOLD_S = 10.0
 BIGROOM_MEMBERS = 20_000
-BIGROOM_HOLD_REDIS_CPU_S = 0.20  # Redis INFO cpu over the hold
+BIGROOM_HOLD_REDIS_CPU_S = 0.19  # Redis INFO cpu over the hold
 # Per join while the room filled (connect, `join`, `joined`, its share of
 # the presence diffs), same run:
-NODE_US_PER_JOIN = 258  # node CPU ("node CPU: fill / hold" row)
-REDIS_US_PER_JOIN = 89  # Redis CPU ("Redis CPU: fill / hold / baseline")
+NODE_US_PER_JOIN = 190  # node CPU ("node CPU: fill / hold" row)
+REDIS_US_PER_JOIN = 61  # Redis CPU ("Redis CPU: fill / hold / baseline")
 REDIS_COMMANDS_PER_JOIN = {  # "Redis commands per join (fill)": calls, µs
-    "evalsha": (3.00, 124),
-    "zadd": (2.00, 14),
-    "subscribe": (0.05, 5),
-    "hset": (2.00, 5),
-    "pexpire": (5.00, 4),
+    "evalsha": (3.00, 85),
+    "zadd": (2.00, 11),
+    "hset": (3.00, 5),
+    "hmget": (2.03, 4),
+    "subscribe": (0.04, 4),
     "hincrby": (1.00, 3),
 }
 # The same 20,000 connections joining no room (the run's baseline):
-NODE_US_PER_CONNECTION = 75
+NODE_US_PER_CONNECTION = 88
 # The baseline's connect rate: 20,000 connections over the two nodes in
-# 1.58 s ("baseline: the same connections, no room"), each with its user's
+# 1.84 s ("baseline: the same connections, no room"), each with its user's
 # topic subscribed by the node's subscriber task before `welcome`.
 BASELINE_CONNECTIONS = 20_000
-BASELINE_S = 1.58
-REDIS_US_PER_CONNECTION = 12  # one SUBSCRIBE: the user's own topic
-# Node RSS per joined member, worst node, at the end of the hold (6.93 KiB
+BASELINE_S = 1.84
+REDIS_US_PER_CONNECTION = 15  # one SUBSCRIBE: the user's own topic
+# Node RSS per joined member, worst node, at the end of the hold (7.17 KiB
 # with every member joined, before the chatter).
-RSS_KIB_PER_MEMBER = 7.59
-LARGEST_JOINED_FRAME_B = 4_031
-# Presence frames each member read while the room filled: 0.938 per second.
-PRESENCE_FRAMES_PER_MEMBER_S_FILLING = 0.938
+RSS_KIB_PER_MEMBER = 7.66
+LARGEST_JOINED_FRAME_B = 4_043
+# Presence frames each member read while the room filled: 1.094 per second.
+PRESENCE_FRAMES_PER_MEMBER_S_FILLING = 1.094
 
 # BENCHMARKS.md "Idle connections":
 #   banter-load idle --nodes A,B --pids PID_A,PID_B -n 20000 --sources 4 --hold 10s
-RSS_KIB_PER_IDLE_CONNECTION = 5.95  # worst node (2026-12-03, 0a92a85)
+RSS_KIB_PER_IDLE_CONNECTION = 5.96  # worst node (2026-12-03, 15e68c1)
 
 # BENCHMARKS.md "Rooms: 5000 rooms of 4, every member sending one message
 # every 2 s":
@@ -443,7 +443,7 @@ def inputs_table():
          f"{REDIS_US_PER_MESSAGE} µs = {n(MSG_PER_SHARD_S)} messages per Redis core-second",
          "**not in BENCHMARKS.md**: the figure the issue states for the rooms shape at 10,000 msg/s"],
         ["node RSS per idle connection", f"{RSS_KIB_PER_IDLE_CONNECTION} KiB", "Idle connections"],
-        ["node RSS per joined member of a big room", f"{RSS_KIB_PER_MEMBER} KiB (end of hold; 6.93 all joined)",
+        ["node RSS per joined member of a big room", f"{RSS_KIB_PER_MEMBER} KiB (end of hold; 7.17 all joined)",
          "Big room"],
         ["node CPU per join / per bare connection", f"{NODE_US_PER_JOIN} µs / {NODE_US_PER_CONNECTION} µs",
          "Big room (fill / baseline)"],
