@@ -120,10 +120,15 @@ fn connect(shared: &Arc<Shared>, client: TcpStream, server: TcpStream) {
     thread::spawn(move || pipe_delayed(server2, client2, &shared));
 }
 
+/// At most this many chunks (of up to 16 KiB) wait in a delayed pipe: past
+/// it the proxy stops reading, and the server feels the client's pace as it
+/// would without the proxy.
+const DELAYED_CHUNKS: usize = 64;
+
 /// [`pipe`], with each chunk held until its arrival plus the proxy's delay
 /// (by a second thread, so a chunk read meanwhile is not delayed twice).
 fn pipe_delayed(mut from: TcpStream, to: TcpStream, shared: &Shared) {
-    let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+    let (tx, rx) = mpsc::sync_channel::<(Instant, Vec<u8>)>(DELAYED_CHUNKS);
     let Ok(to2) = to.try_clone() else {
         return;
     };
