@@ -183,23 +183,29 @@ fn pipe(mut from: TcpStream, mut to: TcpStream) {
 mod tests {
     use super::*;
 
-    #[test]
-    fn forwards_and_cuts() {
+    /// A server that echoes what it reads, a byte at a time (so bytes
+    /// sent together go back as separate writes).
+    fn echo_server() -> SocketAddr {
         let server = TcpListener::bind("127.0.0.1:0").unwrap();
         let target = server.local_addr().unwrap();
         thread::spawn(move || {
             for mut s in server.incoming().flatten() {
                 thread::spawn(move || {
-                    let mut b = [0u8; 64];
-                    while let Ok(n) = s.read(&mut b) {
-                        if n == 0 || s.write_all(&b[..n]).is_err() {
+                    let mut b = [0u8; 1];
+                    while let Ok(1) = s.read(&mut b) {
+                        if s.write_all(&b).is_err() {
                             break;
                         }
                     }
                 });
             }
         });
-        let proxy = Proxy::start(target);
+        target
+    }
+
+    #[test]
+    fn forwards_and_cuts() {
+        let proxy = Proxy::start(echo_server());
         let mut c = TcpStream::connect(proxy.addr()).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         c.write_all(b"ping").unwrap();
@@ -228,21 +234,7 @@ mod tests {
 
     #[test]
     fn delays_replies_once_each() {
-        let server = TcpListener::bind("127.0.0.1:0").unwrap();
-        let target = server.local_addr().unwrap();
-        thread::spawn(move || {
-            for mut s in server.incoming().flatten() {
-                thread::spawn(move || {
-                    let mut b = [0u8; 1];
-                    while let Ok(1) = s.read(&mut b) {
-                        if s.write_all(&b).is_err() {
-                            break;
-                        }
-                    }
-                });
-            }
-        });
-        let proxy = Proxy::start(target);
+        let proxy = Proxy::start(echo_server());
         proxy.set_delay(Duration::from_millis(300));
         let mut c = TcpStream::connect(proxy.addr()).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();

@@ -24,11 +24,10 @@ impl Session {
         // The history is read while presence is written (one round trip).
         let (page, history) = if self.rooms.contains(&room) {
             let topic = Topic::Room(room.clone());
-            let (page, history) = tokio::join!(
+            tokio::join!(
                 inner.presence.page(&topic, None, limit),
                 self.recover(&room, since)
-            );
-            (page, history)
+            )
         } else {
             if self.rooms.len() >= inner.config.limits.max_rooms {
                 return self.fail(

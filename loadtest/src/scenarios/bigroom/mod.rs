@@ -315,6 +315,31 @@ fn phases() -> Phases {
     }
 }
 
+/// `--join-rate`'s share of one of `count` processes: its k-th connection
+/// starts k × (count ÷ rate) after the first; no wait without a rate.
+#[derive(Clone, Copy, Debug)]
+struct Pace {
+    every: Option<Duration>,
+    start: tokio::time::Instant,
+}
+
+impl Pace {
+    fn new(args: &BigroomArgs, count: usize) -> Pace {
+        Pace {
+            every: (args.join_rate > 0.0)
+                .then(|| Duration::from_secs_f64(count as f64 / args.join_rate)),
+            start: tokio::time::Instant::now(),
+        }
+    }
+
+    /// Waits for the k-th connection's turn.
+    async fn turn(self, k: usize) {
+        if let Some(every) = self.every {
+            tokio::time::sleep_until(self.start + every.mul_f64(k as f64)).await;
+        }
+    }
+}
+
 /// Connects and joins members `slice(index, count)`, at the join rate's
 /// share of this process.
 async fn fill(args: &BigroomArgs, index: usize, count: usize) -> Filled {
@@ -327,8 +352,6 @@ async fn fill(args: &BigroomArgs, index: usize, count: usize) -> Filled {
     let chatters = args.chatters.min(args.members);
     let period = (args.chatter > 0.0 && chatters > 0)
         .then(|| Duration::from_secs_f64(chatters as f64 / args.chatter));
-    let pace =
-        (args.join_rate > 0.0).then(|| Duration::from_secs_f64(count as f64 / args.join_rate));
     let joined_n = Arc::new(AtomicU64::new(0));
     let progress_stop = CancellationToken::new();
     {
@@ -348,15 +371,13 @@ async fn fill(args: &BigroomArgs, index: usize, count: usize) -> Filled {
     };
     let (mut connect_h, mut join_h) = (new_histogram(), new_histogram());
     let mut tasks = Vec::with_capacity(range.len());
-    let start = tokio::time::Instant::now();
+    let pace = Pace::new(args, count);
     let room = args.room.as_str();
     let mut results = futures_util::stream::iter(range.enumerate())
         .map(|(k, i)| {
             let target = Target::pick(&common.nodes, common.sources, i);
             async move {
-                if let Some(p) = pace {
-                    tokio::time::sleep_until(start + p.mul_f64(k as f64)).await;
-                }
+                pace.turn(k).await;
                 (i, member::join(&target, i, room).await)
             }
         })
@@ -479,13 +500,9 @@ async fn baseline(args: &BigroomArgs, index: usize, count: usize) -> (Vec<Ws>, B
     let mut sockets = Vec::with_capacity(range.len());
     // At the fill's pace when it had one: what the join rate asked costs
     // without the room.
-    let pace =
-        (args.join_rate > 0.0).then(|| Duration::from_secs_f64(count as f64 / args.join_rate));
-    let (first, start) = (range.start, tokio::time::Instant::now());
+    let (pace, first) = (Pace::new(args, count), range.start);
     let dial = |i: usize, target: Target| async move {
-        if let Some(p) = pace {
-            tokio::time::sleep_until(start + p.mul_f64((i - first) as f64)).await;
-        }
+        pace.turn(i - first).await;
         crate::conn::open(&target, &format!("name=b{i}")).await
     };
     let o = open_all_with(
