@@ -4,7 +4,7 @@
 //! (crates/deploy-checks) and by the live cluster test of banter-node.
 
 use crate::redis_cluster::free_cluster_port;
-use crate::{free_port, repo_root, run_ok};
+use crate::{free_ports, repo_root, run_ok};
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,16 +37,16 @@ impl Cluster {
     pub fn new(name: &str, extra_env: &[(&str, &str)]) -> Cluster {
         let dir = std::env::temp_dir().join(format!("banter-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let port = || free_port().to_string();
-        let (nginx, prometheus) = (port(), port());
-        let nodes = [port(), port(), port()];
-        let redis_cluster_ports = cluster_ports(6);
+        let plain = free_ports(6);
+        let redis_cluster_ports = cluster_ports(6, &plain);
+        let plain: Vec<String> = plain.iter().map(u16::to_string).collect();
+        let (nginx, prometheus, redis) = (plain[0].clone(), plain[1].clone(), plain[2].clone());
         let list = |ports: &[u16]| ports.iter().map(u16::to_string).collect::<Vec<_>>();
         let mut env = vec![
             ("CLUSTER_DIR".to_owned(), dir.display().to_string()),
             ("NGINX_PORT".into(), nginx.clone()),
-            ("NODE_PORTS".into(), nodes.join(",")),
-            ("REDIS_PORT".into(), port()),
+            ("NODE_PORTS".into(), plain[3..].join(",")),
+            ("REDIS_PORT".into(), redis),
             (
                 "REDIS_CLUSTER_PORTS".into(),
                 list(&redis_cluster_ports).join(","),
@@ -64,7 +64,7 @@ impl Cluster {
             env,
             nginx: addr(&nginx),
             prometheus: addr(&prometheus),
-            nodes: nodes.iter().map(|p| addr(p)).collect(),
+            nodes: plain[3..].iter().map(|p| addr(p)).collect(),
             redis_cluster_ports,
         }
     }
@@ -89,13 +89,14 @@ impl Cluster {
 }
 
 /// `n` distinct free ports for Redis Cluster instances: none is another's
-/// cluster-bus port (port + 10000).
-fn cluster_ports(n: usize) -> Vec<u16> {
+/// cluster-bus port (port + 10000), and neither a port nor its bus port is
+/// one of `taken`.
+fn cluster_ports(n: usize, taken: &[u16]) -> Vec<u16> {
     let mut ports: Vec<u16> = Vec::with_capacity(n);
     while ports.len() < n {
         let p = free_cluster_port();
         let clash = |q: u16| q == p || q == p + 10_000 || q + 10_000 == p;
-        if !ports.iter().any(|&q| clash(q)) {
+        if !ports.iter().any(|&q| clash(q)) && !taken.iter().any(|&t| t == p || t == p + 10_000) {
             ports.push(p);
         }
     }
